@@ -1,0 +1,38 @@
+# bnfold: the README's two commands. Both set themselves up from nothing.
+#   make demo   train on the bundled digits data (and, as later stages land, export and serve)
+#   make test   lint, type-check and run the whole test suite
+
+PYTHON ?= python3
+VENV ?= .venv
+PIP_CONSTRAINT ?= constraints/torch-cpu.txt
+RUN_DIR ?= runs/demo
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.bnfold-dev-installed
+
+.PHONY: demo test lint typecheck unit install clean
+
+$(STAMP): pyproject.toml $(PIP_CONSTRAINT)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(if $(PIP_CONSTRAINT),--constraint $(PIP_CONSTRAINT)) --editable '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/bnfold-train --out $(RUN_DIR)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest
+
+test: lint typecheck unit
+
+clean:
+	rm -rf $(VENV) runs model_repository .pytest_cache .mypy_cache .ruff_cache
