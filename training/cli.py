@@ -50,8 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="TOML file with any of the options below (flags win)")
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=MODEL_NAMES, help=f"network to train (default {d.model})")
-    g.add_argument("--model-option", type=_option, action="append", metavar="KEY=VALUE",
-                   help="extra constructor option, e.g. depth=20 or widths=[16,32] (repeatable)")  # fmt: skip
+    g.add_argument(
+        "--model-option",
+        type=_option,
+        action="append",
+        metavar="KEY=VALUE",
+        help="extra constructor option, e.g. depth=20 or widths=[16,32] (repeatable)",
+    )
     g.add_argument("--no-batch-norm", dest="batch_norm", action="store_false", help="train without BN")
     g.add_argument("--activation", choices=["relu", "sigmoid"], help="nonlinearity (default: the model's)")
     g = p.add_argument_group("data")
@@ -77,8 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("BatchNorm population statistics")
     g.add_argument("--bn-stats", choices=["ema", "cumulative"], help="running-statistics rule (default ema)")
     g.add_argument("--bn-momentum", type=float, help=f"EMA momentum (default {d.bn_momentum}, torch's)")
-    g.add_argument("--no-recalibrate", dest="recalibrate", action="store_false",
-                   help="keep the running averages instead of Algorithm 2's population statistics")  # fmt: skip
+    g.add_argument(
+        "--no-recalibrate",
+        dest="recalibrate",
+        action="store_false",
+        help="keep the running averages instead of Algorithm 2's population statistics",
+    )
     g.add_argument("--recalibrate-batches", type=int, help="mini-batches for Algorithm 2 (default: one epoch)")
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, help=f"run directory (default {d.out})")

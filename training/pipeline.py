@@ -61,7 +61,8 @@ def resolve_device(name: str) -> torch.device:
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD with momentum, or AdamW; BN parameters and biases get no weight decay."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         (no_decay if p.dim() <= 1 else decay).append(p)
     groups = [
@@ -181,11 +182,17 @@ def run_training(config: TrainConfig) -> RunResult:
     scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
     logger.info(
         "training %s on %s (%d train / %d val samples, %s) for %d steps, %d per epoch, on %s",
-        config.model, data.name, n_train, data.val_x.shape[0], "x".join(map(str, data.input_shape)),
-        total, per_epoch, device,
-    )  # fmt: skip
+        config.model,
+        data.name,
+        n_train,
+        data.val_x.shape[0],
+        "x".join(map(str, data.input_shape)),
+        total,
+        per_epoch,
+        device,
+    )
 
-    ckpt_path: Path | None = None
+    ckpt_path: Path | None = resume_from.path if resume_from is not None else None
     val_acc = float("nan")
     model.train()
     with progress_bar(total=total, initial=step, enabled=config.progress, desc="train") as bar:
@@ -222,13 +229,22 @@ def run_training(config: TrainConfig) -> RunResult:
             if config.dry_run:
                 break
             if epoch_done or step == stop_at:
-                val_loss, val_acc = evaluate(model, data.val_x, data.val_y, device=device, amp=config.amp,
-                                             channels_last=config.channels_last)  # fmt: skip
-                log.write("epoch", epoch=epoch, step=step, val_loss=val_loss, val_acc=val_acc,
-                          elapsed_s=time.perf_counter() - started)  # fmt: skip
+                val_loss, val_acc = evaluate(
+                    model, data.val_x, data.val_y, device=device, amp=config.amp, channels_last=config.channels_last
+                )
+                log.write(
+                    "epoch",
+                    epoch=epoch,
+                    step=step,
+                    val_loss=val_loss,
+                    val_acc=val_acc,
+                    elapsed_s=time.perf_counter() - started,
+                )
                 logger.info("epoch %d  step %d  val_loss %.4f  val_acc %.4f", epoch, step, val_loss, val_acc)
-                meta = checkpoint_meta(config, data, model_kwargs, step, epoch,
-                                       metrics={"val_loss": val_loss, "val_acc": val_acc})  # fmt: skip
+                _check_finite(model, step, ckpt_path)
+                meta = checkpoint_meta(
+                    config, data, model_kwargs, step, epoch, metrics={"val_loss": val_loss, "val_acc": val_acc}
+                )
                 ckpt_path = save_checkpoint(run_dir, step, model, meta, optimizer, keep=config.keep_checkpoints)
 
     if config.dry_run:
@@ -239,6 +255,17 @@ def run_training(config: TrainConfig) -> RunResult:
         logger.info("stopped after step %d of %d; resume with --resume %s", step, total, ckpt_path)
         return RunResult(run_dir, ckpt_path, step, val_acc, seconds=time.perf_counter() - started)
     return _finish(config, data, model, model_kwargs, optimizer, device, run_dir, log, step, started)
+
+
+def _check_finite(model: nn.Module, step: int, last_good: Path | None) -> None:
+    """Refuse to checkpoint weights or statistics that are no longer finite."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise TrainingDiverged(
+                f"{name} became non-finite by step {step}; training stopped without saving it. "
+                + (f"The last good checkpoint is {last_good}. " if last_good else "")
+                + "Lower --lr, or try --optimizer adamw."
+            )
 
 
 def _finish(
@@ -271,8 +298,9 @@ def _finish(
         )
         logger.info(
             "validation accuracy: %.4f with EMA statistics, %.4f with Algorithm 2 population statistics",
-            acc_ema, result.val_acc_recalibrated,
-        )  # fmt: skip
+            acc_ema,
+            result.val_acc_recalibrated,
+        )
     else:
         logger.info("validation accuracy: %.4f", acc_ema)
     metrics = {

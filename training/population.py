@@ -84,8 +84,10 @@ def recalibrate_bn(
         if not bn.track_running_stats or bn.running_mean is None:
             raise ValueError(f"BN layer {name!r} has track_running_stats=False: it keeps no population statistics")
     was_training = {name: m.training for name, m in model.named_modules()}
-    saved = {name: (bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())  # type: ignore[union-attr]
-             for name, bn in layers.items()}
+    saved = {
+        name: (bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())  # type: ignore[union-attr]
+        for name, bn in layers.items()
+    }
     accumulators = {name: _Accumulator() for name in layers}
     handles = [bn.register_forward_pre_hook(accumulators[name]) for name, bn in layers.items()]
     model.eval()

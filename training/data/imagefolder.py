@@ -18,8 +18,8 @@ def load_image(path: Path, size: int, channels: int) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.float32) / 255.0
+            converted = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR)
+            arr = np.asarray(converted, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)

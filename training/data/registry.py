@@ -45,4 +45,3 @@ def load_dataset(
 
     x, y, labels = make_shapes(synthetic_samples, size, synthetic_classes, seed)
     return finish_dataset(name, x, y, labels, val_fraction, seed)
-

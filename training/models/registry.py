@@ -39,7 +39,5 @@ def build_model(name: str, **options: Any) -> nn.Module:
     accepted = inspect.signature(factory).parameters
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ConfigError(
-            f"model {name!r} has no option(s) {', '.join(unknown)}; valid options: {', '.join(accepted)}"
-        )
+        raise ConfigError(f"model {name!r} has no option(s) {', '.join(unknown)}; valid options: {', '.join(accepted)}")
     return factory(**options)
