@@ -1,0 +1,289 @@
+"""The BatchNorm folding pass over a torch.fx graph: ``fold_batchnorm(model, example_inputs)``.
+
+Pattern and result, per BatchNorm call site (population statistics, whatever mode the model is in):
+
+    1. layer -> BN            ==>  layer'         layer is Conv{1,2,3}d / ConvTranspose{1,2,3}d (any groups)
+                                                  or Linear on 2-D input; preconditions: the layer's output
+                                                  feeds only this BN; BN's channels are its output channels.
+    2. BN -> layer            ==>  layer'         layer is Linear on 2-D input, or a Conv with padding 0;
+                                                  preconditions: BN's output feeds only this layer, as its
+                                                  input; BN's channels are its input channels.
+    3. anything else          ==>  x * s + t      one per-channel scale-and-shift (exact; two ONNX ops).
+
+A layer module called at several sites is copied per site before a fold touches it, so a fold at one site
+never changes another. The math (``export.fold_math``) runs in float64 and is cast once. Predicates
+(``_why_not_preceding``, ``_why_not_following``) decide; transforms (``_fold_*``, ``_lower``) rewrite.
+Each rewrite measures the difference it introduced on the example inputs' actual intermediate values.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import Counter
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from export.errors import ExportError
+from export.fold_math import ScaleShift, assign, bn_scale_shift, fold_into_following, fold_into_preceding
+from export.report import FoldReport, FoldRow
+
+logger = logging.getLogger(__name__)
+
+PRECEDING_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+FOLLOWING_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+FUNCTIONAL_BN = (F.batch_norm, torch.batch_norm)
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the graph once and keeps every node's output, so each rewrite can be checked locally."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.values: dict[fx.Node, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        self.values[n] = out
+        return out
+
+
+def _diff(new: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """Largest absolute difference, and that relative to the reference's largest magnitude."""
+    d = float((new.double() - ref.double()).abs().max()) if ref.numel() else 0.0
+    return d, d / max(float(ref.double().abs().max()) if ref.numel() else 0.0, 1e-12)
+
+
+class _Folder:
+    """Holds the traced graph and the state shared by the predicates and transforms."""
+
+    def __init__(self, gm: fx.GraphModule, values: dict[fx.Node, Any]) -> None:
+        self.gm = gm
+        self.values = values
+        self.modules = dict(gm.named_modules())
+        self.sites = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+        self.copies = 0
+        self.report = FoldReport()
+
+    def module(self, node: fx.Node) -> nn.Module | None:
+        return self.modules.get(str(node.target)) if node.op == "call_module" else None
+
+    def ndim(self, node: fx.Node) -> int:
+        value = self.values.get(node)
+        return value.dim() if isinstance(value, torch.Tensor) else -1
+
+    def own_module(self, node: fx.Node) -> tuple[nn.Module, str]:
+        """The module ``node`` calls, copied first if other sites call it too; returns (module, note)."""
+        target = str(node.target)
+        module = self.modules[target]
+        if self.sites[target] == 1:
+            return module, ""
+        self.copies += 1
+        new_target = f"{target}_site{self.copies}"
+        clone = copy.deepcopy(module)
+        self.gm.add_submodule(new_target, clone)
+        self.modules[new_target] = clone
+        self.sites[target] -= 1
+        self.sites[new_target] = 1
+        node.target = new_target
+        return clone, f"; {target} is called at several sites, so this site got its own copy {new_target}"
+
+    # ---- predicates -------------------------------------------------------------------------------------
+    def why_not_preceding(self, bn_node: fx.Node, bn: _BatchNorm) -> str | None:
+        prev = bn_node.args[0]
+        if not isinstance(prev, fx.Node) or bn_node.kwargs:
+            return "its input is not a single graph value"
+        layer = self.module(prev)
+        if not isinstance(layer, (*PRECEDING_TYPES, nn.Linear)):
+            what = prev.target if prev.op != "call_module" else type(layer).__name__
+            return f"its input comes from {getattr(what, '__name__', what)}, not a conv or linear layer"
+        if len(prev.users) > 1:
+            return f"{prev.target}'s output also feeds {len(prev.users) - 1} other consumer(s)"
+        if isinstance(layer, nn.Linear) and self.ndim(prev) != 2:
+            return f"Linear {prev.target} runs on {self.ndim(prev)}-D input; BN's channel axis is not its features"
+        out_channels = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+        if out_channels != bn.num_features:
+            return f"{prev.target} has {out_channels} output channels, BN has {bn.num_features}"
+        return None
+
+    def why_not_following(self, bn_node: fx.Node, bn: _BatchNorm) -> str | None:
+        if len(bn_node.users) != 1:
+            return f"its output feeds {len(bn_node.users)} consumers"
+        nxt = next(iter(bn_node.users))
+        layer = self.module(nxt)
+        if not isinstance(layer, (*FOLLOWING_CONV_TYPES, nn.Linear)):
+            what = nxt.target if nxt.op != "call_module" else type(layer).__name__
+            return f"its output goes to {getattr(what, '__name__', what)}, not a conv or linear layer"
+        if nxt.args[:1] != (bn_node,) or len(nxt.args) > 1 or nxt.kwargs:
+            return f"{nxt.target} does not take it as its only input"
+        if isinstance(layer, nn.Linear):
+            if self.ndim(bn_node) != 2:
+                return f"Linear {nxt.target} runs on {self.ndim(bn_node)}-D input"
+            in_channels = layer.in_features
+        else:
+            assert isinstance(layer, nn.modules.conv._ConvNd)
+            padding = layer.padding
+            if padding == "same" or (isinstance(padding, tuple) and any(p != 0 for p in padding)):
+                return f"the following {type(layer).__name__} {nxt.target} reads padding, where BN's shift does not hold"
+            in_channels = layer.in_channels
+        if in_channels != bn.num_features:
+            return f"{nxt.target} has {in_channels} input channels, BN has {bn.num_features}"
+        return None
+
+    # ---- transforms -------------------------------------------------------------------------------------
+    def fold_preceding(self, bn_node: fx.Node, bn: _BatchNorm, name: str) -> None:
+        prev = bn_node.args[0]
+        assert isinstance(prev, fx.Node)
+        layer, note = self.own_module(prev)
+        before = copy.deepcopy(layer)
+        s, t = bn_scale_shift(bn)
+        assign(layer, *fold_into_preceding(layer, s, t))
+        x_in = self.values.get(prev.args[0]) if prev.args and isinstance(prev.args[0], fx.Node) else None
+        abs_d, rel_d = (0.0, 0.0)
+        if isinstance(x_in, torch.Tensor):
+            with torch.no_grad():
+                abs_d, rel_d = _diff(layer(x_in), bn(before(x_in)))
+        bn_node.replace_all_uses_with(prev)
+        self.gm.graph.erase_node(bn_node)
+        reason = f"{type(layer).__name__} output feeds only this BN{note}"
+        self.report.rows.append(FoldRow(name, "folded-into-preceding", str(prev.target), reason, abs_d, rel_d))
+
+    def fold_following(self, bn_node: fx.Node, bn: _BatchNorm, name: str, why_not_prev: str) -> None:
+        nxt = next(iter(bn_node.users))
+        layer, note = self.own_module(nxt)
+        before = copy.deepcopy(layer)
+        s, t = bn_scale_shift(bn)
+        assign(layer, *fold_into_following(layer, s, t))
+        x_in = self.values.get(bn_node.args[0])  # type: ignore[arg-type]
+        abs_d, rel_d = (0.0, 0.0)
+        if isinstance(x_in, torch.Tensor):
+            with torch.no_grad():
+                abs_d, rel_d = _diff(layer(x_in), before(bn(x_in)))
+        bn_node.replace_all_uses_with(bn_node.args[0])  # type: ignore[arg-type]
+        self.gm.graph.erase_node(bn_node)
+        reason = f"not into the preceding layer ({why_not_prev}); {nxt.target} reads no padding{note}"
+        self.report.rows.append(FoldRow(name, "folded-into-following", str(nxt.target), reason, abs_d, rel_d))
+
+    def lower(self, bn_node: fx.Node, s: torch.Tensor, t: torch.Tensor, dtype: torch.dtype, name: str,
+              reference: nn.Module | None, reason: str) -> None:  # fmt: skip
+        target = f"{name.replace('.', '_')}_scaleshift"
+        affine = ScaleShift(s, t, dtype)
+        self.gm.add_submodule(target, affine)
+        x_in = bn_node.args[0]
+        with self.gm.graph.inserting_after(bn_node):
+            new = self.gm.graph.call_module(target, (x_in,))
+        bn_node.replace_all_uses_with(new)
+        self.gm.graph.erase_node(bn_node)
+        value = self.values.get(x_in)  # type: ignore[arg-type]
+        abs_d, rel_d = (0.0, 0.0)
+        if isinstance(value, torch.Tensor) and reference is not None:
+            with torch.no_grad():
+                abs_d, rel_d = _diff(affine(value), reference(value))
+        self.report.rows.append(FoldRow(name, "lowered-to-scale-shift", target, reason, abs_d, rel_d))
+
+
+def _refuse_untracked(model: nn.Module) -> None:
+    for name, m in model.named_modules():
+        if isinstance(m, _BatchNorm) and (not m.track_running_stats or m.running_mean is None):
+            raise ExportError(
+                f"BatchNorm layer {name!r} has track_running_stats=False: it always normalises with the statistics "
+                "of the batch it is given, so it has no population statistics to fold, and served as it is its "
+                "answers would depend on the rest of the batch. Rebuild it with track_running_stats=True and "
+                "compute population statistics (training.population.recalibrate_bn), then export."
+            )
+
+
+def _functional_bn(gm: fx.GraphModule, node: fx.Node) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
+    """(s, t, dtype) of a functional batch_norm call whose statistics are module attributes."""
+    kwargs = node.normalized_arguments(gm, normalize_to_only_use_kwargs=True)
+    if kwargs is None:
+        raise ExportError(f"cannot read the arguments of functional batch_norm at node {node.name}")
+    args = kwargs.kwargs
+
+    def const(key: str) -> torch.Tensor | None:
+        value = args.get(key)
+        if value is None:
+            return None
+        if not (isinstance(value, fx.Node) and value.op == "get_attr"):
+            raise ExportError(
+                f"functional batch_norm at node {node.name}: {key} is computed, not a stored tensor; "
+                "only population statistics held as module attributes can be folded"
+            )
+        tensor = gm.get_parameter(str(value.target)) if key in ("weight", "bias") else None
+        if tensor is None:
+            tensor = getattr(gm, str(value.target)) if "." not in str(value.target) else gm.get_buffer(str(value.target))
+        return tensor.detach()
+
+    mean, var = const("running_mean"), const("running_var")
+    if mean is None or var is None:
+        raise ExportError(f"functional batch_norm at node {node.name} has no running statistics to fold")
+    mean64, var64 = mean.double(), var.double()
+    weight, bias = const("weight"), const("bias")
+    gamma = weight.double() if weight is not None else torch.ones_like(mean64)
+    beta = bias.double() if bias is not None else torch.zeros_like(mean64)
+    s = gamma / torch.sqrt(var64 + float(args.get("eps", 1e-5)))
+    return s, beta - mean64 * s, mean.dtype
+
+
+def fold_batchnorm(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> tuple[nn.Module, FoldReport]:
+    """Return an eval-mode copy of ``model`` with every BatchNorm folded or lowered, and a report.
+
+    The original is untouched. Population (running) statistics are used whatever mode ``model`` is in.
+    Raises :class:`ExportError` for a BN with ``track_running_stats=False`` or an untraceable model.
+    """
+    _refuse_untracked(model)
+    work = copy.deepcopy(model).eval()
+    for p in work.parameters():
+        p.requires_grad_(False)
+    try:
+        gm = fx.symbolic_trace(work)
+    except Exception as exc:  # fx raises many types (TraceError, TypeError, NotImplementedError, ...)
+        raise ExportError(
+            f"{type(model).__name__} cannot be traced by torch.fx ({type(exc).__name__}: {exc}); "
+            "fold_batchnorm needs a model without data-dependent control flow in forward()"
+        ) from exc
+    recorder = _Recorder(gm)
+    with torch.no_grad():
+        recorder.run(*example_inputs)
+    folder = _Folder(gm, recorder.values)
+
+    bn_nodes = [(n, m) for n in gm.graph.nodes if isinstance(m := folder.module(n), _BatchNorm)]
+    names = {n: str(n.target) + (f" (call {i + 1})" if folder.sites[n.target] > 1 else "")
+             for i, (n, _) in enumerate(bn_nodes)}  # fmt: skip
+    remaining: list[tuple[fx.Node, _BatchNorm, str]] = []
+    for node, bn in bn_nodes:
+        why = folder.why_not_preceding(node, bn)
+        if why is None:
+            folder.fold_preceding(node, bn, names[node])
+        else:
+            remaining.append((node, bn, why))
+    for node, bn, why_prev in remaining:
+        why_next = folder.why_not_following(node, bn)
+        if why_next is None:
+            folder.fold_following(node, bn, names[node], why_prev)
+        else:
+            s, t = bn_scale_shift(bn)
+            reason = f"no exact fold: {why_prev}; {why_next}"
+            folder.lower(node, s, t, bn.running_mean.dtype, names[node], bn, reason)  # type: ignore[union-attr]
+    for node in [n for n in gm.graph.nodes if n.op == "call_function" and n.target in FUNCTIONAL_BN]:
+        s, t, dtype = _functional_bn(gm, node)
+        folder.lower(node, s, t, dtype, f"functional:{node.name}", None, "functional batch_norm call")
+
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    _assert_no_batchnorm(gm)
+    gm.eval()
+    logger.info("%s", folder.report.summary())
+    return gm, folder.report
+
+
+def _assert_no_batchnorm(gm: fx.GraphModule) -> None:
+    left = [name for name, m in gm.named_modules() if isinstance(m, _BatchNorm)]
+    calls = [n.name for n in gm.graph.nodes if n.op == "call_function" and n.target in FUNCTIONAL_BN]
+    if left or calls:
+        raise RuntimeError(f"bnfold bug: BatchNorm left after folding: modules {left}, calls {calls}")

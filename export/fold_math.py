@@ -1,0 +1,105 @@
+"""The fold formulas, in float64, on plain tensors. No graph logic here: see ``export.fold`` for that.
+
+BatchNorm with population statistics is a per-channel affine map (c indexes channels, axis 1):
+
+    BN(x)_c = gamma_c * (x_c - mean_c) / sqrt(var_c + eps) + beta_c = s_c * x_c + t_c
+    s = gamma / sqrt(var + eps),   t = beta - mean * s          (affine=False: gamma = 1, beta = 0)
+
+Fold into the PRECEDING layer y = W x + b (BN acts on y's channels, the layer's output channels o):
+
+    W'[o, ...] = W[o, ...] * s[o]          b'[o] = (b[o] - mean[o]) * s[o] + beta[o] = b[o] * s[o] + t[o]
+
+  - Conv{1,2,3}d, any groups: weight [C_out, C_in/groups, k...]; the output channel is axis 0.
+  - ConvTranspose{1,2,3}d, any groups: weight [C_in, C_out/groups, k...]; output channel
+    o = g * (C_out/groups) + j lives at weight[g * (C_in/groups) : (g+1) * (C_in/groups), j, ...].
+  - Linear: weight [out, in]; the output feature is axis 0.
+
+Fold into the FOLLOWING layer z = W * BN(x) + b (BN acts on the layer's input channels c):
+
+    W'[o, c, ...] = W[o, c, ...] * s[c]     b'[o] = b[o] + sum_{c, k} W[o, c, k] * t[c]
+
+  exact for Linear, and for a convolution only where no padding is read (padding 0): a zero-padded
+  position holds 0, not t. Grouped: input channel c of output o is g(o) * (C_in/groups) + j.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+F64 = torch.float64
+
+
+def bn_scale_shift(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, t) in float64 such that BN in eval mode is ``x * s + t`` per channel."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("BatchNorm without running statistics has no population statistics to fold")
+    mean = bn.running_mean.detach().to(F64)
+    var = bn.running_var.detach().to(F64)
+    gamma = bn.weight.detach().to(F64) if bn.weight is not None else torch.ones_like(mean)
+    beta = bn.bias.detach().to(F64) if bn.bias is not None else torch.zeros_like(mean)
+    s = gamma / torch.sqrt(var + bn.eps)
+    return s, beta - mean * s
+
+
+def _bias64(layer: nn.Module, channels: int) -> torch.Tensor:
+    bias = getattr(layer, "bias", None)
+    return bias.detach().to(F64) if bias is not None else torch.zeros(channels, dtype=F64)
+
+
+def fold_into_preceding(layer: nn.Module, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """New (weight, bias) in float64 for ``layer`` (Conv, ConvTranspose or Linear) followed by BN (s, t)."""
+    w = layer.weight.detach().to(F64)
+    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+        groups = layer.groups
+        c_in, c_out_g = w.shape[0], w.shape[1]
+        # [C_in, C_out/g, k...] -> [g, C_in/g, C_out/g, k...]; output channel o = g_idx * C_out/g + j
+        wg = w.reshape(groups, c_in // groups, c_out_g, *w.shape[2:])
+        sg = s.reshape(groups, 1, c_out_g, *([1] * (w.dim() - 2)))
+        new_w = (wg * sg).reshape(w.shape)
+        out_channels = groups * c_out_g
+    else:  # Conv (weight [C_out, C_in/g, k...]) or Linear (weight [out, in])
+        new_w = w * s.reshape(-1, *([1] * (w.dim() - 1)))
+        out_channels = w.shape[0]
+    new_b = _bias64(layer, out_channels) * s + t
+    return new_w, new_b
+
+
+def fold_into_following(layer: nn.Module, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """New (weight, bias) in float64 for BN (s, t) followed by ``layer`` (Conv with no padding, or Linear)."""
+    w = layer.weight.detach().to(F64)
+    c_out = w.shape[0]
+    groups = getattr(layer, "groups", 1)
+    per_group = w.shape[1]
+    # input channel index of weight[o, j] is g(o) * per_group + j, with g(o) = o // (c_out / groups)
+    group_of_out = torch.arange(c_out) // (c_out // groups)
+    in_index = group_of_out[:, None] * per_group + torch.arange(per_group)[None, :]  # [C_out, C_in/g]
+    s_oc = s[in_index].reshape(c_out, per_group, *([1] * (w.dim() - 2)))
+    t_oc = t[in_index].reshape(c_out, per_group, *([1] * (w.dim() - 2)))
+    new_w = w * s_oc
+    new_b = _bias64(layer, c_out) + (w * t_oc).reshape(c_out, -1).sum(dim=1)
+    return new_w, new_b
+
+
+def assign(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """Store float64 ``weight``/``bias`` into ``layer``, cast once to the layer's dtype (adds a bias if none)."""
+    dtype = layer.weight.dtype
+    layer.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
+    layer.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
+
+
+class ScaleShift(nn.Module):
+    """A BatchNorm lowered to its eval-mode affine map: ``x * scale + shift`` per channel (axis 1).
+
+    Exported to ONNX as one Mul and one Add, with no BatchNormalization node.
+    """
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale.to(dtype))
+        self.register_buffer("shift", shift.to(dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        view = (1, -1) + (1,) * (x.dim() - 2)  # broadcast over (N, C, *spatial)
+        return x * self.scale.view(view) + self.shift.view(view)
