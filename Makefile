@@ -1,11 +1,13 @@
 # bnfold: the README's two commands. Both set themselves up from nothing.
-#   make demo   train on the bundled digits data (and, as later stages land, export and serve)
+#   make demo   train on the bundled digits data, fold and export it into the model repository
 #   make test   lint, type-check and run the whole test suite
 
 PYTHON ?= python3
 VENV ?= .venv
 PIP_CONSTRAINT ?= constraints/torch-cpu.txt
 RUN_DIR ?= runs/demo
+REPOSITORY ?= model_repository
+MODEL_NAME ?= digits
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bnfold-dev-installed
 
@@ -20,7 +22,8 @@ $(STAMP): pyproject.toml $(PIP_CONSTRAINT)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/bnfold-train --out $(RUN_DIR)
+	$(BIN)/bnfold-train --out $(RUN_DIR) --overwrite
+	$(BIN)/bnfold-export --checkpoint $(RUN_DIR) --repository $(REPOSITORY) --name $(MODEL_NAME)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

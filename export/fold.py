@@ -19,6 +19,7 @@ Each rewrite measures the difference it introduced on the example inputs' actual
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from collections import Counter
 from typing import Any
@@ -128,7 +129,9 @@ class _Folder:
             assert isinstance(layer, nn.modules.conv._ConvNd)
             padding = layer.padding
             if padding == "same" or (isinstance(padding, tuple) and any(p != 0 for p in padding)):
-                return f"the following {type(layer).__name__} {nxt.target} reads padding, where BN's shift does not hold"
+                return (
+                    f"the following {type(layer).__name__} {nxt.target} reads padding, where BN's shift does not hold"
+                )
             in_channels = layer.in_channels
         if in_channels != bn.num_features:
             return f"{nxt.target} has {in_channels} input channels, BN has {bn.num_features}"
@@ -168,8 +171,16 @@ class _Folder:
         reason = f"not into the preceding layer ({why_not_prev}); {nxt.target} reads no padding{note}"
         self.report.rows.append(FoldRow(name, "folded-into-following", str(nxt.target), reason, abs_d, rel_d))
 
-    def lower(self, bn_node: fx.Node, s: torch.Tensor, t: torch.Tensor, dtype: torch.dtype, name: str,
-              reference: nn.Module | None, reason: str) -> None:  # fmt: skip
+    def lower(
+        self,
+        bn_node: fx.Node,
+        s: torch.Tensor,
+        t: torch.Tensor,
+        dtype: torch.dtype,
+        name: str,
+        reference: nn.Module | None,
+        reason: str,
+    ) -> None:
         target = f"{name.replace('.', '_')}_scaleshift"
         affine = ScaleShift(s, t, dtype)
         self.gm.add_submodule(target, affine)
@@ -213,9 +224,9 @@ def _functional_bn(gm: fx.GraphModule, node: fx.Node) -> tuple[torch.Tensor, tor
                 f"functional batch_norm at node {node.name}: {key} is computed, not a stored tensor; "
                 "only population statistics held as module attributes can be folded"
             )
-        tensor = gm.get_parameter(str(value.target)) if key in ("weight", "bias") else None
-        if tensor is None:
-            tensor = getattr(gm, str(value.target)) if "." not in str(value.target) else gm.get_buffer(str(value.target))
+        tensor = functools.reduce(getattr, str(value.target).split("."), gm)
+        if not isinstance(tensor, torch.Tensor):
+            raise ExportError(f"functional batch_norm at node {node.name}: {value.target} is not a tensor")
         return tensor.detach()
 
     mean, var = const("running_mean"), const("running_var")
@@ -252,8 +263,10 @@ def fold_batchnorm(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
     folder = _Folder(gm, recorder.values)
 
     bn_nodes = [(n, m) for n in gm.graph.nodes if isinstance(m := folder.module(n), _BatchNorm)]
-    names = {n: str(n.target) + (f" (call {i + 1})" if folder.sites[n.target] > 1 else "")
-             for i, (n, _) in enumerate(bn_nodes)}  # fmt: skip
+    names = {
+        n: str(n.target) + (f" (call {i + 1})" if folder.sites[n.target] > 1 else "")
+        for i, (n, _) in enumerate(bn_nodes)
+    }
     remaining: list[tuple[fx.Node, _BatchNorm, str]] = []
     for node, bn in bn_nodes:
         why = folder.why_not_preceding(node, bn)

@@ -24,11 +24,17 @@ Fold into the FOLLOWING layer z = W * BN(x) + b (BN acts on the layer's input ch
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 F64 = torch.float64
+
+
+def _weight(layer: nn.Module) -> torch.Tensor:
+    return cast(torch.Tensor, layer.weight)
 
 
 def bn_scale_shift(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +56,7 @@ def _bias64(layer: nn.Module, channels: int) -> torch.Tensor:
 
 def fold_into_preceding(layer: nn.Module, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """New (weight, bias) in float64 for ``layer`` (Conv, ConvTranspose or Linear) followed by BN (s, t)."""
-    w = layer.weight.detach().to(F64)
+    w = _weight(layer).detach().to(F64)
     if isinstance(layer, nn.modules.conv._ConvTransposeNd):
         groups = layer.groups
         c_in, c_out_g = w.shape[0], w.shape[1]
@@ -68,7 +74,7 @@ def fold_into_preceding(layer: nn.Module, s: torch.Tensor, t: torch.Tensor) -> t
 
 def fold_into_following(layer: nn.Module, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """New (weight, bias) in float64 for BN (s, t) followed by ``layer`` (Conv with no padding, or Linear)."""
-    w = layer.weight.detach().to(F64)
+    w = _weight(layer).detach().to(F64)
     c_out = w.shape[0]
     groups = getattr(layer, "groups", 1)
     per_group = w.shape[1]
@@ -84,7 +90,7 @@ def fold_into_following(layer: nn.Module, s: torch.Tensor, t: torch.Tensor) -> t
 
 def assign(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
     """Store float64 ``weight``/``bias`` into ``layer``, cast once to the layer's dtype (adds a bias if none)."""
-    dtype = layer.weight.dtype
+    dtype = _weight(layer).dtype
     layer.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
     layer.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
 
@@ -99,6 +105,9 @@ class ScaleShift(nn.Module):
         super().__init__()
         self.register_buffer("scale", scale.to(dtype))
         self.register_buffer("shift", shift.to(dtype))
+
+    scale: torch.Tensor
+    shift: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         view = (1, -1) + (1,) * (x.dim() - 2)  # broadcast over (N, C, *spatial)

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from training.atomic import point_symlink, staging_dir, write_json_atomic
-from training.errors import CheckpointError
+from training.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ class Checkpoint:
         model_meta = self.meta["model"]
         try:
             model = build_model(model_meta["name"], **model_meta["options"])
-        except TypeError as exc:
-            raise CheckpointError(f"checkpoint {self.path} has options the model does not take: {exc}") from exc
+        except (ConfigError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint {self.path / META_FILE} cannot be rebuilt: {exc}") from exc
         try:
             model.load_state_dict(self.state_dict, strict=True)
         except RuntimeError as exc:

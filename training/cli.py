@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, help=f"run directory (default {d.out})")
     g.add_argument("--resume", type=Path, help="continue from a run directory or checkpoint")
+    g.add_argument("--overwrite", action="store_true", default=None, help="replace a previous run in --out")
     g.add_argument("--stop-after-steps", type=int, help="stop early at this step, leaving a resumable checkpoint")
     g.add_argument("--keep-checkpoints", type=int, help=f"checkpoints kept (default {d.keep_checkpoints})")
     g.add_argument("--log-every", type=int, help=f"steps between metric records (default {d.log_every})")

@@ -55,6 +55,7 @@ class TrainConfig(BaseModel):
     plots: bool = True
     progress: bool | None = None
     resume: Path | None = None
+    overwrite: bool = False
     stop_after_steps: int | None = Field(default=None, ge=1)
     dry_run: bool = False
 

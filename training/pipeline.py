@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,7 +176,7 @@ def run_training(config: TrainConfig) -> RunResult:
     total = 1 if config.dry_run else (config.steps or config.epochs * per_epoch)
     stop_at = min(total, config.stop_after_steps or total)
     run_dir = config.out
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _claim_run_dir(run_dir, resuming=resume_from is not None, overwrite=config.overwrite, dry_run=config.dry_run)
     if not config.dry_run:
         (run_dir / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
     log = MetricsLog(run_dir / "metrics.jsonl")
@@ -255,6 +256,21 @@ def run_training(config: TrainConfig) -> RunResult:
         logger.info("stopped after step %d of %d; resume with --resume %s", step, total, ckpt_path)
         return RunResult(run_dir, ckpt_path, step, val_acc, seconds=time.perf_counter() - started)
     return _finish(config, data, model, model_kwargs, optimizer, device, run_dir, log, step, started)
+
+
+def _claim_run_dir(run_dir: Path, resuming: bool, overwrite: bool, dry_run: bool) -> None:
+    """Create ``run_dir``; refuse to mix a new run into an old one unless resuming or told to overwrite."""
+    old = run_dir / "checkpoints"
+    if not resuming and not dry_run and old.is_dir() and any(old.iterdir()):
+        if not overwrite:
+            raise ConfigError(
+                f"run directory {run_dir} already holds checkpoints; pass --resume {run_dir} to continue that run, "
+                "--overwrite to replace it, or another --out"
+            )
+        logger.info("--overwrite: removing the previous run in %s", run_dir)
+        shutil.rmtree(old)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def _check_finite(model: nn.Module, step: int, last_good: Path | None) -> None:

@@ -152,3 +152,19 @@ def test_cli_dry_run_and_toml_config(tmp_path: Path) -> None:
     assert not (tmp_path / "dry" / "checkpoints").exists()
     help_text = _cli("--help", cwd=tmp_path).stdout
     assert "--recalibrate-batches" in help_text and "examples:" in help_text
+
+
+def test_a_new_run_never_mixes_into_an_old_one(tiny_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from training.errors import ConfigError
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, symlinks=True)
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    with pytest.raises(ConfigError, match="already holds checkpoints; pass --resume"):
+        run_training(TrainConfig(out=run, steps=2, **SMALL))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+    result = run_training(TrainConfig(out=run, steps=2, overwrite=True, **SMALL))
+    assert result.checkpoint is not None and result.checkpoint.parent == run / "checkpoints"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-0000002", "step-0000002-final"]
