@@ -10,7 +10,7 @@ from torch import nn
 
 from export import ExportError, fold_batchnorm
 from export.fold_math import fold_into_preceding
-from tests.export.zoo import CASES, FOLD_PREV, Case, Seq, build_case, randomise_statistics
+from tests.export.zoo import CASES, Case, Seq, build_case, randomise_statistics
 
 RTOL, ATOL = 1e-4, 1e-5
 
