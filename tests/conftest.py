@@ -20,3 +20,22 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = TrainConfig(out=out, epochs=2, model_options={"widths": [8, 16]}, plots=False, progress=False)
     run_training(config)
     return out
+
+
+@pytest.fixture(scope="session")
+def model_repo(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository holding ``digits`` version 1, exported from ``tiny_run`` by the real exporter."""
+    from export.checkpoint_export import export_checkpoint
+
+    repo = tmp_path_factory.mktemp("repo")
+    export_checkpoint(tiny_run, repo, name="digits", max_batch_size=16)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def digits_val() -> tuple[object, object]:
+    """The digits validation split as numpy (normalised inputs, labels)."""
+    from training.data import load_dataset
+
+    data = load_dataset("digits")
+    return data.val_x.numpy(), data.val_y.numpy()

@@ -1,0 +1,148 @@
+"""Dynamic batching for one model version: requests queue up, merge into one batch, and split back.
+
+A worker task takes the first waiting request, then keeps taking requests until the batch holds
+``max_batch_size`` samples or ``max_queue_delay`` has passed since it started collecting (it stops waiting
+early when no other request is on its way: ``arriving`` counts requests still being decoded), runs the batch
+off the event loop (ONNX Runtime releases the GIL) and hands each request exactly its own rows back.
+The queue is bounded: a full queue refuses at once (503 with Retry-After) instead of growing without
+limit; a request that waits and runs longer than its timeout gets 504 and is skipped if still queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import ApiError, bad_request, unavailable
+from service.metrics import Metrics
+from service.model import ModelVersion
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    x: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    enqueued: float = field(default_factory=time.perf_counter)
+    abandoned: bool = False
+
+
+class Batcher:
+    """Merges concurrent requests to one model version into batches."""
+
+    def __init__(self, model: ModelVersion, max_queue_size: int, metrics: Metrics) -> None:
+        self.model = model
+        self.max_batch = model.max_batch_size
+        self.max_delay = model.max_queue_delay_us / 1e6
+        self.max_queue_size = max_queue_size
+        self.metrics = metrics
+        self._items: collections.deque[_Pending] = collections.deque()
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{model.name}-{model.version}")
+        self._task: asyncio.Task[None] | None = None
+        self._labels = (model.name, str(model.version))
+        self.arriving = 0  # requests being decoded by a route that will reach this queue
+
+    @property
+    def depth(self) -> int:
+        return len(self._items)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._worker(), name=f"batcher-{self.model.name}")
+
+    async def stop(self) -> None:
+        """Finish every queued request, then stop the worker and its thread."""
+        while self._items:
+            await asyncio.sleep(0.005)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._executor.shutdown(wait=True)
+
+    async def infer(self, x: np.ndarray, timeout_s: float) -> np.ndarray:
+        """Queue ``x`` (n samples) and wait for its outputs (n rows)."""
+        n = x.shape[0]
+        if n > self.max_batch:
+            raise bad_request(
+                f"request holds {n} samples; model {self.model.name!r} takes at most {self.max_batch} per request"
+            )
+        if len(self._items) >= self.max_queue_size:
+            self.metrics.rejected(*self._labels)
+            raise unavailable(f"model {self.model.name!r} queue is full ({self.max_queue_size} requests); retry", 1)
+        item = _Pending(x, asyncio.get_running_loop().create_future())
+        self._items.append(item)
+        self.metrics.queue_depth.labels(*self._labels).set(len(self._items))
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
+        except TimeoutError:
+            item.abandoned = True
+            raise ApiError(504, f"request to {self.model.name!r} timed out after {timeout_s:g} s") from None
+
+    async def _next(self, timeout: float | None) -> _Pending | None:
+        while not self._items:
+            self._wake.clear()
+            if timeout is None:
+                await self._wake.wait()
+            else:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    return None
+        return self._items[0]
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._next(None)
+            batch: list[_Pending] = []
+            samples = 0
+            deadline = time.perf_counter() + self.max_delay
+            while samples < self.max_batch:
+                remaining = deadline - time.perf_counter()
+                head = self._items[0] if self._items else await self._next(max(remaining, 0) if batch else None)
+                if head is None:
+                    break
+                if head.abandoned:
+                    self._items.popleft()
+                    continue
+                if samples + head.x.shape[0] > self.max_batch:
+                    break  # it starts the next batch
+                batch.append(self._items.popleft())
+                samples += head.x.shape[0]
+                if not self._items and (remaining <= 0 or self.arriving == 0):
+                    break
+            self.metrics.queue_depth.labels(*self._labels).set(len(self._items))
+            if batch:
+                await self._run(loop, batch, samples)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], samples: int) -> None:
+        started = time.perf_counter()
+        for item in batch:
+            self.metrics.queue_seconds.labels(*self._labels).observe(started - item.enqueued)
+        x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
+        try:
+            out = await loop.run_in_executor(self._executor, self.model.run, x)
+        except Exception as exc:  # a failing batch fails its requests, not the worker
+            logger.exception("inference failed for %s version %d", self.model.name, self.model.version)
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        self.metrics.compute_seconds.labels(*self._labels).observe(time.perf_counter() - started)
+        self.metrics.batch_size.labels(*self._labels).observe(samples)
+        offset = 0
+        for item in batch:
+            n = item.x.shape[0]
+            if not item.future.done():
+                item.future.set_result(out[offset : offset + n])
+            offset += n

@@ -1,0 +1,68 @@
+"""``bnfold-serve`` (also ``python -m service``): run the inference server under uvicorn.
+
+Flags override ``BNFOLD_*`` environment variables. On SIGTERM or SIGINT readiness turns false at once,
+requests already accepted finish, then the process exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+logger = logging.getLogger("service")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bnfold-serve",
+        description="Serve a bnfold model repository over the Open Inference Protocol (v2) with ONNX Runtime. "
+        "Every flag can also be set as an environment variable BNFOLD_<NAME>.",
+        epilog="example:\n  bnfold-serve --repository model_repository --port 8000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--repository", type=Path, help="model repository root (BNFOLD_REPOSITORY)")
+    p.add_argument("--host", help="listen address (BNFOLD_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (BNFOLD_PORT, default 8000)")
+    p.add_argument("--providers", choices=["auto", "cpu", "cuda"], help="execution provider (default auto)")
+    p.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads (default: its own)")
+    p.add_argument("--max-batch-size", type=int, help="override config.pbtxt max_batch_size")
+    p.add_argument("--max-queue-delay-ms", type=float, help="override the dynamic batching delay")
+    p.add_argument("--max-queue-size", type=int, help="queued requests per model before 503 (default 512)")
+    p.add_argument("--request-timeout-s", type=float, help="per-request timeout before 504 (default 30)")
+    p.add_argument("--max-body-bytes", type=int, help="largest request body before 413 (default 64 MiB)")
+    p.add_argument("--allow-non-finite", action="store_true", default=None, help="accept NaN/Inf inputs")
+    p.add_argument("--api-key", help="enable /v2/repository/* with this key (prefer BNFOLD_API_KEY)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def settings_from(argv: list[str] | None) -> Settings:
+    args = build_parser().parse_args(argv)
+    given: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
+    return Settings(**given)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = settings_from(argv)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        print(f"bnfold-serve: error: invalid settings: {problems}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    from service.server import serve
+
+    return serve(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""One loaded model version: an ONNX Runtime session plus what bnfold's metadata says about its input."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.providers import resolve_providers, session_options
+from service.repository import read_config, read_labels
+
+logger = logging.getLogger(__name__)
+
+ORT_TO_V2 = {
+    "tensor(float)": "FP32",
+    "tensor(float16)": "FP16",
+    "tensor(double)": "FP64",
+    "tensor(int64)": "INT64",
+    "tensor(int32)": "INT32",
+    "tensor(int8)": "INT8",
+    "tensor(uint8)": "UINT8",
+    "tensor(bool)": "BOOL",
+}
+
+
+class ModelLoadError(Exception):
+    """A model version that cannot be served; the message says why."""
+
+
+@dataclass
+class ModelVersion:
+    """A servable model version. ``run`` is thread-safe (ONNX Runtime sessions are)."""
+
+    name: str
+    version: int
+    path: Path
+    session: Any
+    input_name: str
+    input_datatype: str
+    sample_shape: tuple[int, ...]  # without the batch axis
+    output_name: str
+    output_datatype: str
+    output_shape: tuple[int, ...]
+    labels: list[str]
+    max_batch_size: int
+    max_queue_delay_us: int
+    platform: str
+    provider: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def normalization(self) -> tuple[np.ndarray, np.ndarray] | None:
+        norm = (self.metadata.get("bnfold.input") or {}).get("normalization")
+        if not norm:
+            return None
+        return np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Logits for ``batch`` (N, *sample_shape)."""
+        out: np.ndarray = self.session.run([self.output_name], {self.input_name: batch})[0]
+        return out
+
+    def warm_up(self) -> None:
+        """Run batch 1 and the largest batch once, so the first real request pays no set-up cost."""
+        dtype = np.float16 if self.input_datatype == "FP16" else np.float32
+        for n in sorted({1, self.max_batch_size}):
+            self.run(np.zeros((n, *self.sample_shape), dtype))
+
+
+def _static_dims(dims: list[Any], what: str, path: Path) -> tuple[int, ...]:
+    if not all(isinstance(d, int) and d > 0 for d in dims):
+        raise ModelLoadError(f"{path}: {what} must have fixed dimensions besides the batch axis, got {dims}")
+    return tuple(int(d) for d in dims)
+
+
+def load_version(
+    model_dir: Path,
+    version: int,
+    providers_setting: str,
+    intra_op_threads: int,
+    max_batch_size: int | None = None,
+    max_queue_delay_us: int | None = None,
+) -> ModelVersion:
+    """Open ``<model_dir>/<version>/model.onnx`` as a session, read its metadata and warm it up."""
+    import onnxruntime as ort
+
+    path = model_dir / str(version) / "model.onnx"
+    if not path.is_file():
+        raise ModelLoadError(f"{path} does not exist")
+    config = read_config(model_dir)
+    if config.platform != "onnxruntime_onnx":
+        raise ModelLoadError(
+            f"{model_dir}/config.pbtxt: platform {config.platform!r}; this server runs onnxruntime_onnx"
+        )
+    providers = resolve_providers(providers_setting, path)
+    try:
+        session = ort.InferenceSession(str(path), session_options(intra_op_threads), providers=providers)
+    except Exception as exc:  # ONNX Runtime raises its own exception types for every kind of bad file
+        raise ModelLoadError(f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[0]}") from exc
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) < 1:
+        raise ModelLoadError(
+            f"{path}: expected one input and at least one output, got {len(inputs)} and {len(outputs)}"
+        )
+    meta_raw = session.get_modelmeta().custom_metadata_map
+    metadata: dict[str, Any] = {}
+    for key, value in meta_raw.items():
+        try:
+            metadata[key] = json.loads(value)
+        except json.JSONDecodeError:
+            metadata[key] = value
+    labels = metadata.get("bnfold.labels") or read_labels(model_dir)
+    out_shape = _static_dims(list(outputs[0].shape[1:]), "the output", path)
+    model = ModelVersion(
+        name=model_dir.name,
+        version=version,
+        path=path,
+        session=session,
+        input_name=inputs[0].name,
+        input_datatype=ORT_TO_V2.get(inputs[0].type, inputs[0].type),
+        sample_shape=_static_dims(list(inputs[0].shape[1:]), "the input", path),
+        output_name=outputs[0].name,
+        output_datatype=ORT_TO_V2.get(outputs[0].type, outputs[0].type),
+        output_shape=out_shape,
+        labels=list(labels) or [str(i) for i in range(out_shape[-1])],
+        max_batch_size=max_batch_size or config.max_batch_size,
+        max_queue_delay_us=config.max_queue_delay_us if max_queue_delay_us is None else max_queue_delay_us,
+        platform=config.platform,
+        provider=session.get_providers()[0],
+        metadata=metadata,
+    )
+    try:
+        model.warm_up()
+    except Exception as exc:  # a model that cannot run its own warm-up batch must not serve
+        raise ModelLoadError(f"{path}: warm-up run failed: {str(exc).strip().splitlines()[0]}") from exc
+    logger.info("loaded %s version %d (%s, max batch %d)", model.name, version, model.provider, model.max_batch_size)
+    return model

@@ -1,0 +1,210 @@
+"""Open Inference Protocol v2 request decoding and response encoding, with Triton's extensions.
+
+- JSON tensors: ``{"name", "shape", "datatype", "data"}`` with ``data`` flat or nested, row-major.
+- Binary tensor data: the body is a JSON header of ``Inference-Header-Content-Length`` bytes followed by
+  the raw little-endian tensors in input order; an input with ``parameters.binary_data_size`` takes its
+  bytes from there. Outputs are binary when the output asks (``parameters.binary_data``) or the request
+  does (``parameters.binary_data_output``); their sizes go in ``binary_data_size``.
+- Classification: ``parameters.classification: k`` on an output returns, per sample, the top k classes as
+  BYTES ``"score:index:label"``.
+
+The hot path avoids pydantic and Python lists for binary data: bytes go straight into numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from service.errors import bad_request
+
+DATATYPES: dict[str, Any] = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+@dataclass
+class InputTensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    array: np.ndarray
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    binary: bool | None
+    class_count: int
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    inputs: list[InputTensor]
+    outputs: list[RequestedOutput] | None
+    binary_output: bool
+
+
+def _param(obj: dict[str, Any], key: str) -> Any:
+    params = obj.get("parameters")
+    return params.get(key) if isinstance(params, dict) else None
+
+
+def _shape(raw: Any, name: str) -> tuple[int, ...]:
+    if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw):
+        raise bad_request(f"input {name!r}: 'shape' must be a list of non-negative integers, got {raw!r}")
+    return tuple(raw)
+
+
+def _decode_input(obj: Any, binary: memoryview, offset: int) -> tuple[InputTensor, int]:
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        raise bad_request("each entry of 'inputs' must be an object with a string 'name'")
+    name = obj["name"]
+    datatype = obj.get("datatype")
+    if datatype not in DATATYPES:
+        raise bad_request(f"input {name!r}: unsupported datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
+    shape = _shape(obj.get("shape"), name)
+    dtype = np.dtype(DATATYPES[datatype])
+    count = int(np.prod(shape)) if shape else 1
+    size = _param(obj, "binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size < 0:
+            raise bad_request(f"input {name!r}: binary_data_size must be a non-negative integer")
+        if size != count * dtype.itemsize:
+            raise bad_request(
+                f"input {name!r}: binary_data_size {size} does not match shape {list(shape)} of {datatype} "
+                f"({count * dtype.itemsize} bytes expected)"
+            )
+        if offset + size > len(binary):
+            raise bad_request(f"input {name!r}: binary data is truncated ({len(binary) - offset} of {size} bytes)")
+        array = np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=count, offset=offset).reshape(shape)
+        return InputTensor(name, datatype, shape, array), offset + size
+    if "data" not in obj:
+        raise bad_request(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+    try:
+        array = np.asarray(obj["data"], dtype=dtype)
+    except (ValueError, TypeError) as exc:
+        raise bad_request(f"input {name!r}: 'data' is not an array of {datatype} values ({exc})") from exc
+    if array.size != count:
+        raise bad_request(f"input {name!r}: 'data' holds {array.size} values, shape {list(shape)} needs {count}")
+    return InputTensor(name, datatype, shape, array.reshape(shape)), offset
+
+
+def _decode_output(obj: Any) -> RequestedOutput:
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        raise bad_request("each entry of 'outputs' must be an object with a string 'name'")
+    binary = _param(obj, "binary_data")
+    classes = _param(obj, "classification") or 0
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
+        raise bad_request(f"output {obj['name']!r}: classification must be a non-negative integer")
+    return RequestedOutput(obj["name"], None if binary is None else bool(binary), classes)
+
+
+def decode_request(body: bytes, header_length: str | None) -> InferRequest:
+    """Parse a v2 inference request body (JSON, or JSON header + binary tensors)."""
+    if header_length is not None:
+        try:
+            json_size = int(header_length)
+        except ValueError:
+            raise bad_request(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+        if not 0 < json_size <= len(body):
+            raise bad_request(f"{HEADER_LENGTH} is {json_size} but the body has {len(body)} bytes")
+    else:
+        json_size = len(body)
+    try:
+        doc = orjson.loads(memoryview(body)[:json_size])
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise bad_request("request body must be a JSON object")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise bad_request("request needs a non-empty 'inputs' list")
+    binary = memoryview(body)[json_size:]
+    offset = 0
+    inputs = []
+    for obj in raw_inputs:
+        tensor, offset = _decode_input(obj, binary, offset)
+        inputs.append(tensor)
+    if offset != len(binary):
+        raise bad_request(f"{len(binary) - offset} bytes of binary data follow the inputs but no input claims them")
+    raw_outputs = doc.get("outputs")
+    if raw_outputs is not None and not isinstance(raw_outputs, list):
+        raise bad_request("'outputs' must be a list")
+    request_id = doc.get("id")
+    return InferRequest(
+        id=str(request_id) if request_id is not None else None,
+        inputs=inputs,
+        outputs=[_decode_output(o) for o in raw_outputs] if raw_outputs else None,
+        binary_output=bool(_param(doc, "binary_data_output")),
+    )
+
+
+def classify(logits: np.ndarray, k: int, labels: list[str]) -> np.ndarray:
+    """Top-k per sample as BYTES strings ``"score:index:label"`` (shape (N, k))."""
+    k = min(k, logits.shape[-1])
+    flat = logits.reshape(logits.shape[0], -1)
+    top = np.argsort(-flat, axis=1, kind="stable")[:, :k]
+    rows = []
+    for i, indices in enumerate(top):
+        rows.append([f"{flat[i, j]:f}:{j}:{labels[j] if j < len(labels) else j}".encode() for j in indices])
+    return np.array(rows, dtype=object)
+
+
+def _serialize_bytes(values: np.ndarray) -> bytes:
+    """Triton's BYTES wire format: each element as a 4-byte little-endian length and its bytes."""
+    return b"".join(len(v).to_bytes(4, "little") + v for v in values.ravel())
+
+
+@dataclass
+class OutputTensor:
+    name: str
+    datatype: str
+    array: np.ndarray
+    binary: bool
+
+
+def encode_response(
+    model_name: str, model_version: str, request_id: str | None, outputs: list[OutputTensor]
+) -> tuple[bytes, dict[str, str]]:
+    """Body and extra headers of a v2 inference response."""
+    entries: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for out in outputs:
+        entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": list(out.array.shape)}
+        if out.binary:
+            raw = (
+                _serialize_bytes(out.array)
+                if out.datatype == "BYTES"
+                else np.ascontiguousarray(out.array, dtype=out.array.dtype.newbyteorder("<")).tobytes()
+            )
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        elif out.datatype == "BYTES":
+            entry["data"] = [v.decode() for v in out.array.ravel()]
+        else:
+            entry["data"] = out.array.ravel()
+        entries.append(entry)
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": entries}
+    if request_id is not None:
+        doc["id"] = request_id
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return header, {}
+    return header + b"".join(chunks), {HEADER_LENGTH: str(len(header))}

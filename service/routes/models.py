@@ -1,0 +1,73 @@
+"""Model metadata, readiness and configuration, for the newest or a given version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from service.deps import ManagerDep
+from service.manager import Served
+from service.schemas import ERROR_RESPONSES
+
+router = APIRouter(tags=["models"], responses=ERROR_RESPONSES)
+
+
+def metadata(served: Served, all_versions: list[int]) -> dict[str, Any]:
+    m = served.model
+    return {
+        "name": m.name,
+        "versions": [str(v) for v in all_versions],
+        "platform": m.platform,
+        "inputs": [{"name": m.input_name, "datatype": m.input_datatype, "shape": [-1, *m.sample_shape]}],
+        "outputs": [{"name": m.output_name, "datatype": m.output_datatype, "shape": [-1, *m.output_shape]}],
+        "parameters": {
+            "version": str(m.version),
+            "execution_provider": m.provider,
+            "labels": m.labels,
+            "input": m.metadata.get("bnfold.input"),
+            "fold_summary": m.metadata.get("bnfold.fold_summary"),
+            "precision": m.metadata.get("bnfold.precision", "float32"),
+        },
+    }
+
+
+def config(served: Served) -> dict[str, Any]:
+    m = served.model
+    return {
+        "name": m.name,
+        "platform": m.platform,
+        "backend": "onnxruntime",
+        "max_batch_size": m.max_batch_size,
+        "input": [{"name": m.input_name, "data_type": f"TYPE_{m.input_datatype}", "dims": list(m.sample_shape)}],
+        "output": [
+            {
+                "name": m.output_name,
+                "data_type": f"TYPE_{m.output_datatype}",
+                "dims": list(m.output_shape),
+                "label_filename": "labels.txt",
+            }
+        ],
+        "dynamic_batching": {"max_queue_delay_microseconds": m.max_queue_delay_us},
+        "parameters": {"execution_provider": {"string_value": m.provider}},
+    }
+
+
+@router.get("/v2/models/{model}", summary="Model metadata (newest version)")
+@router.get("/v2/models/{model}/versions/{version}", summary="Model metadata")
+async def model_metadata(model: str, manager: ManagerDep, version: str | None = None) -> dict[str, Any]:
+    served = manager.get(model, version)
+    return metadata(served, sorted(manager.models[model]))
+
+
+@router.get("/v2/models/{model}/ready", summary="Model readiness (newest version)")
+@router.get("/v2/models/{model}/versions/{version}/ready", summary="Model readiness")
+async def model_ready(model: str, manager: ManagerDep, version: str | None = None) -> dict[str, Any]:
+    served = manager.get(model, version)
+    return {"name": model, "version": str(served.model.version), "ready": True}
+
+
+@router.get("/v2/models/{model}/config", summary="Model configuration (newest version)")
+@router.get("/v2/models/{model}/versions/{version}/config", summary="Model configuration")
+async def model_config(model: str, manager: ManagerDep, version: str | None = None) -> dict[str, Any]:
+    return config(manager.get(model, version))

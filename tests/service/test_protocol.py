@@ -1,0 +1,100 @@
+"""The v2 codec on its own: JSON and binary tensors in, JSON, binary and classification out, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from service.errors import ApiError
+from service.protocol import OutputTensor, classify, decode_request, encode_response
+
+
+def _binary_body(arrays: list[np.ndarray], extra: bytes = b"", size_delta: int = 0) -> tuple[bytes, str]:
+    inputs = [
+        {"name": f"in{i}", "shape": list(a.shape), "datatype": "FP32",
+         "parameters": {"binary_data_size": a.nbytes + size_delta}}
+        for i, a in enumerate(arrays)
+    ]  # fmt: skip
+    header = orjson.dumps({"inputs": inputs})
+    return header + b"".join(a.tobytes() for a in arrays) + extra, str(len(header))
+
+
+def test_binary_inputs_go_straight_into_numpy() -> None:
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    b = -np.ones((2, 2), np.float32)
+    body, length = _binary_body([a, b])
+    req = decode_request(body, length)
+    np.testing.assert_array_equal(req.inputs[0].array, a)
+    np.testing.assert_array_equal(req.inputs[1].array, b)
+    assert req.inputs[0].array.base is not None  # a view on the request bytes, no copy through a list
+
+
+def test_json_inputs_flat_or_nested() -> None:
+    flat = decode_request(orjson.dumps({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32",
+                                                    "data": [1, 2, 3, 4]}]}), None)  # fmt: skip
+    nested = decode_request(orjson.dumps({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32",
+                                                      "data": [[1, 2], [3, 4]]}], "id": "r1"}), None)  # fmt: skip
+    np.testing.assert_array_equal(flat.inputs[0].array, nested.inputs[0].array)
+    assert nested.id == "r1" and flat.id is None
+
+
+@pytest.mark.parametrize(
+    ("body", "header", "message"),
+    [
+        (b"{", None, "not valid JSON"),
+        (b"[]", None, "must be a JSON object"),
+        (b'{"inputs": []}', None, "non-empty 'inputs'"),
+        (b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2, 3]}]}', None, "holds 3 values"),
+        (
+            b'{"inputs": [{"name": "x", "shape": [2], "datatype": "STRING", "data": [1, 2]}]}',
+            None,
+            "unsupported datatype",
+        ),
+        (b'{"inputs": [{"name": "x", "shape": [-2], "datatype": "FP32", "data": []}]}', None, "non-negative integers"),
+        (
+            b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": ["a", "b"]}]}',
+            None,
+            "not an array of FP32",
+        ),
+        (b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32"}]}', None, "neither 'data' nor"),
+        (b'{"inputs": [{"name": "x"}]}', "abc", "must be an integer"),
+        (b'{"inputs": [{"name": "x"}]}', "9999", "but the body has"),
+    ],
+)
+def test_malformed_requests_are_400_with_a_reason(body: bytes, header: str | None, message: str) -> None:
+    with pytest.raises(ApiError) as info:
+        decode_request(body, header)
+    assert info.value.status == 400 and message in info.value.message
+
+
+def test_binary_size_mismatch_truncation_and_leftovers() -> None:
+    a = np.zeros((2, 3), np.float32)
+    body, length = _binary_body([a], size_delta=4)
+    with pytest.raises(ApiError, match="does not match shape"):
+        decode_request(body, length)
+    body, length = _binary_body([a])
+    with pytest.raises(ApiError, match="truncated"):
+        decode_request(body[:-5], length)
+    body, length = _binary_body([a], extra=b"junk")
+    with pytest.raises(ApiError, match="no input claims them"):
+        decode_request(body, length)
+
+
+def test_response_json_binary_and_bytes() -> None:
+    logits = np.array([[0.1, 2.0, -1.0], [3.0, 0.0, 1.0]], np.float32)
+    body, headers = encode_response("m", "1", "id7", [OutputTensor("logits", "FP32", logits, False)])
+    doc = orjson.loads(body)
+    assert headers == {} and doc["id"] == "id7" and doc["outputs"][0]["shape"] == [2, 3]
+    np.testing.assert_allclose(doc["outputs"][0]["data"], logits.ravel())
+
+    classes = classify(logits, 2, ["a", "b", "c"])
+    assert [v.decode() for v in classes[0]] == ["2.000000:1:b", "0.100000:0:a"]
+    body, headers = encode_response("m", "1", None, [OutputTensor("logits", "FP32", logits, True),
+                                                     OutputTensor("logits", "BYTES", classes, True)])  # fmt: skip
+    n = int(headers["Inference-Header-Content-Length"])
+    doc = orjson.loads(body[:n])
+    size0 = doc["outputs"][0]["parameters"]["binary_data_size"]
+    np.testing.assert_array_equal(np.frombuffer(body[n : n + size0], np.float32).reshape(2, 3), logits)
+    tail = body[n + size0 :]
+    assert int.from_bytes(tail[:4], "little") == len(b"2.000000:1:b") and tail[4:16] == b"2.000000:1:b"
