@@ -20,13 +20,25 @@ INFER = "/v2/models/digits/infer"
 
 
 def json_request(x: np.ndarray, **extra: Any) -> bytes:
-    return orjson.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
-                                     "data": x.ravel().tolist()}], **extra})  # fmt: skip
+    return orjson.dumps(
+        {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}], **extra}
+    )
 
 
 def binary_request(x: np.ndarray, **extra: Any) -> tuple[bytes, dict[str, str]]:
-    header = orjson.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
-                                       "parameters": {"binary_data_size": x.nbytes}}], **extra})  # fmt: skip
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            **extra,
+        }
+    )
     return header + x.astype(np.float32).tobytes(), {"Inference-Header-Content-Length": str(len(header))}
 
 
@@ -77,8 +89,12 @@ def test_classification_extension(client: TestClient, digits_val: Any) -> None:
     out = r.json()["outputs"][0]
     assert out["datatype"] == "BYTES" and out["shape"] == [3, 2]
     score, index, label = out["data"][0].split(":")
-    assert index == label and 0 <= int(index) < 10 and float(score) == pytest.approx(logits_of(
-        client.post(INFER, content=json_request(x))).max(axis=1)[0], abs=1e-5)  # fmt: skip
+    assert (
+        index == label
+        and 0 <= int(index) < 10
+        and float(score)
+        == pytest.approx(logits_of(client.post(INFER, content=json_request(x))).max(axis=1)[0], abs=1e-5)
+    )
 
 
 def test_classify_images_multipart_raw_and_batch(client: TestClient, model_repo: Path) -> None:
@@ -117,21 +133,21 @@ BAD_INPUTS = [
         {},
         400,
         "expected FP32",
-    ),  # fmt: skip
+    ),
     (
         "wrong shape",
         orjson.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 7], "datatype": "FP32", "data": [0.0] * 56}]}),
         {},
         400,
         "expected [-1, 1, 8, 8]",
-    ),  # fmt: skip
+    ),
     (
         "count mismatch",
         orjson.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 63}]}),
         {},
         400,
         "holds 63 values",
-    ),  # fmt: skip
+    ),
     (
         "nan",
         orjson.dumps(
@@ -144,7 +160,7 @@ BAD_INPUTS = [
         {},
         400,
         "NaN or Inf",
-    ),  # fmt: skip
+    ),
     ("truncated binary", None, {}, 400, "truncated"),
     ("bad header length", b'{"inputs":[]}', {"Inference-Header-Content-Length": "x"}, 400, "must be an integer"),
     (
@@ -155,7 +171,7 @@ BAD_INPUTS = [
         {},
         400,
         "at most 16",
-    ),  # fmt: skip
+    ),
     (
         "unknown output",
         orjson.dumps(
@@ -167,7 +183,7 @@ BAD_INPUTS = [
         {},
         400,
         "no output 'probs'",
-    ),  # fmt: skip
+    ),
     ("bad encoding", b"xx", {"Content-Encoding": "gzip"}, 400, "not valid gzip"),
 ]
 
@@ -234,6 +250,11 @@ def test_metrics_exposition(client: TestClient, digits_val: Any) -> None:
     text = client.get("/metrics").text
     assert 'bnfold_requests_total{model="digits",outcome="success",version="1"}' in text
     assert 'bnfold_requests_total{model="digits",outcome="bad_request",version="1"}' in text
-    for name in ("bnfold_request_seconds_bucket", "bnfold_queue_seconds_bucket", "bnfold_compute_seconds_bucket",
-                 "bnfold_batch_size_bucket", "bnfold_queue_depth"):  # fmt: skip
+    for name in (
+        "bnfold_request_seconds_bucket",
+        "bnfold_queue_seconds_bucket",
+        "bnfold_compute_seconds_bucket",
+        "bnfold_batch_size_bucket",
+        "bnfold_queue_depth",
+    ):
         assert name in text

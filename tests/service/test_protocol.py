@@ -12,10 +12,14 @@ from service.protocol import OutputTensor, classify, decode_request, encode_resp
 
 def _binary_body(arrays: list[np.ndarray], extra: bytes = b"", size_delta: int = 0) -> tuple[bytes, str]:
     inputs = [
-        {"name": f"in{i}", "shape": list(a.shape), "datatype": "FP32",
-         "parameters": {"binary_data_size": a.nbytes + size_delta}}
+        {
+            "name": f"in{i}",
+            "shape": list(a.shape),
+            "datatype": "FP32",
+            "parameters": {"binary_data_size": a.nbytes + size_delta},
+        }
         for i, a in enumerate(arrays)
-    ]  # fmt: skip
+    ]
     header = orjson.dumps({"inputs": inputs})
     return header + b"".join(a.tobytes() for a in arrays) + extra, str(len(header))
 
@@ -31,10 +35,15 @@ def test_binary_inputs_go_straight_into_numpy() -> None:
 
 
 def test_json_inputs_flat_or_nested() -> None:
-    flat = decode_request(orjson.dumps({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32",
-                                                    "data": [1, 2, 3, 4]}]}), None)  # fmt: skip
-    nested = decode_request(orjson.dumps({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32",
-                                                      "data": [[1, 2], [3, 4]]}], "id": "r1"}), None)  # fmt: skip
+    flat = decode_request(
+        orjson.dumps({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}]}), None
+    )
+    nested = decode_request(
+        orjson.dumps(
+            {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2], [3, 4]]}], "id": "r1"}
+        ),
+        None,
+    )
     np.testing.assert_array_equal(flat.inputs[0].array, nested.inputs[0].array)
     assert nested.id == "r1" and flat.id is None
 
@@ -90,8 +99,9 @@ def test_response_json_binary_and_bytes() -> None:
 
     classes = classify(logits, 2, ["a", "b", "c"])
     assert [v.decode() for v in classes[0]] == ["2.000000:1:b", "0.100000:0:a"]
-    body, headers = encode_response("m", "1", None, [OutputTensor("logits", "FP32", logits, True),
-                                                     OutputTensor("logits", "BYTES", classes, True)])  # fmt: skip
+    body, headers = encode_response(
+        "m", "1", None, [OutputTensor("logits", "FP32", logits, True), OutputTensor("logits", "BYTES", classes, True)]
+    )
     n = int(headers["Inference-Header-Content-Length"])
     doc = orjson.loads(body[:n])
     size0 = doc["outputs"][0]["parameters"]["binary_data_size"]
