@@ -52,9 +52,11 @@ class ModelManager:
 
     # ---- lookup ------------------------------------------------------------------------------------------
     def get(self, name: str, version: str | None = None) -> Served:
-        """The newest (or the given) ready version of ``name``; 404 names what exists, 503 while draining."""
-        if self.draining:
-            raise unavailable("server is shutting down")
+        """The newest (or the given) ready version of ``name``; 404 names what exists.
+
+        While draining (after SIGTERM) requests are still served: readiness is off so that load balancers stop
+        sending, but whatever reaches the server is answered.
+        """
         by_version = self.models.get(name)
         if not by_version:
             entry = self.index.get(name)

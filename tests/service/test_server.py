@@ -1,0 +1,160 @@
+"""A real uvicorn process on loopback: the unmodified tritonclient, graceful SIGTERM, no torch in serving."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from service.verify_direct import direct_logits
+from tests.service.conftest import ServerProcess
+from tests.service.test_app import INFER, binary_request, json_request
+
+
+def test_tritonclient_http_against_a_real_server(server: ServerProcess, model_repo: Path, digits_val: Any) -> None:
+    import tritonclient.http as httpclient
+
+    x = np.ascontiguousarray(digits_val[0][:4], np.float32)
+    expected = direct_logits(model_repo / "digits" / "1" / "model.onnx", x)
+    client = httpclient.InferenceServerClient(url=server.url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("digits") and client.is_model_ready("digits", "1")
+    meta = client.get_model_metadata("digits")
+    assert meta["inputs"][0]["name"] == "input" and meta["outputs"][0]["shape"] == [-1, 10]
+    assert client.get_model_config("digits")["max_batch_size"] == 16
+
+    for binary in (True, False):
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        out = httpclient.InferRequestedOutput("logits", binary_data=binary)
+        result = client.infer("digits", [inp], outputs=[out], request_id=f"req-{binary}")
+        np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
+        assert result.get_response()["id"] == f"req-{binary}"
+
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer("digits", [inp], outputs=[httpclient.InferRequestedOutput("logits", class_count=3)])
+    top = result.as_numpy("logits")
+    assert top.shape == (4, 3)
+    for row, logits in zip(top, expected, strict=True):
+        score, index, label = row[0].decode().split(":")
+        assert int(index) == int(logits.argmax()) and label == index
+        assert float(score) == pytest.approx(float(logits.max()), abs=1e-5)
+
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
+        client.get_model_metadata("nope")
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def slow_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository whose model takes tens of milliseconds per sample, so a burst is still running at SIGTERM."""
+    import torch
+
+    from export.onnx_export import export_onnx
+    from export.repository import TensorSpec, new_version, render_config, write_model_files
+    from training.models import build_model
+
+    repo = tmp_path_factory.mktemp("slow_repo")
+    model = build_model("resnet", in_channels=3, depth=20, width=32, num_classes=4).eval()
+    with new_version(repo, "slow") as (staging, _):
+        export_onnx(model, (torch.randn(2, 3, 96, 96),), staging / "model.onnx", random_samples=2)
+    config = render_config("slow", [TensorSpec("input", "float32", (3, 96, 96))], [TensorSpec("logits", "float32", (4,))],
+                           max_batch_size=1, max_queue_delay_us=0)  # fmt: skip
+    write_model_files(repo / "slow", config, ["a", "b", "c", "d"])
+    return repo
+
+
+def test_sigterm_during_a_burst_loses_no_accepted_request(slow_repo: Path) -> None:
+    srv = ServerProcess(slow_repo)
+    try:
+        srv.wait_ready()
+        x = np.random.default_rng(0).standard_normal((1, 3, 96, 96)).astype(np.float32)
+        body, headers = binary_request(x)
+        results: list[Any] = []
+
+        def one() -> None:
+            try:
+                r = httpx.post(f"{srv.url}/v2/models/slow/infer", content=body, headers=headers, timeout=60)
+                results.append(r.status_code)
+            except httpx.HTTPError as exc:
+                results.append(exc)
+
+        threads = [threading.Thread(target=one) for _ in range(24)]
+        for t in threads:
+            t.start()
+        # the first answer means every request of the burst has long been sent; the model works through the
+        # queue one sample at a time, so most are still waiting when the signal arrives
+        deadline = time.monotonic() + 30
+        while not results and time.monotonic() < deadline:
+            time.sleep(0.005)
+        in_flight = 24 - len(results)
+        assert srv.proc.poll() is None and in_flight >= 8, f"only {in_flight} requests in flight at SIGTERM"
+        srv.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(timeout=120)
+        # uvicorn re-raises the signal once it has drained, so the exit status says "terminated by SIGTERM"
+        assert srv.proc.wait(timeout=60) in (0, -signal.SIGTERM)
+        assert len(results) == 24 and all(r == 200 for r in results), results
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{srv.url}/v2/health/live", timeout=2)
+    finally:
+        srv.stop()
+
+
+def test_readiness_turns_false_on_the_first_signal(model_repo: Path) -> None:
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.server import DrainingServer
+    from service.settings import Settings
+
+    app = create_app(Settings(repository=model_repo))
+    with TestClient(app) as c:
+        assert c.get("/v2/health/ready").status_code == 200
+        DrainingServer(uvicorn.Config(app), app.state.manager).handle_exit(signal.SIGTERM, None)
+        assert c.get("/v2/health/ready").status_code == 503
+        assert c.get("/v2/health/live").status_code == 200
+
+
+def test_serving_never_imports_torch(model_repo: Path, digits_val: Any) -> None:
+    code = f"""
+import sys
+from fastapi.testclient import TestClient
+import service.cli, service.server
+from service.app import create_app
+from service.settings import Settings
+with TestClient(create_app(Settings(repository={str(model_repo)!r}))) as c:
+    r = c.post("{INFER}", content={json_request(digits_val[0][:1])!r})
+    assert r.status_code == 200, r.text
+    r = c.post("/v1/models/digits/classify", content=open({str(Path(__file__).parent / "data" / "digit.png")!r}, "rb").read(),
+               headers={{"Content-Type": "image/png"}})
+    assert r.status_code == 200, r.text
+leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.") or m.startswith("training"))
+assert not leaked, leaked
+print("no torch")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "no torch" in proc.stdout, proc.stderr
+
+
+def test_server_refuses_to_start_without_models(tmp_path: Path) -> None:
+    srv = ServerProcess(tmp_path / "empty")
+    try:
+        code = srv.proc.wait(timeout=60)
+        out = srv.output()
+    finally:
+        srv.stop()
+    assert code != 0
+    assert "model repository" in out and "does not exist" in out and "run bnfold-export first" in out
