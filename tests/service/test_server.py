@@ -69,8 +69,8 @@ def slow_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = build_model("resnet", in_channels=3, depth=20, width=32, num_classes=4).eval()
     with new_version(repo, "slow") as (staging, _):
         export_onnx(model, (torch.randn(2, 3, 96, 96),), staging / "model.onnx", random_samples=2)
-    config = render_config("slow", [TensorSpec("input", "float32", (3, 96, 96))], [TensorSpec("logits", "float32", (4,))],
-                           max_batch_size=1, max_queue_delay_us=0)  # fmt: skip
+    inputs, outputs = [TensorSpec("input", "float32", (3, 96, 96))], [TensorSpec("logits", "float32", (4,))]
+    config = render_config("slow", inputs, outputs, max_batch_size=1, max_queue_delay_us=0)
     write_model_files(repo / "slow", config, ["a", "b", "c", "d"])
     return repo
 
@@ -129,6 +129,7 @@ def test_readiness_turns_false_on_the_first_signal(model_repo: Path) -> None:
 
 
 def test_serving_never_imports_torch(model_repo: Path, digits_val: Any) -> None:
+    png = Path(__file__).parent / "data" / "digit.png"
     code = f"""
 import sys
 from fastapi.testclient import TestClient
@@ -138,7 +139,7 @@ from service.settings import Settings
 with TestClient(create_app(Settings(repository={str(model_repo)!r}))) as c:
     r = c.post("{INFER}", content={json_request(digits_val[0][:1])!r})
     assert r.status_code == 200, r.text
-    r = c.post("/v1/models/digits/classify", content=open({str(Path(__file__).parent / "data" / "digit.png")!r}, "rb").read(),
+    r = c.post("/v1/models/digits/classify", content=open({str(png)!r}, "rb").read(),
                headers={{"Content-Type": "image/png"}})
     assert r.status_code == 200, r.text
 leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.") or m.startswith("training"))
