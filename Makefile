@@ -1,5 +1,5 @@
 # bnfold: the README's two commands. Both set themselves up from nothing.
-#   make demo   train on the bundled digits data, fold and export it into the model repository
+#   make demo   train on the bundled digits, fold + export to ONNX, serve it, classify a real digit
 #   make test   lint, type-check and run the whole test suite
 
 PYTHON ?= python3
@@ -8,6 +8,7 @@ PIP_CONSTRAINT ?= constraints/torch-cpu.txt
 RUN_DIR ?= runs/demo
 REPOSITORY ?= model_repository
 MODEL_NAME ?= digits
+PORT ?= 8000
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bnfold-dev-installed
 
@@ -22,8 +23,7 @@ $(STAMP): pyproject.toml $(PIP_CONSTRAINT)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/bnfold-train --out $(RUN_DIR) --overwrite
-	$(BIN)/bnfold-export --checkpoint $(RUN_DIR) --repository $(REPOSITORY) --name $(MODEL_NAME)
+	BIN=$(BIN) RUN_DIR=$(RUN_DIR) REPOSITORY=$(REPOSITORY) MODEL_NAME=$(MODEL_NAME) PORT=$(PORT) bash scripts/demo.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

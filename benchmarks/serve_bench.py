@@ -1,0 +1,234 @@
+"""Serving benchmark: bnfold-serve against in-process ONNX Runtime on the same model, in the same run.
+
+Measures, for a ResNet-20 (3x32x32, BN folded) exported by bnfold:
+  1. in-process ONNX Runtime throughput at batch 1, 16 and its best batch;
+  2. the server under 16 concurrent clients, 1 sample per request, binary v2 and JSON v2 (samples/s);
+  3. one client at a time: median latency of a binary request vs a direct ``session.run`` at batch 1;
+  4. server memory (RSS) over a sustained run: mean of the first minute vs the last minute.
+
+The load generator runs on the same machine (threads with keep-alive http.client connections), as in the
+targets of issue 4. Usage:  .venv/bin/python benchmarks/serve_bench.py [--seconds 10] [--soak 130]
+Figures are printed as a table and written as JSON (--json PATH).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+
+def build_repository(root: Path) -> Path:
+    """Export a ResNet-20 (random weights, randomised BN statistics) into a model repository."""
+    import torch
+
+    from export.onnx_export import export_onnx
+    from export.repository import TensorSpec, new_version, render_config, write_model_files
+    from training.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet", depth=20, width=16, in_channels=3, num_classes=10).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    with new_version(root, "resnet20") as (staging, _):
+        export_onnx(model, (torch.randn(2, 3, 32, 32),), staging / "model.onnx", random_samples=4)
+    config = render_config(
+        "resnet20",
+        [TensorSpec("input", "float32", (3, 32, 32))],
+        [TensorSpec("logits", "float32", (10,))],
+        max_batch_size=64,
+        max_queue_delay_us=500,
+    )
+    write_model_files(root / "resnet20", config, [str(i) for i in range(10)])
+    return root / "resnet20" / "1" / "model.onnx"
+
+
+def ort_throughput(path: Path, batch: int, seconds: float) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    for _ in range(5):
+        session.run(None, {"input": x})
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        session.run(None, {"input": x})
+        n += batch
+    return n / (time.perf_counter() - start)
+
+
+def ort_latency(path: Path, count: int) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    times = []
+    for _ in range(count):
+        t = time.perf_counter()
+        session.run(None, {"input": x})
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[count // 10 :])
+
+
+def request_body(binary: bool) -> tuple[bytes, dict[str, str]]:
+    x = np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    tensor: dict[str, Any] = {"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32"}
+    if not binary:
+        tensor["data"] = x.ravel().tolist()
+        return orjson.dumps({"inputs": [tensor]}), {}
+    tensor["parameters"] = {"binary_data_size": x.nbytes}
+    header = orjson.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}})
+    return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+
+
+def load(port: int, binary: bool, clients: int, seconds: float) -> tuple[float, int]:
+    """Samples/s over ``seconds`` with ``clients`` keep-alive connections; returns (rate, errors)."""
+    body, headers = request_body(binary)
+    counts = [0] * clients
+    errors = [0] * clients
+    stop = time.perf_counter() + seconds
+
+    def client(i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        while time.perf_counter() < stop:
+            conn.request("POST", "/v2/models/resnet20/infer", body=body, headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status == 200:
+                counts[i] += 1
+            else:
+                errors[i] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - start), sum(errors)
+
+
+def server_latency(port: int, count: int) -> float:
+    body, headers = request_body(True)
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    times = []
+    for _ in range(count):
+        t = time.perf_counter()
+        conn.request("POST", "/v2/models/resnet20/infer", body=body, headers=headers)
+        conn.getresponse().read()
+        times.append(time.perf_counter() - t)
+    conn.close()
+    return statistics.median(times[count // 10 :])
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def soak(port: int, pid: int, seconds: float) -> tuple[float, float, float]:
+    """Binary load for ``seconds``, RSS sampled every second: (first-minute mean, last-minute mean, rate)."""
+    samples: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def sampler() -> None:
+        start = time.perf_counter()
+        while not done.is_set():
+            samples.append((time.perf_counter() - start, rss_mb(pid)))
+            time.sleep(1.0)
+
+    t = threading.Thread(target=sampler)
+    t.start()
+    rate, _ = load(port, True, 16, seconds)
+    done.set()
+    t.join()
+    window = min(60.0, seconds / 2)
+    first = [m for s, m in samples if s < window]
+    last = [m for s, m in samples if s >= seconds - window]
+    return statistics.mean(first), statistics.mean(last), rate
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=10.0, help="duration of each throughput phase")
+    p.add_argument("--soak", type=float, default=130.0, help="duration of the memory phase (0: skip)")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    args = p.parse_args()
+    results: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "python": platform.python_version(),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = build_repository(Path(tmp))
+        batches = {b: ort_throughput(path, b, args.seconds / 2) for b in (1, 4, 8, 16, 32, 64)}
+        results["ort_samples_per_s"] = {str(b): round(v) for b, v in batches.items()}
+        best = max(batches.values())
+        results["ort_latency_ms_batch1"] = ort_latency(path, 2000) * 1e3
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "service", "--repository", tmp, "--port", str(port), "--log-level", "warning"]
+        )
+        try:
+            for _ in range(200):
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+                    conn.request("GET", "/v2/health/ready")
+                    if conn.getresponse().status == 200:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.1)
+            load(port, True, 16, 2)  # warm-up
+            binary, err_b = load(port, True, 16, args.seconds)
+            js, err_j = load(port, False, 16, args.seconds)
+            results["server_binary_samples_per_s"] = round(binary)
+            results["server_json_samples_per_s"] = round(js)
+            results["errors"] = err_b + err_j
+            results["binary_vs_best_ort"] = binary / best
+            results["server_latency_ms_batch1"] = server_latency(port, 2000) * 1e3
+            results["latency_overhead_ms"] = results["server_latency_ms_batch1"] - results["ort_latency_ms_batch1"]
+            if args.soak:
+                first, last, rate = soak(port, server.pid, args.soak)
+                results["soak"] = {
+                    "seconds": args.soak,
+                    "rss_first_minute_mb": round(first, 1),
+                    "rss_last_minute_mb": round(last, 1),
+                    "samples_per_s": round(rate),
+                }
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
