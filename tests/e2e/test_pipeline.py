@@ -1,0 +1,115 @@
+"""The containers' commands, run as local processes with the compose file's environment:
+train on digits -> export -> serve -> classify a real digit image over HTTP -> the correct label.
+Also: what the stack does with a missing variable, a failed export and an empty repository.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.compose import ROOT, service_env
+from tests.service.conftest import free_port
+
+BIN = str(Path(sys.executable).parent)
+ENTRYPOINTS = ROOT / "docker" / "entrypoints"
+
+
+def _container_env(service: str, data: Path, models: Path) -> dict[str, str]:
+    """The compose environment of ``service`` with the volumes' mount points mapped to local folders."""
+    env = {}
+    for key, value in service_env(service).items():
+        env[key] = value.replace("/data/runs", str(data / "runs")).replace("/models", str(models))
+    return {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "MPLCONFIGDIR": str(data / "mpl"), **env}
+
+
+def _run(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sh", str(ENTRYPOINTS / script)], capture_output=True, text=True, env=env, timeout=600)
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_train_export_serve_classify(tmp_path: Path) -> None:
+    data, models = tmp_path / "data", tmp_path / "models"
+    # train (the compose default: convnet on digits)
+    train = _run("train.sh", _container_env("train", data, models))
+    assert train.returncode == 0, train.stderr[-2000:]
+    assert (data / "runs" / "digits" / "checkpoints" / "latest").exists()
+    # export
+    export = _run("export.sh", _container_env("export", data, models))
+    assert export.returncode == 0, export.stderr[-2000:]
+    assert "top-1 agreement" in export.stdout and (models / "digits" / "1" / "model.onnx").is_file()
+    # serve, exactly as the image's ENTRYPOINT with the compose environment (loopback only in tests)
+    env = _container_env("serve", data, models)
+    port = free_port()
+    env.update(BNFOLD_HOST="127.0.0.1", BNFOLD_PORT=str(port), PYTHONPATH=str(ROOT))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "service"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        health = [sys.executable, str(ENTRYPOINTS / "healthcheck.py")]
+        for _ in range(600):
+            if subprocess.run(health, env=env).returncode == 0:
+                break
+            assert server.poll() is None, server.stdout.read() if server.stdout else ""
+        else:
+            pytest.fail("the serve container's HEALTHCHECK never passed")
+        # real handwritten digits from the validation split, as PNG files
+        from training.sample_image import write_digit
+
+        correct = 0
+        for index in range(20):
+            png = tmp_path / f"digit{index}.png"
+            label = write_digit(png, index)
+            r = httpx.post(
+                f"http://127.0.0.1:{port}/v1/models/digits/classify",
+                files={"file": (png.name, png.read_bytes(), "image/png")},
+                timeout=30,
+            )
+            assert r.status_code == 200, r.text
+            correct += r.json()["predictions"][0]["top"][0]["label"] == label
+        assert correct >= 18, f"only {correct} of 20 real digits classified correctly"
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def test_missing_variable_stops_with_a_readable_message(tmp_path: Path) -> None:
+    env = _container_env("export", tmp_path, tmp_path / "models")
+    del env["BNFOLD_MODEL_NAME"]
+    proc = _run("export.sh", env)
+    assert proc.returncode != 0 and "set BNFOLD_MODEL_NAME" in proc.stderr
+
+
+def test_failed_export_never_replaces_the_good_model(tmp_path: Path, tiny_run: Path) -> None:
+    data, models = tmp_path / "data", tmp_path / "models"
+    (data / "runs").mkdir(parents=True)
+    os.symlink(tiny_run, data / "runs" / "digits")
+    assert _run("export.sh", _container_env("export", data, models)).returncode == 0
+    before = _snapshot(models)
+    broken = data / "runs" / "broken"
+    broken.mkdir()
+    (broken / "checkpoint.json").write_text("{}")
+    env = _container_env("export", data, models)
+    env["BNFOLD_RUN_DIR"] = str(broken)
+    proc = _run("export.sh", env)
+    assert proc.returncode != 0 and "left unchanged" in proc.stderr
+    assert _snapshot(models) == before
+
+
+def test_serve_refuses_an_empty_repository(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    env = _container_env("serve", tmp_path, models)
+    env.update(BNFOLD_HOST="127.0.0.1", BNFOLD_PORT=str(free_port()), PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "service"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "holds no model" in proc.stdout + proc.stderr
