@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory layout")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     g.add_argument("--threads", type=int, help="CPU threads for torch")
+    g.add_argument(
+        "--sync-bn",
+        action="store_true",
+        default=None,
+        help="under torchrun: BatchNorm statistics over every process's batch (SyncBatchNorm)",
+    )
+    g.add_argument("--dist-timeout-s", type=float, help="bound on every collective under torchrun (default 120)")
     g = p.add_argument_group("BatchNorm population statistics")
     g.add_argument("--bn-stats", choices=["ema", "cumulative"], help="running-statistics rule (default ema)")
     g.add_argument("--bn-momentum", type=float, help=f"EMA momentum (default {d.bn_momentum}, torch's)")

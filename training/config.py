@@ -43,6 +43,8 @@ class TrainConfig(BaseModel):
     channels_last: bool = False
     device: str = "auto"
     threads: int | None = Field(default=None, ge=1)
+    sync_bn: bool = False
+    dist_timeout_s: float = Field(default=120.0, gt=0)
     # BatchNorm population statistics
     bn_stats: Literal["ema", "cumulative"] = "ema"
     bn_momentum: float = Field(default=0.1, gt=0.0, le=1.0)

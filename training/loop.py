@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -36,14 +37,19 @@ def train_step(
     y: torch.Tensor,
     amp: str,
     scaler: torch.amp.GradScaler | None,
+    finite: Callable[[float], bool] = math.isfinite,
 ) -> tuple[float, float]:
-    """Forward, backward and update on one mini-batch; returns (loss, accuracy) of the batch."""
+    """Forward, backward and update on one mini-batch; returns (loss, accuracy) of the batch.
+
+    ``finite`` decides whether to go on (under torchrun it asks every rank); when it says no, nothing is
+    updated and the accuracy is NaN.
+    """
     # compute output and loss
     with autocast(x.device, amp):
         logits = model(x)  # (N, num_classes)
         loss = F.cross_entropy(logits.float(), y)
     loss_value = float(loss.detach())
-    if not torch.isfinite(loss.detach()):
+    if not finite(loss_value):
         return loss_value, float("nan")
     # compute gradient and do SGD step
     optimizer.zero_grad(set_to_none=True)

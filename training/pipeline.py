@@ -22,6 +22,7 @@ from training.checkpoint import Checkpoint, load_checkpoint, load_train_state, s
 from training.config import TrainConfig
 from training.data import Dataset, load_dataset
 from training.data.batches import batches_per_epoch, epoch_permutation, iterate_batches
+from training.distributed import DistContext, all_finite, init_distributed, prepare_model, shard, shutdown
 from training.errors import CheckpointError, ConfigError, TrainingDiverged
 from training.loop import evaluate, input_batches, to_device, train_step
 from training.metrics import MetricsLog, plot_curves
@@ -29,6 +30,7 @@ from training.models import build_model
 from training.population import batchnorm_layers, recalibrate_bn, set_bn_stats_mode
 from training.progress import progress_bar
 from training.schedule import lr_at
+from training.sync_bn import convert_to_plain
 
 logger = logging.getLogger(__name__)
 
@@ -110,21 +112,25 @@ def checkpoint_meta(
     }
 
 
-def _restore(ckpt: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Load model, optimizer and RNG state from ``ckpt``; return the step to continue from."""
+def _restore_weights(ckpt: Checkpoint, model: nn.Module) -> int:
+    """Load ``ckpt``'s weights into ``model``; return the step to continue from."""
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(
             f"cannot resume from {ckpt.path}: its weights do not match this model ({str(exc).splitlines()[0]})"
         ) from exc
+    return int(ckpt.meta["step"])
+
+
+def _restore_optimizer(ckpt: Checkpoint, optimizer: torch.optim.Optimizer) -> None:
+    """Load the optimizer and torch RNG state saved with ``ckpt``."""
     optim_state, rng = load_train_state(ckpt)
     try:
         optimizer.load_state_dict(optim_state)
     except (ValueError, KeyError) as exc:
         raise CheckpointError(f"cannot resume from {ckpt.path}: optimizer state does not fit ({exc})") from exc
     torch.set_rng_state(rng)
-    return int(ckpt.meta["step"])
 
 
 def _resume_config(config: TrainConfig) -> tuple[TrainConfig, Checkpoint | None]:
@@ -143,14 +149,21 @@ def _resume_config(config: TrainConfig) -> tuple[TrainConfig, Checkpoint | None]
 
 
 def run_training(config: TrainConfig) -> RunResult:
-    """Train ``config.model`` on ``config.dataset``; write metrics, checkpoints and plots to ``config.out``."""
-    started = time.perf_counter()
-    config, resume_from = _resume_config(config)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
+    """Train ``config.model`` on ``config.dataset``; write metrics, checkpoints and plots to ``config.out``.
+
+    Under ``torchrun`` every process trains on its shard; only rank 0 writes, and only its result carries the
+    checkpoint.
+    """
     device = resolve_device(config.device)
-    data = load_dataset(
+    ctx = init_distributed(config, device)
+    try:
+        return _run(config, device, ctx)
+    finally:
+        shutdown(ctx)
+
+
+def _load_data(config: TrainConfig) -> Dataset:
+    return load_dataset(
         config.dataset,
         data_dir=config.data_dir,
         image_size=config.image_size,
@@ -159,48 +172,69 @@ def run_training(config: TrainConfig) -> RunResult:
         synthetic_samples=config.synthetic_samples,
         synthetic_classes=config.synthetic_classes,
     )
+
+
+def _run(config: TrainConfig, device: torch.device, ctx: DistContext | None) -> RunResult:
+    started = time.perf_counter()
+    main = ctx is None or ctx.is_main
+    config, resume_from = _resume_config(config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    data = _load_data(config)
     c, h, _ = data.input_shape
     model_kwargs = config.model_kwargs(c, h, data.num_classes)
     model = build_model(config.model, **model_kwargs)
     set_bn_stats_mode(model, config.bn_stats, config.bn_momentum)
+    step = _restore_weights(resume_from, model) if resume_from is not None else 0
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    net = prepare_model(model, ctx, config.sync_bn, device) if ctx is not None else model
+    model = net.module if ctx is not None else model  # type: ignore[assignment]
     optimizer = make_optimizer(model, config)
-    step = _restore(resume_from, model, optimizer) if resume_from is not None else 0
+    if resume_from is not None:
+        _restore_optimizer(resume_from, optimizer)
 
-    n_train = data.train_x.shape[0]
-    if n_train < config.batch_size:
-        raise ConfigError(f"batch_size {config.batch_size} is larger than the training split ({n_train} samples)")
-    per_epoch = batches_per_epoch(n_train, config.batch_size, drop_last=True)
+    world = ctx.world_size if ctx is not None else 1
+    n_local = data.train_x.shape[0] // world
+    if n_local < config.batch_size:
+        raise ConfigError(
+            f"batch_size {config.batch_size} per process is larger than each of the {world} process(es)' share of "
+            f"the training split ({n_local} of {data.train_x.shape[0]} samples); lower --batch-size or use fewer "
+            "processes"
+        )
+    per_epoch = batches_per_epoch(n_local, config.batch_size, drop_last=True)
     total = 1 if config.dry_run else (config.steps or config.epochs * per_epoch)
     stop_at = min(total, config.stop_after_steps or total)
     run_dir = config.out
-    _claim_run_dir(run_dir, resuming=resume_from is not None, overwrite=config.overwrite, dry_run=config.dry_run)
-    if not config.dry_run:
-        (run_dir / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
-    log = MetricsLog(run_dir / "metrics.jsonl")
+    if main:
+        _claim_run_dir(run_dir, resuming=resume_from is not None, overwrite=config.overwrite, dry_run=config.dry_run)
+        if not config.dry_run:
+            (run_dir / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
+    log = MetricsLog(run_dir / "metrics.jsonl") if main and not config.dry_run else None
     scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
     logger.info(
-        "training %s on %s (%d train / %d val samples, %s) for %d steps, %d per epoch, on %s",
+        "training %s on %s (%d train / %d val samples, %s) for %d steps, %d per epoch, on %s%s",
         config.model,
         data.name,
-        n_train,
+        data.train_x.shape[0],
         data.val_x.shape[0],
         "x".join(map(str, data.input_shape)),
         total,
         per_epoch,
         device,
+        f", {world} processes" + (" with SyncBatchNorm" if config.sync_bn else "") if ctx else "",
     )
 
     ckpt_path: Path | None = resume_from.path if resume_from is not None else None
     val_acc = float("nan")
-    model.train()
-    with progress_bar(total=total, initial=step, enabled=config.progress, desc="train") as bar:
+    net.train()
+    with progress_bar(total=total, initial=step, enabled=config.progress if main else False, desc="train") as bar:
         window_start, window_samples = time.perf_counter(), 0
         while step < stop_at:
             epoch, offset = divmod(step, per_epoch)
-            order = epoch_permutation(n_train, config.seed, epoch)
+            order = shard(epoch_permutation(data.train_x.shape[0], config.seed, epoch), ctx)
             for xb, yb in iterate_batches(
                 data.train_x, data.train_y, config.batch_size, order, drop_last=True, start=offset
             ):
@@ -208,54 +242,71 @@ def run_training(config: TrainConfig) -> RunResult:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 xb, yb = to_device(xb, device, config.channels_last), yb.to(device)
-                loss, acc = train_step(model, optimizer, xb, yb, config.amp, scaler)
-                if not math.isfinite(loss):
+                loss, acc = train_step(net, optimizer, xb, yb, config.amp, scaler, lambda v: all_finite(v, ctx))
+                if not math.isfinite(loss) or not math.isfinite(acc):
                     raise TrainingDiverged(
-                        f"the loss became {loss} at step {step} (lr {lr:g}); training stopped. "
+                        f"the loss became non-finite at step {step} (lr {lr:g}); training stopped. "
                         + (f"The last good checkpoint is {ckpt_path}. " if ckpt_path else "")
                         + "Lower --lr, or try --optimizer adamw or --amp none."
                     )
                 step += 1
-                window_samples += xb.shape[0]
+                window_samples += xb.shape[0] * world
                 if step % config.log_every == 0 or step == stop_at:
                     rate = window_samples / max(1e-9, time.perf_counter() - window_start)
                     window_start, window_samples = time.perf_counter(), 0
-                    if not config.dry_run:
+                    if log is not None:
                         log.write("step", step=step, epoch=epoch, loss=loss, acc=acc, lr=lr, samples_per_s=rate)
                     bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", samples_s=f"{rate:.0f}")
                 bar.update(1)
                 if step >= stop_at:
                     break
-            epoch_done = step % per_epoch == 0 or step == total
             if config.dry_run:
                 break
-            if epoch_done or step == stop_at:
-                val_loss, val_acc = evaluate(
-                    model, data.val_x, data.val_y, device=device, amp=config.amp, channels_last=config.channels_last
+            if main and (step % per_epoch == 0 or step in (total, stop_at)):
+                val_acc, ckpt_path = _end_of_epoch(
+                    config, data, model, model_kwargs, optimizer, device, run_dir, log, step, epoch, started, ckpt_path
                 )
-                log.write(
-                    "epoch",
-                    epoch=epoch,
-                    step=step,
-                    val_loss=val_loss,
-                    val_acc=val_acc,
-                    elapsed_s=time.perf_counter() - started,
-                )
-                logger.info("epoch %d  step %d  val_loss %.4f  val_acc %.4f", epoch, step, val_loss, val_acc)
-                _check_finite(model, step, ckpt_path)
-                meta = checkpoint_meta(
-                    config, data, model_kwargs, step, epoch, metrics={"val_loss": val_loss, "val_acc": val_acc}
-                )
-                ckpt_path = save_checkpoint(run_dir, step, model, meta, optimizer, keep=config.keep_checkpoints)
 
     if config.dry_run:
         _, val_acc = evaluate(model, data.val_x[: config.batch_size], data.val_y[: config.batch_size], device=device)
         logger.info("dry run: 1 training step and 1 validation batch ran; nothing written")
         return RunResult(run_dir, None, step, val_acc, seconds=time.perf_counter() - started)
+    if not main:
+        return RunResult(run_dir, None, step, val_acc, seconds=time.perf_counter() - started)
     if step < total:
         logger.info("stopped after step %d of %d; resume with --resume %s", step, total, ckpt_path)
         return RunResult(run_dir, ckpt_path, step, val_acc, seconds=time.perf_counter() - started)
-    return _finish(config, data, model, model_kwargs, optimizer, device, run_dir, log, step, started)
+    assert log is not None
+    plain = convert_to_plain(model)  # SyncBatchNorm -> BatchNorm: the checkpoint is the single-process format
+    return _finish(config, data, plain, model_kwargs, optimizer, device, run_dir, log, step, started)
+
+
+def _end_of_epoch(
+    config: TrainConfig,
+    data: Dataset,
+    model: nn.Module,
+    model_kwargs: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    run_dir: Path,
+    log: MetricsLog | None,
+    step: int,
+    epoch: int,
+    started: float,
+    last_good: Path | None,
+) -> tuple[float, Path]:
+    """Evaluate, record and checkpoint (rank 0); returns (validation accuracy, checkpoint)."""
+    val_loss, val_acc = evaluate(
+        model, data.val_x, data.val_y, device=device, amp=config.amp, channels_last=config.channels_last
+    )
+    if log is not None:
+        log.write(
+            "epoch", epoch=epoch, step=step, val_loss=val_loss, val_acc=val_acc, elapsed_s=time.perf_counter() - started
+        )
+    logger.info("epoch %d  step %d  val_loss %.4f  val_acc %.4f", epoch, step, val_loss, val_acc)
+    _check_finite(model, step, last_good)
+    meta = checkpoint_meta(config, data, model_kwargs, step, epoch, metrics={"val_loss": val_loss, "val_acc": val_acc})
+    return val_acc, save_checkpoint(run_dir, step, model, meta, optimizer, keep=config.keep_checkpoints)
 
 
 def _claim_run_dir(run_dir: Path, resuming: bool, overwrite: bool, dry_run: bool) -> None:

@@ -93,3 +93,14 @@ def test_mnist_reads_idx_files(tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(DataError, match="lacks train-images"):
         load_dataset("mnist", data_dir=empty)
+
+
+def test_batches_follow_a_partial_order_and_drop_the_short_tail() -> None:
+    from training.data.batches import iterate_batches
+
+    x = torch.arange(20.0).view(20, 1, 1, 1)
+    y = torch.arange(20)
+    order = torch.tensor([3, 1, 4, 15, 9, 2, 6])  # a shard: 7 of the 20 samples
+    batches = list(iterate_batches(x, y, 3, order, drop_last=True))
+    assert [b[1].tolist() for b in batches] == [[3, 1, 4], [15, 9, 2]]
+    assert [b[1].tolist() for b in iterate_batches(x, y, 3, order, start=2)] == [[6]]

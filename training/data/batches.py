@@ -22,8 +22,8 @@ def iterate_batches(
     start: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (x, y) mini-batches in ``order`` (default: as stored), skipping the first ``start`` batches."""
-    n = x.shape[0]
-    idx = order if order is not None else torch.arange(n)
+    idx = order if order is not None else torch.arange(x.shape[0])
+    n = idx.shape[0]  # an order may cover only part of x (this process's shard)
     stop = n - n % batch_size if drop_last else n
     for begin in range(start * batch_size, stop, batch_size):
         sel = idx[begin : begin + batch_size]
