@@ -81,31 +81,36 @@ def test_sigterm_during_a_burst_loses_no_accepted_request(slow_repo: Path) -> No
         srv.wait_ready()
         x = np.random.default_rng(0).standard_normal((1, 3, 96, 96)).astype(np.float32)
         body, headers = binary_request(x)
-        results: list[Any] = []
+        results: list[tuple[Any, float]] = []  # (status or error, time it completed)
 
         def one() -> None:
             try:
                 r = httpx.post(f"{srv.url}/v2/models/slow/infer", content=body, headers=headers, timeout=60)
-                results.append(r.status_code)
+                results.append((r.status_code, time.monotonic()))
             except httpx.HTTPError as exc:
-                results.append(exc)
+                results.append((exc, time.monotonic()))
 
         threads = [threading.Thread(target=one) for _ in range(24)]
         for t in threads:
             t.start()
-        # the first answer means every request of the burst has long been sent; the model works through the
-        # queue one sample at a time, so most are still waiting when the signal arrives
+        # the model works through the queue one sample at a time: once the first answer is back, the rest of
+        # the burst is waiting in the server
         deadline = time.monotonic() + 30
         while not results and time.monotonic() < deadline:
             time.sleep(0.005)
-        in_flight = 24 - len(results)
-        assert srv.proc.poll() is None and in_flight >= 8, f"only {in_flight} requests in flight at SIGTERM"
+        assert srv.proc.poll() is None
+        signalled = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(timeout=120)
         # uvicorn re-raises the signal once it has drained, so the exit status says "terminated by SIGTERM"
         assert srv.proc.wait(timeout=60) in (0, -signal.SIGTERM)
-        assert len(results) == 24 and all(r == 200 for r in results), results
+        assert len(results) == 24
+        # a refused connection was never accepted; anything else that is not a 200 is a lost request
+        lost = [r for r, _ in results if r != 200 and not isinstance(r, httpx.ConnectError)]
+        assert not lost, lost
+        finished_after_signal = sum(1 for r, t in results if r == 200 and t > signalled)
+        assert finished_after_signal >= 5, f"only {finished_after_signal} requests were still in flight at SIGTERM"
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{srv.url}/v2/health/live", timeout=2)
     finally:
