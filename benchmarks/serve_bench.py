@@ -125,6 +125,40 @@ def load(port: int, binary: bool, clients: int, seconds: float) -> tuple[float, 
     return sum(counts) / (time.perf_counter() - start), sum(errors)
 
 
+def load_wrk(port: int, binary: bool, clients: int, seconds: float, workdir: Path) -> tuple[float, int]:
+    """The same load from wrk (C, one thread), which leaves more of the 2 cores to the server."""
+    import re
+    import shutil
+
+    if shutil.which("wrk") is None:
+        raise SystemExit("--loadgen wrk needs the wrk binary (Debian package 'wrk')")
+    body, headers = request_body(binary)
+    (workdir / "body.bin").write_bytes(body)
+    lines = [
+        'wrk.method = "POST"',
+        f'local f = io.open("{workdir / "body.bin"}", "rb")',
+        "wrk.body = f:read('*all')",
+        "f:close()",
+    ] + [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    (workdir / "post.lua").write_text("\n".join(lines) + "\n")
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{clients}",
+            f"-d{int(seconds)}s",
+            "-s",
+            str(workdir / "post.lua"),
+            f"http://127.0.0.1:{port}/v2/models/resnet20/infer",
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return rate, int(errors.group(1)) if errors else 0
+
+
 def server_latency(port: int, count: int) -> float:
     body, headers = request_body(True)
     conn = http.client.HTTPConnection("127.0.0.1", port)
@@ -179,6 +213,12 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each throughput phase")
     p.add_argument("--soak", type=float, default=130.0, help="duration of the memory phase (0: skip)")
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument(
+        "--loadgen",
+        choices=["python", "wrk"],
+        default="python",
+        help="who sends the 16-client load: Python threads (default) or wrk",
+    )
     args = p.parse_args()
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -205,8 +245,13 @@ def main() -> int:
                     pass
                 time.sleep(0.1)
             load(port, True, 16, 2)  # warm-up
-            binary, err_b = load(port, True, 16, args.seconds)
-            js, err_j = load(port, False, 16, args.seconds)
+            if args.loadgen == "wrk":
+                binary, err_b = load_wrk(port, True, 16, args.seconds, Path(tmp))
+                js, err_j = load_wrk(port, False, 16, args.seconds, Path(tmp))
+            else:
+                binary, err_b = load(port, True, 16, args.seconds)
+                js, err_j = load(port, False, 16, args.seconds)
+            results["loadgen"] = args.loadgen
             results["server_binary_samples_per_s"] = round(binary)
             results["server_json_samples_per_s"] = round(js)
             results["errors"] = err_b + err_j
