@@ -6,16 +6,20 @@ The body is parsed from raw bytes whatever its Content-Type (tritonclient sends 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from service.deps import ManagerDep, MetricsDep, SettingsDep, read_body
+from service.deps import read_body_from
 from service.errors import ApiError, bad_request
-from service.manager import Served
+from service.manager import ModelManager, Served
+from service.metrics import Metrics
 from service.protocol import HEADER_LENGTH, InferRequest, OutputTensor, classify, decode_request, encode_response
 from service.schemas import ERROR_RESPONSES, InferResponse
 from service.schemas import InferRequest as InferRequestSchema
+from service.settings import Settings
 
 router = APIRouter(tags=["inference"])
 
@@ -74,6 +78,49 @@ def build_outputs(request: InferRequest, served: Served, logits: np.ndarray) -> 
     return outputs
 
 
+async def run_infer(
+    state: Any, model: str, version: str | None, headers: Mapping[str, str], chunks: AsyncIterator[bytes]
+) -> tuple[bytes, dict[str, str]]:
+    """One inference request, from its headers and body chunks to the response body and extra headers.
+
+    Raises :class:`ApiError` for every expected failure. Shared by the FastAPI route (documentation, and any
+    request that reaches it) and :class:`service.fastpath.InferFastPath`, which serves the hot path.
+    """
+    started = time.perf_counter()
+    manager: ModelManager = state.manager
+    settings: Settings = state.settings
+    metrics: Metrics = state.metrics
+    served = manager.get(model, version)
+    labels = (model, str(served.model.version))
+    batcher = served.batcher
+    batcher.arriving += 1
+    try:
+        body = await read_body_from(headers, chunks, settings.max_body_bytes)
+        req = decode_request(body, headers.get("inference-header-content-length"))
+        x = validate_input(req, served, settings.allow_non_finite)
+    except ApiError:
+        metrics.requests.labels(*labels, "bad_request").inc()
+        raise
+    finally:
+        batcher.arriving -= 1
+    try:
+        logits = await batcher.infer(x, settings.request_timeout_s)
+    except ApiError as exc:
+        outcome = {503: "rejected", 504: "timeout"}.get(exc.status, "bad_request")
+        if outcome != "rejected":  # the batcher counted its own rejections
+            metrics.requests.labels(*labels, outcome).inc()
+        raise
+    body_out, extra = encode_response(model, str(served.model.version), req.id, build_outputs(req, served, logits))
+    metrics.requests.labels(*labels, "success").inc()
+    metrics.request_seconds.labels(*labels).observe(time.perf_counter() - started)
+    return body_out, extra
+
+
+def media_type(extra: Mapping[str, str]) -> str:
+    """JSON, or octet-stream when binary tensors follow the JSON header."""
+    return "application/octet-stream" if HEADER_LENGTH in extra else "application/json"
+
+
 @router.post(
     "/v2/models/{model}/infer",
     summary="Inference (newest version)",
@@ -88,38 +135,7 @@ def build_outputs(request: InferRequest, served: Served, logits: np.ndarray) -> 
     responses=ERROR_RESPONSES,
     openapi_extra=OPENAPI_BODY,
 )
-async def infer(
-    model: str,
-    request: Request,
-    manager: ManagerDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-    version: str | None = None,
-) -> Response:
-    started = time.perf_counter()
-    served = manager.get(model, version)
-    labels = (model, str(served.model.version))
-    batcher = served.batcher
-    batcher.arriving += 1
-    try:
-        body = await read_body(request, settings.max_body_bytes)
-        req = decode_request(body, request.headers.get(HEADER_LENGTH))
-        x = validate_input(req, served, settings.allow_non_finite)
-    except ApiError:
-        metrics.requests.labels(*labels, "bad_request").inc()
-        raise
-    finally:
-        batcher.arriving -= 1
-    try:
-        logits = await batcher.infer(x, settings.request_timeout_s)
-    except ApiError as exc:
-        outcome = {503: "rejected", 504: "timeout"}.get(exc.status, "bad_request")
-        if outcome != "rejected":  # the batcher counted its own rejections
-            metrics.requests.labels(*labels, outcome).inc()
-        raise
-    body_out, headers = encode_response(model, str(served.model.version), req.id, build_outputs(req, served, logits))
-    metrics.requests.labels(*labels, "success").inc()
-    metrics.request_seconds.labels(*labels).observe(time.perf_counter() - started)
-    return Response(
-        body_out, media_type="application/json" if not headers else "application/octet-stream", headers=headers
-    )
+async def infer(model: str, request: Request, version: str | None = None) -> Response:
+    lowered = {k.lower(): v for k, v in request.headers.items()}
+    body, extra = await run_infer(request.app.state, model, version, lowered, request.stream())
+    return Response(body, media_type=media_type(extra), headers=extra)
