@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 from training.errors import BnfoldError
+from training.logs import configure_logging
 
 QUIET_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export", "torch._export")
 
@@ -36,11 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_logging(args.verbose)
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.export internals, not the user's concern
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.ERROR)

@@ -12,6 +12,7 @@ from typing import Any
 from training.config import TrainConfig, load_config
 from training.data import DATASET_NAMES
 from training.errors import BnfoldError
+from training.logs import configure_logging
 from training.models import MODEL_NAMES
 
 logger = logging.getLogger("training")
@@ -114,11 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, configure logging, train; expected errors become one line and exit code 2."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_logging(args.verbose)
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("config", "verbose")}
     if "model_option" in given:
         given["model_options"] = dict(given.pop("model_option"))

@@ -7,6 +7,7 @@ so a run resumed from a checkpoint continues bit for bit as if it had never stop
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import shutil
@@ -227,6 +228,7 @@ def _run(config: TrainConfig, device: torch.device, ctx: DistContext | None) -> 
         f", {world} processes" + (" with SyncBatchNorm" if config.sync_bn else "") if ctx else "",
     )
 
+    run = _Run(config, data, model, model_kwargs, optimizer, device, log, started)
     ckpt_path: Path | None = resume_from.path if resume_from is not None else None
     val_acc = float("nan")
     net.train()
@@ -263,9 +265,7 @@ def _run(config: TrainConfig, device: torch.device, ctx: DistContext | None) -> 
             if config.dry_run:
                 break
             if main and (step % per_epoch == 0 or step in (total, stop_at)):
-                val_acc, ckpt_path = _end_of_epoch(
-                    config, data, model, model_kwargs, optimizer, device, run_dir, log, step, epoch, started, ckpt_path
-                )
+                val_acc, ckpt_path = _end_of_epoch(run, step, epoch, ckpt_path)
 
     if config.dry_run:
         _, val_acc = evaluate(model, data.val_x[: config.batch_size], data.val_y[: config.batch_size], device=device)
@@ -276,37 +276,53 @@ def _run(config: TrainConfig, device: torch.device, ctx: DistContext | None) -> 
     if step < total:
         logger.info("stopped after step %d of %d; resume with --resume %s", step, total, ckpt_path)
         return RunResult(run_dir, ckpt_path, step, val_acc, seconds=time.perf_counter() - started)
-    assert log is not None
     plain = convert_to_plain(model)  # SyncBatchNorm -> BatchNorm: the checkpoint is the single-process format
-    return _finish(config, data, plain, model_kwargs, optimizer, device, run_dir, log, step, started)
+    return _finish(dataclasses.replace(run, model=plain), step)
 
 
-def _end_of_epoch(
-    config: TrainConfig,
-    data: Dataset,
-    model: nn.Module,
-    model_kwargs: dict[str, Any],
-    optimizer: torch.optim.Optimizer,
-    device: torch.device,
-    run_dir: Path,
-    log: MetricsLog | None,
-    step: int,
-    epoch: int,
-    started: float,
-    last_good: Path | None,
-) -> tuple[float, Path]:
+@dataclass
+class _Run:
+    """What the end-of-epoch and end-of-run steps share (rank 0 only)."""
+
+    config: TrainConfig
+    data: Dataset
+    model: nn.Module
+    model_kwargs: dict[str, Any]
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    log: MetricsLog | None
+    started: float
+
+    def evaluate(self) -> tuple[float, float]:
+        """Validation loss and accuracy of the model in eval mode."""
+        c = self.config
+        return evaluate(
+            self.model, self.data.val_x, self.data.val_y, device=self.device, amp=c.amp, channels_last=c.channels_last
+        )
+
+    def save(self, step: int, epoch: int, tag: str = "", **meta: Any) -> Path:
+        """A checkpoint of the model at ``step``, self-described by ``meta`` on top of the run's."""
+        doc = checkpoint_meta(self.config, self.data, self.model_kwargs, step, epoch, **meta)
+        return save_checkpoint(
+            self.config.out, step, self.model, doc, self.optimizer, keep=self.config.keep_checkpoints, tag=tag
+        )
+
+
+def _end_of_epoch(run: _Run, step: int, epoch: int, last_good: Path | None) -> tuple[float, Path]:
     """Evaluate, record and checkpoint (rank 0); returns (validation accuracy, checkpoint)."""
-    val_loss, val_acc = evaluate(
-        model, data.val_x, data.val_y, device=device, amp=config.amp, channels_last=config.channels_last
-    )
-    if log is not None:
-        log.write(
-            "epoch", epoch=epoch, step=step, val_loss=val_loss, val_acc=val_acc, elapsed_s=time.perf_counter() - started
+    val_loss, val_acc = run.evaluate()
+    if run.log is not None:
+        run.log.write(
+            "epoch",
+            epoch=epoch,
+            step=step,
+            val_loss=val_loss,
+            val_acc=val_acc,
+            elapsed_s=time.perf_counter() - run.started,
         )
     logger.info("epoch %d  step %d  val_loss %.4f  val_acc %.4f", epoch, step, val_loss, val_acc)
-    _check_finite(model, step, last_good)
-    meta = checkpoint_meta(config, data, model_kwargs, step, epoch, metrics={"val_loss": val_loss, "val_acc": val_acc})
-    return val_acc, save_checkpoint(run_dir, step, model, meta, optimizer, keep=config.keep_checkpoints)
+    _check_finite(run.model, step, last_good)
+    return val_acc, run.save(step, epoch, metrics={"val_loss": val_loss, "val_acc": val_acc})
 
 
 def _claim_run_dir(run_dir: Path, resuming: bool, overwrite: bool, dry_run: bool) -> None:
@@ -335,28 +351,17 @@ def _check_finite(model: nn.Module, step: int, last_good: Path | None) -> None:
             )
 
 
-def _finish(
-    config: TrainConfig,
-    data: Dataset,
-    model: nn.Module,
-    model_kwargs: dict[str, Any],
-    optimizer: torch.optim.Optimizer,
-    device: torch.device,
-    run_dir: Path,
-    log: MetricsLog,
-    step: int,
-    started: float,
-) -> RunResult:
+def _finish(run: _Run, step: int) -> RunResult:
     """After the last step: population statistics (EMA vs Algorithm 2), final checkpoint, plots."""
-    eval_kw: dict[str, Any] = {"device": device, "amp": config.amp, "channels_last": config.channels_last}
-    val_loss, acc_ema = evaluate(model, data.val_x, data.val_y, **eval_kw)
-    result = RunResult(run_dir, None, step, acc_ema, val_acc_ema=acc_ema)
+    config, data, model = run.config, run.data, run.model
+    val_loss, acc_ema = run.evaluate()
+    result = RunResult(config.out, None, step, acc_ema, val_acc_ema=acc_ema)
     bn_info: dict[str, Any] = {"mode": config.bn_stats, "momentum": config.bn_momentum, "recalibrated": False}
     if config.recalibrate and batchnorm_layers(model):
         order = epoch_permutation(data.train_x.shape[0], config.seed, epoch=-1)
-        batches = input_batches(data.train_x, config.batch_size, device, order)
+        batches = input_batches(data.train_x, config.batch_size, run.device, order)
         result.recalibration = recalibrate_bn(model, batches, config.recalibrate_batches)
-        val_loss, result.val_acc_recalibrated = evaluate(model, data.val_x, data.val_y, **eval_kw)
+        val_loss, result.val_acc_recalibrated = run.evaluate()
         result.val_acc = result.val_acc_recalibrated
         bn_info.update(
             recalibrated=True,
@@ -375,16 +380,14 @@ def _finish(
         "val_acc": result.val_acc,
         "val_acc_ema": acc_ema,
         "val_acc_recalibrated": result.val_acc_recalibrated,
-        "train_seconds": time.perf_counter() - started,
+        "train_seconds": time.perf_counter() - run.started,
     }
-    log.write("final", step=step, **metrics)
+    assert run.log is not None
+    run.log.write("final", step=step, **metrics)
     epoch = (step - 1) // batches_per_epoch(data.train_x.shape[0], config.batch_size, True)
-    meta = checkpoint_meta(config, data, model_kwargs, step, epoch, metrics=metrics, bn_statistics=bn_info)
-    result.checkpoint = save_checkpoint(
-        run_dir, step, model, meta, optimizer, keep=config.keep_checkpoints, tag="final"
-    )
+    result.checkpoint = run.save(step, epoch, tag="final", metrics=metrics, bn_statistics=bn_info)
     if config.plots:
-        plot_curves(log.read(), run_dir / "curves.png", title=f"{config.model} on {data.name}")
-    result.seconds = time.perf_counter() - started
+        plot_curves(run.log.read(), config.out / "curves.png", title=f"{config.model} on {data.name}")
+    result.seconds = time.perf_counter() - run.started
     logger.info("checkpoint: %s (%.1f s)", result.checkpoint, result.seconds)
     return result

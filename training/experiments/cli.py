@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from training.errors import BnfoldError
+from training.logs import configure_logging
 
 EXPERIMENTS = ("fig1", "fig2", "popstats")
 
@@ -31,9 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--docs", type=Path, nargs="?", const=Path("docs"), help="also copy the report to DOCS/")
     args = p.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
+    configure_logging()
     log = logging.getLogger("training.experiments")
     from training.experiments import fig1, fig2, popstats
     from training.experiments.common import Settings, machine
