@@ -175,14 +175,10 @@ def _load_data(config: TrainConfig) -> Dataset:
     )
 
 
-def _run(config: TrainConfig, device: torch.device, ctx: DistContext | None) -> RunResult:
-    started = time.perf_counter()
-    main = ctx is None or ctx.is_main
-    config, resume_from = _resume_config(config)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    data = _load_data(config)
+def _build(
+    config: TrainConfig, data: Dataset, device: torch.device, ctx: DistContext | None, resume_from: Checkpoint | None
+) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, dict[str, Any], int]:
+    """(model, what trains: the model or its DDP wrapper, optimizer, constructor options, first step)."""
     c, h, _ = data.input_shape
     model_kwargs = config.model_kwargs(c, h, data.num_classes)
     model = build_model(config.model, **model_kwargs)
@@ -196,18 +192,33 @@ def _run(config: TrainConfig, device: torch.device, ctx: DistContext | None) -> 
     optimizer = make_optimizer(model, config)
     if resume_from is not None:
         _restore_optimizer(resume_from, optimizer)
+    return model, net, optimizer, model_kwargs, step
 
-    world = ctx.world_size if ctx is not None else 1
-    n_local = data.train_x.shape[0] // world
+
+def _plan(config: TrainConfig, n_train: int, world: int) -> tuple[int, int, int]:
+    """(steps per epoch, total steps, step to stop at) for ``n_train`` samples shared by ``world`` processes."""
+    n_local = n_train // world
     if n_local < config.batch_size:
         raise ConfigError(
             f"batch_size {config.batch_size} per process is larger than each of the {world} process(es)' share of "
-            f"the training split ({n_local} of {data.train_x.shape[0]} samples); lower --batch-size or use fewer "
-            "processes"
+            f"the training split ({n_local} of {n_train} samples); lower --batch-size or use fewer processes"
         )
     per_epoch = batches_per_epoch(n_local, config.batch_size, drop_last=True)
     total = 1 if config.dry_run else (config.steps or config.epochs * per_epoch)
-    stop_at = min(total, config.stop_after_steps or total)
+    return per_epoch, total, min(total, config.stop_after_steps or total)
+
+
+def _run(config: TrainConfig, device: torch.device, ctx: DistContext | None) -> RunResult:
+    started = time.perf_counter()
+    main = ctx is None or ctx.is_main
+    config, resume_from = _resume_config(config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    data = _load_data(config)
+    model, net, optimizer, model_kwargs, step = _build(config, data, device, ctx, resume_from)
+    world = ctx.world_size if ctx is not None else 1
+    per_epoch, total, stop_at = _plan(config, data.train_x.shape[0], world)
     run_dir = config.out
     if main:
         _claim_run_dir(run_dir, resuming=resume_from is not None, overwrite=config.overwrite, dry_run=config.dry_run)

@@ -91,6 +91,7 @@ def test_sync_batchnorm_matches_single_process_on_the_concatenated_batch(tmp_pat
 
 
 def _torchrun(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """torchrun with 2 processes; each rank's stderr goes to cwd/logs/.../<rank>/stderr.log."""
     cmd = [
         str(BIN / "torchrun"),
         "--nproc-per-node",
@@ -99,6 +100,10 @@ def _torchrun(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Complet
         "127.0.0.1",
         "--master-port",
         str(free_port()),
+        "--log-dir",
+        str(cwd / "logs"),
+        "--redirects",
+        "2",
         "-m",
         "training",
         *args,
@@ -121,7 +126,7 @@ def test_two_process_training_exports_and_verifies(tmp_path: Path) -> None:
         "60",
         cwd=tmp_path,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, "".join(p.read_text()[-2000:] for p in (tmp_path / "logs").rglob("stderr.log"))
     meta = json.loads((tmp_path / "run" / "checkpoints" / "latest" / "checkpoint.json").read_text())
     assert meta["config"]["sync_bn"] is True and meta["metrics"]["val_acc"] > 0.5
     export = subprocess.run(
@@ -157,7 +162,10 @@ def test_sync_bn_outside_a_distributed_launch_is_refused(tmp_path: Path) -> None
 def test_world_too_large_for_the_data_fails_on_every_rank_without_hanging(tmp_path: Path) -> None:
     proc = _torchrun("--batch-size", "1000", "--out", "run", "--dist-timeout-s", "30", cwd=tmp_path, timeout=180)
     assert proc.returncode != 0
-    assert proc.stderr.count("per process is larger than each of the 2 process(es)' share") == 2
+    rank_logs = sorted((tmp_path / "logs").rglob("stderr.log"))
+    assert len(rank_logs) == 2  # both ranks ended with the message (their output is not interleaved here)
+    for log in rank_logs:
+        assert "per process is larger than each of the 2 process(es)' share" in log.read_text()
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
