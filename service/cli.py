@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, help="largest request body before 413 (default 64 MiB)")
     p.add_argument("--allow-non-finite", action="store_true", default=None, help="accept NaN/Inf inputs")
     p.add_argument("--api-key", help="enable /v2/repository/* with this key (prefer BNFOLD_API_KEY)")
+    p.add_argument("--drain-delay-s", type=float, help="readiness off this long after SIGTERM (default 1)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p
 

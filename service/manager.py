@@ -147,4 +147,4 @@ class ModelManager:
                 await served.batcher.stop()
 
 
-__all__ = ["ApiError", "IndexEntry", "ModelManager", "Served"]
+__all__ = ["IndexEntry", "ModelManager", "Served"]

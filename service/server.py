@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -14,17 +15,27 @@ logger = logging.getLogger(__name__)
 
 
 class DrainingServer(uvicorn.Server):
-    """On the first exit signal, readiness turns false before uvicorn stops accepting and drains."""
+    """On the first exit signal readiness turns false at once; ``drain_delay_s`` later uvicorn stops
+    accepting, closes idle connections and waits for in-flight requests. The delay lets load balancers see
+    the readiness change, and lets connections already open deliver the requests they have sent (closing
+    them sooner would drop a request the client had already written). A second signal stops at once.
+    """
 
-    def __init__(self, config: uvicorn.Config, manager: Any) -> None:
+    def __init__(self, config: uvicorn.Config, manager: Any, drain_delay_s: float = 0.0) -> None:
         super().__init__(config)
         self.manager = manager
+        self.drain_delay_s = drain_delay_s
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        if not self.manager.draining:
-            logger.info("signal %d: readiness off, finishing in-flight requests", sig)
+        if self.manager.draining or self.drain_delay_s <= 0:
+            self.manager.draining = True
+            super().handle_exit(sig, frame)
+            return
+        logger.info(
+            "signal %d: readiness off; draining in %.1f s, then finishing in-flight requests", sig, self.drain_delay_s
+        )
         self.manager.draining = True
-        super().handle_exit(sig, frame)
+        asyncio.get_running_loop().call_later(self.drain_delay_s, super().handle_exit, sig, frame)
 
 
 def serve(settings: Settings) -> int:
@@ -39,7 +50,7 @@ def serve(settings: Settings) -> int:
         timeout_graceful_shutdown=int(settings.graceful_timeout_s),
         lifespan="on",
     )
-    server = DrainingServer(config, app.state.manager)
+    server = DrainingServer(config, app.state.manager, settings.drain_delay_s)
     server.run()
     if not server.started:
         logger.error("the server did not start (see the error above)")

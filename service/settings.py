@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     allow_non_finite: bool = Field(False, description="accept NaN/Inf input values")
     api_key: SecretStr | None = Field(None, description="key for /v2/repository/*; unset disables model control")
     require_model: bool = Field(True, description="refuse to start when the repository holds no model")
+    drain_delay_s: float = Field(1.0, ge=0, description="readiness off this long after SIGTERM before draining")
     graceful_timeout_s: float = Field(30.0, gt=0, description="time to finish in-flight requests on SIGTERM")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -82,3 +83,12 @@ def server(model_repo: Path) -> Iterator[ServerProcess]:
         yield srv
     finally:
         srv.stop()
+
+
+def direct_logits(model_path: Path, x: np.ndarray) -> np.ndarray:
+    """The reference for the server's answers: a plain CPU ONNX Runtime session, no batching, no HTTP."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    out: np.ndarray = session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(x, np.float32)})[0]
+    return out

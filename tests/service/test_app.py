@@ -13,8 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.verify_direct import direct_logits
-from tests.service.conftest import make_client
+from tests.service.conftest import direct_logits, make_client
 
 INFER = "/v2/models/digits/infer"
 

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from service.model import ModelVersion
-from service.verify_direct import direct_logits
-from tests.service.conftest import make_client
+from tests.service.conftest import direct_logits, make_client
 from tests.service.test_app import INFER, json_request, logits_of
 
 

@@ -14,8 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.verify_direct import direct_logits
-from tests.service.conftest import ServerProcess
+from tests.service.conftest import ServerProcess, direct_logits
 from tests.service.test_app import INFER, binary_request, json_request
 
 
