@@ -60,7 +60,13 @@ def init_distributed(config: TrainConfig, device: torch.device) -> DistContext |
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=timedelta(seconds=config.dist_timeout_s))
     ctx = DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-    _agree_on_config(config, ctx)
+    try:
+        _agree_on_config(config, ctx)
+    except BaseException:
+        # Tear the group down before the error propagates: a gloo group still alive at interpreter exit
+        # aborts the process (SIGABRT, "terminate called without an active exception") and hides exit code 2.
+        shutdown(ctx)
+        raise
     logger.info("rank %d of %d (%s)", ctx.rank, ctx.world_size, backend)
     return ctx
 
