@@ -13,6 +13,7 @@ The hot path avoids pydantic and Python lists for binary data: bytes go straight
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,19 +22,22 @@ import orjson
 
 from service.errors import bad_request
 
-DATATYPES: dict[str, Any] = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
+DATATYPES: dict[str, np.dtype[Any]] = {  # little-endian, as the binary extension sends them
+    name: np.dtype(t).newbyteorder("<")
+    for name, t in (
+        ("BOOL", np.bool_),
+        ("UINT8", np.uint8),
+        ("UINT16", np.uint16),
+        ("UINT32", np.uint32),
+        ("UINT64", np.uint64),
+        ("INT8", np.int8),
+        ("INT16", np.int16),
+        ("INT32", np.int32),
+        ("INT64", np.int64),
+        ("FP16", np.float16),
+        ("FP32", np.float32),
+        ("FP64", np.float64),
+    )
 }
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -80,8 +84,8 @@ def _decode_input(obj: Any, binary: memoryview, offset: int) -> tuple[InputTenso
     if datatype not in DATATYPES:
         raise bad_request(f"input {name!r}: unsupported datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
     shape = _shape(obj.get("shape"), name)
-    dtype = np.dtype(DATATYPES[datatype])
-    count = int(np.prod(shape)) if shape else 1
+    dtype = DATATYPES[datatype]
+    count = math.prod(shape)
     size = _param(obj, "binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0:
@@ -93,13 +97,13 @@ def _decode_input(obj: Any, binary: memoryview, offset: int) -> tuple[InputTenso
             )
         if offset + size > len(binary):
             raise bad_request(f"input {name!r}: binary data is truncated ({len(binary) - offset} of {size} bytes)")
-        array = np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=count, offset=offset).reshape(shape)
+        array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape)
         return InputTensor(name, datatype, shape, array), offset + size
     if "data" not in obj:
         raise bad_request(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
     try:
         array = np.asarray(obj["data"], dtype=dtype)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise bad_request(f"input {name!r}: 'data' is not an array of {datatype} values ({exc})") from exc
     if array.size != count:
         raise bad_request(f"input {name!r}: 'data' holds {array.size} values, shape {list(shape)} needs {count}")

@@ -66,6 +66,12 @@ def test_json_inputs_flat_or_nested() -> None:
             None,
             "not an array of FP32",
         ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [2], "datatype": "INT8", "data": [1, 300]}]}',
+            None,
+            "not an array of INT8",
+        ),
+        (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "UINT8", "data": [-1]}]}', None, "out of bounds"),
         (b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32"}]}', None, "neither 'data' nor"),
         (b'{"inputs": [{"name": "x"}]}', "abc", "must be an integer"),
         (b'{"inputs": [{"name": "x"}]}', "9999", "but the body has"),
