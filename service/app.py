@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import ApiError
-from service.fastpath import InferFastPath
+from service.fastpath import InferenceApp
 from service.manager import ModelManager
 from service.metrics import Metrics
 from service.routes import classify, control, health, infer, models
@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         manager.draining = True
         await manager.stop()
 
-    app = FastAPI(
+    app = InferenceApp(
         title="bnfold inference server",
         summary="BatchNorm-free ONNX models over the Open Inference Protocol (v2) and an image endpoint",
         version=health.server_version(),
@@ -47,7 +47,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.manager = manager
     for module in (health, models, infer, classify, control, metrics_route):
         app.include_router(module.router)
-    app.add_middleware(InferFastPath)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:

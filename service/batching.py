@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.errors import ApiError, bad_request, unavailable
-from service.metrics import Metrics
+from service.metrics import VersionMetrics
 from service.model import ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class _Pending:
 class Batcher:
     """Merges concurrent requests to one model version into batches."""
 
-    def __init__(self, model: ModelVersion, max_queue_size: int, metrics: Metrics) -> None:
+    def __init__(self, model: ModelVersion, max_queue_size: int, metrics: VersionMetrics) -> None:
         self.model = model
         self.max_batch = model.max_batch_size
         self.max_delay = model.max_queue_delay_us / 1e6
@@ -48,7 +48,6 @@ class Batcher:
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{model.name}-{model.version}")
         self._task: asyncio.Task[None] | None = None
-        self._labels = (model.name, str(model.version))
         self.arriving = 0  # requests being decoded by a route that will reach this queue
 
     @property
@@ -76,11 +75,11 @@ class Batcher:
                 f"request holds {n} samples; model {self.model.name!r} takes at most {self.max_batch} per request"
             )
         if len(self._items) >= self.max_queue_size:
-            self.metrics.rejected(*self._labels)
+            self.metrics.count("rejected")
             raise unavailable(f"model {self.model.name!r} queue is full ({self.max_queue_size} requests); retry", 1)
         item = _Pending(x, asyncio.get_running_loop().create_future())
         self._items.append(item)
-        self.metrics.queue_depth.labels(*self._labels).set(len(self._items))
+        self.metrics.queue_depth.set(len(self._items))
         self._wake.set()
         try:
             return await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
@@ -121,14 +120,14 @@ class Batcher:
                 samples += head.x.shape[0]
                 if not self._items and (remaining <= 0 or self.arriving == 0):
                     break
-            self.metrics.queue_depth.labels(*self._labels).set(len(self._items))
+            self.metrics.queue_depth.set(len(self._items))
             if batch:
                 await self._run(loop, batch, samples)
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], samples: int) -> None:
         started = time.perf_counter()
         for item in batch:
-            self.metrics.queue_seconds.labels(*self._labels).observe(started - item.enqueued)
+            self.metrics.queue_seconds.observe(started - item.enqueued)
         x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
         try:
             out = await loop.run_in_executor(self._executor, self.model.run, x)
@@ -138,8 +137,8 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
-        self.metrics.compute_seconds.labels(*self._labels).observe(time.perf_counter() - started)
-        self.metrics.batch_size.labels(*self._labels).observe(samples)
+        self.metrics.compute_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(samples)
         offset = 0
         for item in batch:
             n = item.x.shape[0]

@@ -99,7 +99,12 @@ class ModelManager:
                 )
                 self.index[name] = entry
                 return entry
-            new = {m.version: Served(m, Batcher(m, self.settings.max_queue_size, self.metrics)) for m in loaded}
+            new = {
+                m.version: Served(
+                    m, Batcher(m, self.settings.max_queue_size, self.metrics.version(name, str(m.version)))
+                )
+                for m in loaded
+            }
             for served in new.values():
                 served.batcher.start()
             old = self.models.get(name, {})

@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+OUTCOMES = ("success", "bad_request", "rejected", "timeout")
+
+
+@dataclass(frozen=True)
+class VersionMetrics:
+    """One model version's metric children, bound once: ``labels(...)`` takes a lock and a dict lookup, too
+    much to repeat several times per request on the hot path."""
+
+    outcomes: dict[str, Any]
+    request_seconds: Any
+    queue_seconds: Any
+    compute_seconds: Any
+    batch_size: Any
+    queue_depth: Any
+
+    def count(self, outcome: str) -> None:
+        """One request ended with ``outcome`` (one of :data:`OUTCOMES`)."""
+        self.outcomes[outcome].inc()
 
 
 class Metrics:
@@ -46,5 +67,18 @@ class Metrics:
         )
         self.queue_depth = Gauge("bnfold_queue_depth", "Requests waiting", ["model", "version"], registry=r)
 
-    def rejected(self, model: str, version: str) -> None:
-        self.requests.labels(model, version, "rejected").inc()
+        self._versions: dict[tuple[str, str], VersionMetrics] = {}
+
+    def version(self, model: str, version: str) -> VersionMetrics:
+        """The children of every per-version metric for ``model`` version ``version``."""
+        key = (model, version)
+        if key not in self._versions:
+            self._versions[key] = VersionMetrics(
+                outcomes={o: self.requests.labels(model, version, o) for o in OUTCOMES},
+                request_seconds=self.request_seconds.labels(*key),
+                queue_seconds=self.queue_seconds.labels(*key),
+                compute_seconds=self.compute_seconds.labels(*key),
+                batch_size=self.batch_size.labels(*key),
+                queue_depth=self.queue_depth.labels(*key),
+            )
+        return self._versions[key]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
 
-from service.deps import ManagerDep, MetricsDep, SettingsDep, read_body
+from service.deps import ManagerDep, SettingsDep, read_body
 from service.errors import ApiError, bad_request
 from service.images import preprocess, softmax
 from service.schemas import ERROR_RESPONSES, ClassifyResponse
@@ -68,19 +69,23 @@ async def classify_images(
     request: Request,
     manager: ManagerDep,
     settings: SettingsDep,
-    metrics: MetricsDep,
     top_k: int = Query(3, ge=1, le=1000, description="classes per image"),
 ) -> dict[str, Any]:
+    started = time.perf_counter()
     served = manager.get(model)
     m = served.model
-    labels = (model, str(m.version))
     try:
         images = await _images(request, settings.max_body_bytes)
         x = np.stack([preprocess(data, m, name) for name, data in images])
     except ApiError:
-        metrics.requests.labels(*labels, "bad_request").inc()
+        served.batcher.metrics.count("bad_request")
         raise
-    logits = await served.batcher.infer(x, settings.request_timeout_s)
+    try:
+        logits = await served.batcher.infer(x, settings.request_timeout_s)
+    except ApiError as exc:
+        if exc.status != 503:  # the batcher counted its own rejections
+            served.batcher.metrics.count("timeout" if exc.status == 504 else "bad_request")
+        raise
     probs = softmax(logits.astype(np.float64))
     k = min(top_k, probs.shape[1])
     predictions = []
@@ -92,5 +97,6 @@ async def classify_images(
                 "top": [{"label": m.labels[i], "index": int(i), "probability": float(row[i])} for i in top],
             }
         )
-    metrics.requests.labels(*labels, "success").inc()
+    served.batcher.metrics.count("success")
+    served.batcher.metrics.request_seconds.observe(time.perf_counter() - started)
     return {"model_name": model, "model_version": str(m.version), "predictions": predictions}

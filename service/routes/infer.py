@@ -15,7 +15,6 @@ from fastapi import APIRouter, Request, Response
 from service.deps import read_body_from
 from service.errors import ApiError, bad_request
 from service.manager import ModelManager, Served
-from service.metrics import Metrics
 from service.protocol import HEADER_LENGTH, InferRequest, OutputTensor, classify, decode_request, encode_response
 from service.schemas import ERROR_RESPONSES, InferResponse
 from service.schemas import InferRequest as InferRequestSchema
@@ -89,30 +88,28 @@ async def run_infer(
     started = time.perf_counter()
     manager: ModelManager = state.manager
     settings: Settings = state.settings
-    metrics: Metrics = state.metrics
     served = manager.get(model, version)
-    labels = (model, str(served.model.version))
     batcher = served.batcher
+    metrics = batcher.metrics
     batcher.arriving += 1
     try:
         body = await read_body_from(headers, chunks, settings.max_body_bytes)
         req = decode_request(body, headers.get("inference-header-content-length"))
         x = validate_input(req, served, settings.allow_non_finite)
     except ApiError:
-        metrics.requests.labels(*labels, "bad_request").inc()
+        metrics.count("bad_request")
         raise
     finally:
         batcher.arriving -= 1
     try:
         logits = await batcher.infer(x, settings.request_timeout_s)
     except ApiError as exc:
-        outcome = {503: "rejected", 504: "timeout"}.get(exc.status, "bad_request")
-        if outcome != "rejected":  # the batcher counted its own rejections
-            metrics.requests.labels(*labels, outcome).inc()
+        if exc.status != 503:  # the batcher counted its own rejections
+            metrics.count("timeout" if exc.status == 504 else "bad_request")
         raise
     body_out, extra = encode_response(model, str(served.model.version), req.id, build_outputs(req, served, logits))
-    metrics.requests.labels(*labels, "success").inc()
-    metrics.request_seconds.labels(*labels).observe(time.perf_counter() - started)
+    metrics.count("success")
+    metrics.request_seconds.observe(time.perf_counter() - started)
     return body_out, extra
 
 
