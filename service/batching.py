@@ -4,6 +4,9 @@ A worker task takes the first waiting request, then keeps taking requests until 
 ``max_batch_size`` samples or ``max_queue_delay`` has passed since it started collecting (it stops waiting
 early when no other request is on its way: ``arriving`` counts requests still being decoded), runs the batch
 off the event loop (ONNX Runtime releases the GIL) and hands each request exactly its own rows back.
+A request that finds the batcher idle (no batch running, nothing queued, nobody else arriving) starts its
+own batch of one at once, without the round trip through the worker task; requests that arrive while it
+runs queue up and form the next batch as usual.
 The queue is bounded: a full queue refuses at once (503 with Retry-After) instead of growing without
 limit; a request that waits and runs longer than its timeout gets 504 and is skipped if still queued.
 """
@@ -13,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -49,6 +54,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{model.name}-{model.version}")
         self._task: asyncio.Task[None] | None = None
         self.arriving = 0  # requests being decoded by a route that will reach this queue
+        self._running = False  # a batch is being collected or run
 
     @property
     def depth(self) -> int:
@@ -59,7 +65,7 @@ class Batcher:
 
     async def stop(self) -> None:
         """Finish every queued request, then stop the worker and its thread."""
-        while self._items:
+        while self._items or self._running:
             await asyncio.sleep(0.005)
         if self._task is not None:
             self._task.cancel()
@@ -77,10 +83,14 @@ class Batcher:
         if len(self._items) >= self.max_queue_size:
             self.metrics.count("rejected")
             raise unavailable(f"model {self.model.name!r} queue is full ({self.max_queue_size} requests); retry", 1)
-        item = _Pending(x, asyncio.get_running_loop().create_future())
-        self._items.append(item)
-        self.metrics.queue_depth.set(len(self._items))
-        self._wake.set()
+        loop = asyncio.get_running_loop()
+        item = _Pending(x, loop.create_future())
+        if not self._running and not self._items and self.arriving == 0:
+            self._start(loop, [item], n, self._finish_direct)
+        else:
+            self._items.append(item)
+            self.metrics.queue_depth.set(len(self._items))
+            self._wake.set()
         try:
             return await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
         except TimeoutError:
@@ -102,7 +112,10 @@ class Batcher:
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._next(None)
+            while not self._items or self._running:  # a direct batch may be running
+                self._wake.clear()
+                await self._wake.wait()
+            self._running = True
             batch: list[_Pending] = []
             samples = 0
             deadline = time.perf_counter() + self.max_delay
@@ -121,22 +134,46 @@ class Batcher:
                 if not self._items and (remaining <= 0 or self.arriving == 0):
                     break
             self.metrics.queue_depth.set(len(self._items))
-            if batch:
-                await self._run(loop, batch, samples)
+            if not batch:
+                self._running = False
+                continue
+            done = loop.create_future()
+            self._start(loop, batch, samples, functools.partial(done.set_result, None))
+            await done
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], samples: int) -> None:
+    def _start(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], samples: int, finished: Callable[[], None]
+    ) -> None:
+        """Run ``batch`` in the ONNX Runtime thread; when it ends, answer each request and call ``finished``."""
+        self._running = True
         started = time.perf_counter()
         for item in batch:
             self.metrics.queue_seconds.observe(started - item.enqueued)
         x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
-        try:
-            out = await loop.run_in_executor(self._executor, self.model.run, x)
-        except Exception as exc:  # a failing batch fails its requests, not the worker
-            logger.exception("inference failed for %s version %d", self.model.name, self.model.version)
+        run = loop.run_in_executor(self._executor, self.model.run, x)
+
+        def answer(run: asyncio.Future[np.ndarray]) -> None:
+            self._running = False
+            try:
+                self._answer(run, batch, samples, started)
+            finally:
+                finished()
+
+        run.add_done_callback(answer)
+
+    def _finish_direct(self) -> None:
+        if self._items:
+            self._wake.set()  # requests that queued behind a direct batch
+
+    def _answer(self, run: asyncio.Future[np.ndarray], batch: list[_Pending], samples: int, started: float) -> None:
+        exc = RuntimeError("the inference run was cancelled") if run.cancelled() else run.exception()
+        if exc is not None:  # a failing batch fails its requests, not the worker
+            logger.error("inference failed for %s version %d", self.model.name, self.model.version, exc_info=exc)
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
+        out = run.result()
         self.metrics.compute_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(samples)
         offset = 0

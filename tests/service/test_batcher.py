@@ -1,0 +1,103 @@
+"""The Batcher on its own: an idle batcher starts a lone request at once, requests that arrive while a
+batch runs form the next batch, every request gets exactly its own rows, and stop() waits for the run."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.batching import Batcher
+from service.metrics import Metrics
+
+
+@dataclass
+class FakeModel:
+    """Doubles its input; each run blocks until the test releases it and records its batch size."""
+
+    name: str = "fake"
+    version: int = 1
+    max_batch_size: int = 8
+    max_queue_delay_us: int = 200_000
+    batches: list[int] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+    started: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self.batches.append(x.shape[0])
+        self.started.set()
+        assert self.release.wait(5)
+        return x * 2
+
+
+def _batcher(model: FakeModel) -> Batcher:
+    return Batcher(model, max_queue_size=16, metrics=Metrics().version(model.name, str(model.version)))  # type: ignore[arg-type]
+
+
+def test_lone_request_runs_at_once_and_arrivals_batch_behind_it() -> None:
+    async def scenario() -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
+        model = FakeModel()
+        batcher = _batcher(model)
+        xs = [np.full((1, 2), i, np.float32) for i in range(5)]
+        first = asyncio.create_task(batcher.infer(xs[0], 10))
+        # the lone request reaches the model by itself: the worker task is not even running yet
+        assert await asyncio.to_thread(model.started.wait, 2), "the lone request did not start on its own"
+        batcher.start()
+        rest = [asyncio.create_task(batcher.infer(x, 10)) for x in xs[1:]]
+        await asyncio.sleep(0.05)
+        assert batcher.depth == 4, "requests arriving during a run must queue for the next batch"
+        model.release.set()
+        outs = [await first] + [await t for t in rest]
+        await batcher.stop()
+        return model.batches, xs, outs
+
+    batches, xs, outs = asyncio.run(scenario())
+    assert batches == [1, 4]
+    for x, out in zip(xs, outs, strict=True):
+        np.testing.assert_array_equal(out, x * 2)
+
+
+def test_stop_waits_for_a_running_batch() -> None:
+    async def scenario() -> np.ndarray:
+        model = FakeModel()
+        batcher = _batcher(model)
+        batcher.start()
+        task = asyncio.create_task(batcher.infer(np.ones((2, 2), np.float32), 10))
+        assert await asyncio.to_thread(model.started.wait, 2)
+        stopping = asyncio.create_task(batcher.stop())
+        await asyncio.sleep(0.05)
+        assert not stopping.done(), "stop() returned while a batch was still running"
+        model.release.set()
+        await stopping
+        return await task
+
+    np.testing.assert_array_equal(asyncio.run(scenario()), np.full((2, 2), 2, np.float32))
+
+
+def test_a_failing_run_fails_its_requests_and_the_next_one_succeeds() -> None:
+    class Flaky(FakeModel):
+        def run(self, x: np.ndarray) -> np.ndarray:
+            if not self.batches:
+                self.batches.append(-1)
+                raise RuntimeError("boom")
+            return super().run(x)
+
+    async def scenario() -> tuple[str, np.ndarray]:
+        model = Flaky()
+        model.release.set()
+        batcher = _batcher(model)
+        batcher.start()
+        try:
+            await batcher.infer(np.ones((1, 2), np.float32), 10)
+            error = ""
+        except RuntimeError as exc:
+            error = str(exc)
+        out = await batcher.infer(np.ones((1, 2), np.float32), 10)
+        await batcher.stop()
+        return error, out
+
+    error, out = asyncio.run(scenario())
+    assert error == "boom"
+    np.testing.assert_array_equal(out, np.full((1, 2), 2, np.float32))
