@@ -91,11 +91,18 @@ class Batcher:
             self._items.append(item)
             self.metrics.queue_depth.set(len(self._items))
             self._wake.set()
+        timer = loop.call_later(timeout_s, self._expire, item, timeout_s)
         try:
-            return await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
-        except TimeoutError:
+            return await item.future
+        finally:
+            timer.cancel()
+            if item.future.cancelled():  # the request went away (client disconnect, shutdown)
+                item.abandoned = True
+
+    def _expire(self, item: _Pending, timeout_s: float) -> None:
+        if not item.future.done():
             item.abandoned = True
-            raise ApiError(504, f"request to {self.model.name!r} timed out after {timeout_s:g} s") from None
+            item.future.set_exception(ApiError(504, f"request to {self.model.name!r} timed out after {timeout_s:g} s"))
 
     async def _next(self, timeout: float | None) -> _Pending | None:
         while not self._items:
@@ -150,30 +157,37 @@ class Batcher:
         for item in batch:
             self.metrics.queue_seconds.observe(started - item.enqueued)
         x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
-        run = loop.run_in_executor(self._executor, self.model.run, x)
 
-        def answer(run: asyncio.Future[np.ndarray]) -> None:
+        def answer(out: np.ndarray | None, exc: BaseException | None) -> None:  # on the event loop
             self._running = False
             try:
-                self._answer(run, batch, samples, started)
+                self._answer(out, exc, batch, samples, started)
             finally:
                 finished()
 
-        run.add_done_callback(answer)
+        def work() -> None:  # in the ONNX Runtime thread; one hop back to the loop, no future chaining
+            try:
+                out, exc = self.model.run(x), None
+            except BaseException as error:  # handed to the requests of this batch
+                out, exc = None, error
+            loop.call_soon_threadsafe(answer, out, exc)
+
+        self._executor.submit(work)
 
     def _finish_direct(self) -> None:
         if self._items:
             self._wake.set()  # requests that queued behind a direct batch
 
-    def _answer(self, run: asyncio.Future[np.ndarray], batch: list[_Pending], samples: int, started: float) -> None:
-        exc = RuntimeError("the inference run was cancelled") if run.cancelled() else run.exception()
-        if exc is not None:  # a failing batch fails its requests, not the worker
+    def _answer(
+        self, out: np.ndarray | None, exc: BaseException | None, batch: list[_Pending], samples: int, started: float
+    ) -> None:
+        if out is None:  # a failing batch fails its requests, not the worker
+            exc = exc or RuntimeError("the inference run returned nothing")
             logger.error("inference failed for %s version %d", self.model.name, self.model.version, exc_info=exc)
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
-        out = run.result()
         self.metrics.compute_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(samples)
         offset = 0
