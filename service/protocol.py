@@ -8,17 +8,23 @@
 - Classification: ``parameters.classification: k`` on an output returns, per sample, the top k classes as
   BYTES ``"score:index:label"``.
 
-The hot path avoids pydantic and Python lists for binary data: bytes go straight into numpy.
+The hot path avoids pydantic and Python lists: binary tensors go straight from the body into numpy, and JSON
+bodies are parsed by simdjson, whose ``as_buffer`` turns a numeric ``data`` array into one C buffer of
+doubles or 64-bit integers without a Python object per element (about twice as fast as orjson followed by
+``np.asarray`` on a 3x32x32 tensor). A ``data`` array as long as the tensor's element count takes that path
+(like Triton, an element that is itself an array is read in order); a nested ``data`` array, or one that
+holds anything but numbers, is converted by numpy, which checks that it is rectangular.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import orjson
+import simdjson
 
 from service.errors import bad_request
 
@@ -39,6 +45,10 @@ DATATYPES: dict[str, np.dtype[Any]] = {  # little-endian, as the binary extensio
         ("FP64", np.float64),
     )
 }
+BufferType = Literal["d", "i", "u"]  # simdjson as_buffer: double, int64, uint64
+BUFFER_TYPES: dict[str, BufferType] = {"FP16": "d", "FP32": "d", "FP64": "d"}
+for _bits in (8, 16, 32, 64):
+    BUFFER_TYPES[f"INT{_bits}"], BUFFER_TYPES[f"UINT{_bits}"] = "i", "u"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
@@ -101,13 +111,80 @@ def _decode_input(obj: Any, binary: memoryview, offset: int) -> tuple[InputTenso
         return InputTensor(name, datatype, shape, array), offset + size
     if "data" not in obj:
         raise bad_request(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
-    try:
-        array = np.asarray(obj["data"], dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise bad_request(f"input {name!r}: 'data' is not an array of {datatype} values ({exc})") from exc
+    data = obj["data"]
+    fast = _from_buffer(data, datatype, count, name) if isinstance(data, simdjson.Array) else None
+    if fast is not None:
+        array = fast
+    else:
+        if isinstance(data, simdjson.Array):
+            data = data.as_list()
+        try:
+            array = np.asarray(data, dtype=dtype)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise bad_request(f"input {name!r}: 'data' is not an array of {datatype} values ({exc})") from exc
     if array.size != count:
         raise bad_request(f"input {name!r}: 'data' holds {array.size} values, shape {list(shape)} needs {count}")
     return InputTensor(name, datatype, shape, array.reshape(shape)), offset
+
+
+def _from_buffer(data: simdjson.Array, datatype: str, count: int, name: str) -> np.ndarray | None:
+    """A flat numeric ``data`` array as a numpy array of ``datatype``, or None to let numpy convert it."""
+    code = BUFFER_TYPES.get(datatype)
+    if code is None or len(data) != count:
+        return None
+    try:
+        wide = np.frombuffer(data.as_buffer(of_type=code), dtype={"d": np.float64, "i": np.int64, "u": np.uint64}[code])
+    except (TypeError, ValueError):  # not all numbers of that kind (bools, strings, fractions for ints, ...)
+        return None
+    dtype = DATATYPES[datatype]
+    if code != "d" and wide.size and dtype.itemsize < 8:
+        info = np.iinfo(dtype)
+        low, high = int(wide.min()), int(wide.max())
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise bad_request(f"input {name!r}: 'data' is not an array of {datatype} values ({bad} is out of range)")
+    with np.errstate(over="ignore"):  # beyond the float range: inf, exactly as numpy converts a Python float
+        return wide.astype(dtype)
+
+
+def _load_json(raw: bytes | memoryview, small: bool) -> dict[str, Any]:
+    """The request document as Python objects, except that each input's ``data`` stays a simdjson Array.
+
+    ``small``: the JSON header of a binary request, which orjson parses faster (and whole).
+    """
+    if small:
+        try:
+            header = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise bad_request(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(header, dict):
+            raise bad_request("request body must be a JSON object")
+        return header
+    try:
+        doc = simdjson.Parser().parse(raw)
+    except ValueError as exc:
+        raise bad_request(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, simdjson.Object):
+        raise bad_request("request body must be a JSON object")
+    # keys() and [key], not items(): items() converts every value (all of the data) into Python objects
+    out = {key: _python(doc[key]) for key in doc if key != "inputs"}
+    inputs = doc.get("inputs")
+    if isinstance(inputs, simdjson.Array):
+        out["inputs"] = [
+            {k: obj[k] if k == "data" else _python(obj[k]) for k in obj} if isinstance(obj, simdjson.Object) else obj
+            for obj in inputs
+        ]
+    elif inputs is not None:
+        out["inputs"] = _python(inputs)
+    return out
+
+
+def _python(value: Any) -> Any:
+    if isinstance(value, simdjson.Object):
+        return value.as_dict()
+    if isinstance(value, simdjson.Array):
+        return value.as_list()
+    return value
 
 
 def _decode_output(obj: Any) -> RequestedOutput:
@@ -131,12 +208,7 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
             raise bad_request(f"{HEADER_LENGTH} is {json_size} but the body has {len(body)} bytes")
     else:
         json_size = len(body)
-    try:
-        doc = orjson.loads(memoryview(body)[:json_size])
-    except orjson.JSONDecodeError as exc:
-        raise bad_request(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise bad_request("request body must be a JSON object")
+    doc = _load_json(memoryview(body)[:json_size], small=header_length is not None)
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise bad_request("request needs a non-empty 'inputs' list")

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from service.errors import ApiError
-from service.protocol import OutputTensor, classify, decode_request, encode_response
+from service.protocol import DATATYPES, OutputTensor, classify, decode_request, encode_response
 
 
 def _binary_body(arrays: list[np.ndarray], extra: bytes = b"", size_delta: int = 0) -> tuple[bytes, str]:
@@ -48,10 +48,61 @@ def test_json_inputs_flat_or_nested() -> None:
     assert nested.id == "r1" and flat.id is None
 
 
+def _json_body(datatype: str, data_text: str, count: int) -> bytes:
+    return (
+        f'{{"inputs": [{{"name": "x", "shape": [{count}], "datatype": "{datatype}", "data": [{data_text}]}}], '
+        '"parameters": {"note": "[1, 2]"}}'
+    ).encode()
+
+
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64"])
+def test_json_floats_decode_exactly_as_numpy_converts_the_parsed_numbers(datatype: str) -> None:
+    rng = np.random.default_rng(7)
+    values = rng.standard_normal(2000) * 10.0 ** rng.integers(-44, 39, 2000)
+    # shortest round-trip text, 25 significant digits (decimal rounding cases), integers, -0.0, extremes
+    texts = [repr(float(v)) for v in values[:1000]] + [f"{v:.25e}" for v in values[1000:]]
+    texts += ["0", "-0.0", "17", "-123456789", "1e-45", "3.4028235677973366e38", "5e-324", "1.7976931348623157e308"]
+    req = decode_request(_json_body(datatype, ", ".join(texts), len(texts)), None)
+    with np.errstate(over="ignore"):
+        expected = np.asarray([float(t) for t in texts], dtype=DATATYPES[datatype])
+    np.testing.assert_array_equal(req.inputs[0].array, expected)
+    assert req.inputs[0].array.dtype == expected.dtype
+
+
+@pytest.mark.parametrize(
+    ("datatype", "texts"),
+    [
+        ("INT64", ["9007199254740993", "-9223372036854775808", "9223372036854775807", "0"]),
+        ("UINT64", ["18446744073709551615", "0"]),
+        ("INT8", ["-128", "127", "5"]),
+        ("UINT16", ["65535", "0"]),
+    ],
+)
+def test_json_integers_decode_exactly(datatype: str, texts: list[str]) -> None:
+    req = decode_request(_json_body(datatype, ", ".join(texts), len(texts)), None)
+    np.testing.assert_array_equal(req.inputs[0].array, np.array([int(t) for t in texts], dtype=DATATYPES[datatype]))
+
+
+def test_json_data_that_is_not_all_plain_numbers_still_converts() -> None:
+    mixed = decode_request(_json_body("FP32", "true, 1.5, 2", 3), None)  # bools: numpy converts them
+    np.testing.assert_array_equal(mixed.inputs[0].array, np.array([1.0, 1.5, 2.0], np.float32))
+    flags = decode_request(_json_body("BOOL", "true, false", 2), None)
+    np.testing.assert_array_equal(flags.inputs[0].array, np.array([True, False]))
+    assert decode_request(_json_body("FP32", "1, 2", 2), None).inputs[0].array.dtype == np.float32
+    with pytest.raises(ApiError, match="not an array of FP32"):
+        decode_request(
+            orjson.dumps({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2], [3]]}]}),
+            None,
+        )
+
+
 @pytest.mark.parametrize(
     ("body", "header", "message"),
     [
         (b"{", None, "not valid JSON"),
+        (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [NaN]}]}', None, "not valid JSON"),
+        (b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2,]}]}', None, "not valid JSON"),
+        (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1e999]}]}', None, "not valid JSON"),
         (b"[]", None, "must be a JSON object"),
         (b'{"inputs": []}', None, "non-empty 'inputs'"),
         (b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2, 3]}]}', None, "holds 3 values"),
