@@ -3,7 +3,8 @@
 Measures, for a ResNet-20 (3x32x32, BN folded) exported by bnfold:
   1. in-process ONNX Runtime throughput at batch 1, 16 and its best batch;
   2. the server under 16 concurrent clients, 1 sample per request, binary v2 and JSON v2 (samples/s);
-  3. one client at a time: median latency of a binary request vs a direct ``session.run`` at batch 1;
+  3. one client at a time: median latency of a binary request vs a direct ``session.run`` at batch 1, from a
+     Python http.client and (with --loadgen wrk) from one wrk connection, interleaved with direct runs;
   4. server memory (RSS) over a sustained run: mean of the first minute vs the last minute.
 
 The load generator runs on the same machine (threads with keep-alive http.client connections), as in the
@@ -159,6 +160,32 @@ def load_wrk(port: int, binary: bool, clients: int, seconds: float, workdir: Pat
     return rate, int(errors.group(1)) if errors else 0
 
 
+def server_latency_wrk(port: int, seconds: float, workdir: Path) -> float:
+    """Median latency (s) of one wrk connection sending binary requests back to back: the server's own
+    latency, without a Python HTTP client's parsing in the figure."""
+    import re
+
+    load_wrk(port, True, 1, 1, workdir)  # writes the binary request script
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            "-c1",
+            f"-d{int(seconds)}s",
+            "--latency",
+            "-s",
+            str(workdir / "post.lua"),
+            f"http://127.0.0.1:{port}/v2/models/resnet20/infer",
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout
+    m = re.search(r"50%\s+([\d.]+)(us|ms|s)\b", out)
+    if m is None:
+        raise SystemExit(f"cannot read wrk's median latency from:\n{out}")
+    return float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[m.group(2)]
+
+
 def server_latency(port: int, count: int) -> float:
     body, headers = request_body(True)
     conn = http.client.HTTPConnection("127.0.0.1", port)
@@ -258,6 +285,14 @@ def main() -> int:
             results["binary_vs_best_ort"] = binary / best
             results["server_latency_ms_batch1"] = server_latency(port, 2000) * 1e3
             results["latency_overhead_ms"] = results["server_latency_ms_batch1"] - results["ort_latency_ms_batch1"]
+            if args.loadgen == "wrk":
+                # three rounds of (direct session.run, wrk) back to back, so machine drift hits both alike
+                rounds = [
+                    (ort_latency(path, 1000), server_latency_wrk(port, max(args.seconds / 3, 2), Path(tmp)))
+                    for _ in range(3)
+                ]
+                results["latency_rounds_ms_direct_vs_wrk"] = [[round(d * 1e3, 3), round(w * 1e3, 3)] for d, w in rounds]
+                results["latency_overhead_ms_wrk"] = statistics.median((w - d) * 1e3 for d, w in rounds)
             if args.soak:
                 first, last, rate = soak(port, server.pid, args.soak)
                 results["soak"] = {
