@@ -126,9 +126,8 @@ def load(port: int, binary: bool, clients: int, seconds: float) -> tuple[float, 
     return sum(counts) / (time.perf_counter() - start), sum(errors)
 
 
-def load_wrk(port: int, binary: bool, clients: int, seconds: float, workdir: Path) -> tuple[float, int]:
-    """The same load from wrk (C, one thread), which leaves more of the 2 cores to the server."""
-    import re
+def run_wrk(port: int, binary: bool, clients: int, seconds: float, workdir: Path, *flags: str) -> str:
+    """wrk's report for ``clients`` keep-alive connections (one thread) sending one request body."""
     import shutil
 
     if shutil.which("wrk") is None:
@@ -142,19 +141,16 @@ def load_wrk(port: int, binary: bool, clients: int, seconds: float, workdir: Pat
         "f:close()",
     ] + [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
     (workdir / "post.lua").write_text("\n".join(lines) + "\n")
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t1",
-            f"-c{clients}",
-            f"-d{int(seconds)}s",
-            "-s",
-            str(workdir / "post.lua"),
-            f"http://127.0.0.1:{port}/v2/models/resnet20/infer",
-        ],
-        capture_output=True,
-        text=True,
-    ).stdout
+    url = f"http://127.0.0.1:{port}/v2/models/resnet20/infer"
+    command = ["wrk", "-t1", f"-c{clients}", f"-d{int(seconds)}s", *flags, "-s", str(workdir / "post.lua"), url]
+    return subprocess.run(command, capture_output=True, text=True).stdout
+
+
+def load_wrk(port: int, binary: bool, clients: int, seconds: float, workdir: Path) -> tuple[float, int]:
+    """The same load from wrk (C, one thread), which leaves more of the 2 cores to the server."""
+    import re
+
+    out = run_wrk(port, binary, clients, seconds, workdir)
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return rate, int(errors.group(1)) if errors else 0
@@ -165,21 +161,7 @@ def server_latency_wrk(port: int, seconds: float, workdir: Path) -> float:
     latency, without a Python HTTP client's parsing in the figure."""
     import re
 
-    load_wrk(port, True, 1, 1, workdir)  # writes the binary request script
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t1",
-            "-c1",
-            f"-d{int(seconds)}s",
-            "--latency",
-            "-s",
-            str(workdir / "post.lua"),
-            f"http://127.0.0.1:{port}/v2/models/resnet20/infer",
-        ],
-        capture_output=True,
-        text=True,
-    ).stdout
+    out = run_wrk(port, True, 1, seconds, workdir, "--latency")
     m = re.search(r"50%\s+([\d.]+)(us|ms|s)\b", out)
     if m is None:
         raise SystemExit(f"cannot read wrk's median latency from:\n{out}")
