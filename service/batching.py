@@ -74,9 +74,13 @@ class Batcher:
         self._executor.shutdown(wait=True)
 
     async def infer(self, x: np.ndarray, timeout_s: float) -> np.ndarray:
-        """Queue ``x`` (n samples) and wait for its outputs (n rows)."""
+        """Queue ``x`` (n samples) and wait for its outputs (n rows).
+
+        Requests refused or timed out here are counted here (outcomes bad_request, rejected, timeout).
+        """
         n = x.shape[0]
         if n > self.max_batch:
+            self.metrics.count("bad_request")
             raise bad_request(
                 f"request holds {n} samples; model {self.model.name!r} takes at most {self.max_batch} per request"
             )
@@ -102,6 +106,7 @@ class Batcher:
     def _expire(self, item: _Pending, timeout_s: float) -> None:
         if not item.future.done():
             item.abandoned = True
+            self.metrics.count("timeout")
             item.future.set_exception(ApiError(504, f"request to {self.model.name!r} timed out after {timeout_s:g} s"))
 
     async def _next(self, timeout: float | None) -> _Pending | None:

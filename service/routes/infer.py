@@ -101,12 +101,7 @@ async def run_infer(
         raise
     finally:
         batcher.arriving -= 1
-    try:
-        logits = await batcher.infer(x, settings.request_timeout_s)
-    except ApiError as exc:
-        if exc.status != 503:  # the batcher counted its own rejections
-            metrics.count("timeout" if exc.status == 504 else "bad_request")
-        raise
+    logits = await batcher.infer(x, settings.request_timeout_s)  # counts its own refusals and timeouts
     body_out, extra = encode_response(model, str(served.model.version), req.id, build_outputs(req, served, logits))
     metrics.count("success")
     metrics.request_seconds.observe(time.perf_counter() - started)

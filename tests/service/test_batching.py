@@ -15,7 +15,7 @@ import pytest
 
 from service.model import ModelVersion
 from tests.service.conftest import direct_logits, make_client
-from tests.service.test_app import INFER, json_request, logits_of
+from tests.service.test_app import INFER, json_request, logits_of, outcome_count
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_full_queue_answers_503_with_retry_after_then_recovers(
         assert rejected.headers["Retry-After"] == "1" and "queue is full" in rejected.json()["error"]
         slow_model["s"] = 0.0
         assert c.post(INFER, content=json_request(x)).status_code == 200
-        assert 'outcome="rejected"' in c.get("/metrics").text
+        assert outcome_count(c.get("/metrics").text, "rejected") == codes.count(503)
 
 
 def test_timed_out_request_answers_504_then_recovers(
@@ -97,6 +97,7 @@ def test_timed_out_request_answers_504_then_recovers(
         slow_model["s"] = 0.6
         r = c.post(INFER, content=json_request(x))
         assert r.status_code == 504 and "timed out after 0.2 s" in r.json()["error"]
+        assert outcome_count(c.get("/metrics").text, "timeout") == 1.0
         slow_model["s"] = 0.0
         time.sleep(0.6)
         assert c.post(INFER, content=json_request(x)).status_code == 200
