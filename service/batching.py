@@ -16,10 +16,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
 import logging
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -90,7 +88,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         item = _Pending(x, loop.create_future())
         if not self._running and not self._items and self.arriving == 0:
-            self._start(loop, [item], n, self._finish_direct)
+            self._start(loop, [item], n)
         else:
             self._items.append(item)
             self.metrics.queue_depth.set(len(self._items))
@@ -124,7 +122,7 @@ class Batcher:
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while not self._items or self._running:  # a direct batch may be running
+            while not self._items or self._running:  # the batch that runs wakes us when it ends
                 self._wake.clear()
                 await self._wake.wait()
             self._running = True
@@ -149,14 +147,11 @@ class Batcher:
             if not batch:
                 self._running = False
                 continue
-            done = loop.create_future()
-            self._start(loop, batch, samples, functools.partial(done.set_result, None))
-            await done
+            self._start(loop, batch, samples)
 
-    def _start(
-        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], samples: int, finished: Callable[[], None]
-    ) -> None:
-        """Run ``batch`` in the ONNX Runtime thread; when it ends, answer each request and call ``finished``."""
+    def _start(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], samples: int) -> None:
+        """Run ``batch`` in the ONNX Runtime thread; when it ends, answer each request and wake the worker if
+        requests queued meanwhile."""
         self._running = True
         started = time.perf_counter()
         for item in batch:
@@ -165,10 +160,9 @@ class Batcher:
 
         def answer(out: np.ndarray | None, exc: BaseException | None) -> None:  # on the event loop
             self._running = False
-            try:
-                self._answer(out, exc, batch, samples, started)
-            finally:
-                finished()
+            if self._items:
+                self._wake.set()
+            self._answer(out, exc, batch, samples, started)
 
         def work() -> None:  # in the ONNX Runtime thread; one hop back to the loop, no future chaining
             try:
@@ -178,10 +172,6 @@ class Batcher:
             loop.call_soon_threadsafe(answer, out, exc)
 
         self._executor.submit(work)
-
-    def _finish_direct(self) -> None:
-        if self._items:
-            self._wake.set()  # requests that queued behind a direct batch
 
     def _answer(
         self, out: np.ndarray | None, exc: BaseException | None, batch: list[_Pending], samples: int, started: float
