@@ -41,31 +41,18 @@ class Metrics:
             ["model", "version", "outcome"],
             registry=r,
         )
-        self.request_seconds = Histogram(
-            "bnfold_request_seconds",
-            "Time from request to response",
-            ["model", "version"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.queue_seconds = Histogram(
-            "bnfold_queue_seconds",
-            "Time a request waited for its batch",
-            ["model", "version"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.compute_seconds = Histogram(
-            "bnfold_compute_seconds",
-            "ONNX Runtime time per batch",
-            ["model", "version"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        per_version = ["model", "version"]
+
+        def latency(name: str, documentation: str) -> Histogram:
+            return Histogram(name, documentation, per_version, buckets=LATENCY_BUCKETS, registry=r)
+
+        self.request_seconds = latency("bnfold_request_seconds", "Time from request to response")
+        self.queue_seconds = latency("bnfold_queue_seconds", "Time a request waited for its batch")
+        self.compute_seconds = latency("bnfold_compute_seconds", "ONNX Runtime time per batch")
         self.batch_size = Histogram(
-            "bnfold_batch_size", "Samples per executed batch", ["model", "version"], buckets=BATCH_BUCKETS, registry=r
+            "bnfold_batch_size", "Samples per executed batch", per_version, buckets=BATCH_BUCKETS, registry=r
         )
-        self.queue_depth = Gauge("bnfold_queue_depth", "Requests waiting", ["model", "version"], registry=r)
+        self.queue_depth = Gauge("bnfold_queue_depth", "Requests waiting", per_version, registry=r)
 
         self._versions: dict[tuple[str, str], VersionMetrics] = {}
 

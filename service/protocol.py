@@ -46,6 +46,7 @@ DATATYPES: dict[str, np.dtype[Any]] = {  # little-endian, as the binary extensio
     )
 }
 BufferType = Literal["d", "i", "u"]  # simdjson as_buffer: double, int64, uint64
+BUFFER_DTYPES: dict[BufferType, type[np.generic]] = {"d": np.float64, "i": np.int64, "u": np.uint64}
 BUFFER_TYPES: dict[str, BufferType] = {"FP16": "d", "FP32": "d", "FP64": "d"}
 for _bits in (8, 16, 32, 64):
     BUFFER_TYPES[f"INT{_bits}"], BUFFER_TYPES[f"UINT{_bits}"] = "i", "u"
@@ -133,7 +134,7 @@ def _from_buffer(data: simdjson.Array, datatype: str, count: int, name: str) -> 
     if code is None or len(data) != count:
         return None
     try:
-        wide = np.frombuffer(data.as_buffer(of_type=code), dtype={"d": np.float64, "i": np.int64, "u": np.uint64}[code])
+        wide = np.frombuffer(data.as_buffer(of_type=code), dtype=BUFFER_DTYPES[code])
     except (TypeError, ValueError):  # not all numbers of that kind (bools, strings, fractions for ints, ...)
         return None
     dtype = DATATYPES[datatype]
