@@ -15,6 +15,8 @@ more than one process, it is plain BatchNorm.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -70,37 +72,43 @@ class SyncBatchNorm(_BatchNorm):
         return y
 
 
+def _replace(module: nn.Module, make: Callable[[nn.Module], nn.Module | None]) -> nn.Module:
+    """``module`` with every submodule for which ``make`` returns a replacement swapped for it; each
+    replacement takes over the original's parameters, buffers and train/eval mode."""
+    replacement = make(module)
+    if replacement is not None:
+        replacement.load_state_dict(module.state_dict())
+        replacement.train(module.training)
+        return replacement
+    for name, child in module.named_children():
+        module.add_module(name, _replace(child, make))
+    return module
+
+
 def convert_to_sync(module: nn.Module) -> nn.Module:
     """Replace every BatchNorm{1,2,3}d by a SyncBatchNorm with the same parameters and statistics."""
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
-        dims = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}[type(module)]
-        sync = SyncBatchNorm(
-            module.num_features,
-            module.eps,
-            module.momentum,
-            module.affine,
-            module.track_running_stats,
-            spatial_dims=dims,
-        )
-        sync.load_state_dict(module.state_dict())
-        sync.train(module.training)
-        return sync
-    for name, child in module.named_children():
-        module.add_module(name, convert_to_sync(child))
-    return module
+
+    def make(m: nn.Module) -> nn.Module | None:
+        if not isinstance(m, _BatchNorm):
+            return None
+        dims = next((d for d, cls in PLAIN.items() if isinstance(m, cls)), None)  # None: a SyncBatchNorm
+        if dims is None:
+            return None
+        return SyncBatchNorm(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats, spatial_dims=dims)
+
+    return _replace(module, make)
 
 
 def convert_to_plain(module: nn.Module) -> nn.Module:
     """The inverse of :func:`convert_to_sync` (torch's nn.SyncBatchNorm too): plain BatchNorm{1,2,3}d."""
-    if isinstance(module, (SyncBatchNorm, nn.SyncBatchNorm)):
-        dims = module.spatial_dims if isinstance(module, SyncBatchNorm) else 2
-        plain = PLAIN[dims](module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
-        plain.load_state_dict(module.state_dict())
-        plain.train(module.training)
-        return plain
-    for name, child in module.named_children():
-        module.add_module(name, convert_to_plain(child))
-    return module
+
+    def make(m: nn.Module) -> nn.Module | None:
+        if not isinstance(m, (SyncBatchNorm, nn.SyncBatchNorm)):
+            return None
+        dims = m.spatial_dims if isinstance(m, SyncBatchNorm) else 2
+        return PLAIN[dims](m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+
+    return _replace(module, make)
 
 
 __all__ = ["SyncBatchNorm", "convert_to_plain", "convert_to_sync"]
