@@ -30,7 +30,14 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from export.errors import ExportError
-from export.fold_math import ScaleShift, assign, bn_scale_shift, fold_into_following, fold_into_preceding
+from export.fold_math import (
+    ScaleShift,
+    assign,
+    bn_scale_shift,
+    fold_into_following,
+    fold_into_preceding,
+    scale_shift,
+)
 from export.report import FoldReport, FoldRow
 
 logger = logging.getLogger(__name__)
@@ -232,12 +239,8 @@ def _functional_bn(gm: fx.GraphModule, node: fx.Node) -> tuple[torch.Tensor, tor
     mean, var = const("running_mean"), const("running_var")
     if mean is None or var is None:
         raise ExportError(f"functional batch_norm at node {node.name} has no running statistics to fold")
-    mean64, var64 = mean.double(), var.double()
-    weight, bias = const("weight"), const("bias")
-    gamma = weight.double() if weight is not None else torch.ones_like(mean64)
-    beta = bias.double() if bias is not None else torch.zeros_like(mean64)
-    s = gamma / torch.sqrt(var64 + float(args.get("eps", 1e-5)))
-    return s, beta - mean64 * s, mean.dtype
+    s, t = scale_shift(mean, var, const("weight"), const("bias"), float(args.get("eps", 1e-5)))
+    return s, t, mean.dtype
 
 
 def fold_batchnorm(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> tuple[nn.Module, FoldReport]:

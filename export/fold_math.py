@@ -37,16 +37,22 @@ def _weight(layer: nn.Module) -> torch.Tensor:
     return cast(torch.Tensor, layer.weight)
 
 
+def scale_shift(
+    mean: torch.Tensor, var: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one formula: (s, t) in float64 with BN(x) = x * s + t per channel; gamma/beta None mean 1/0."""
+    mean64, var64 = mean.detach().to(F64), var.detach().to(F64)
+    gamma64 = gamma.detach().to(F64) if gamma is not None else torch.ones_like(mean64)
+    beta64 = beta.detach().to(F64) if beta is not None else torch.zeros_like(mean64)
+    s = gamma64 / torch.sqrt(var64 + eps)
+    return s, beta64 - mean64 * s
+
+
 def bn_scale_shift(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s, t) in float64 such that BN in eval mode is ``x * s + t`` per channel."""
+    """(s, t) in float64 such that ``bn`` in eval mode is ``x * s + t`` per channel."""
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("BatchNorm without running statistics has no population statistics to fold")
-    mean = bn.running_mean.detach().to(F64)
-    var = bn.running_var.detach().to(F64)
-    gamma = bn.weight.detach().to(F64) if bn.weight is not None else torch.ones_like(mean)
-    beta = bn.bias.detach().to(F64) if bn.bias is not None else torch.zeros_like(mean)
-    s = gamma / torch.sqrt(var + bn.eps)
-    return s, beta - mean * s
+    return scale_shift(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
 
 
 def _bias64(layer: nn.Module, channels: int) -> torch.Tensor:
