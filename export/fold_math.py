@@ -45,7 +45,14 @@ def bn_scale_shift(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     var = bn.running_var.detach().to(F64)
     gamma = bn.weight.detach().to(F64) if bn.weight is not None else torch.ones_like(mean)
     beta = bn.bias.detach().to(F64) if bn.bias is not None else torch.zeros_like(mean)
-    s = gamma / torch.sqrt(var + bn.eps)
+    return scale_shift(gamma, beta, mean, var, bn.eps)
+
+
+def scale_shift(
+    gamma: torch.Tensor, beta: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one formula for BN's (s, t): ``s = gamma / sqrt(var + eps)``, ``t = beta - mean * s`` (float64 in)."""
+    s = gamma / torch.sqrt(var + eps)
     return s, beta - mean * s
 
 
@@ -57,26 +64,37 @@ def _bias64(layer: nn.Module, channels: int) -> torch.Tensor:
 def fold_into_preceding(layer: nn.Module, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """New (weight, bias) in float64 for ``layer`` (Conv, ConvTranspose or Linear) followed by BN (s, t)."""
     w = _weight(layer).detach().to(F64)
-    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
-        groups = layer.groups
+    transposed = isinstance(layer, nn.modules.conv._ConvTransposeNd)
+    out_channels = layer.groups * w.shape[1] if transposed else w.shape[0]
+    return preceding_weight_bias(w, _bias64(layer, out_channels), s, t, getattr(layer, "groups", 1), transposed)
+
+
+def preceding_weight_bias(
+    w: torch.Tensor, b: torch.Tensor, s: torch.Tensor, t: torch.Tensor, groups: int, transposed: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold into the preceding layer on float64 tensors: weight [C_out, ...] (or ConvTranspose's layout), bias b."""
+    if transposed:
         c_in, c_out_g = w.shape[0], w.shape[1]
         # [C_in, C_out/g, k...] -> [g, C_in/g, C_out/g, k...]; output channel o = g_idx * C_out/g + j
         wg = w.reshape(groups, c_in // groups, c_out_g, *w.shape[2:])
         sg = s.reshape(groups, 1, c_out_g, *([1] * (w.dim() - 2)))
         new_w = (wg * sg).reshape(w.shape)
-        out_channels = groups * c_out_g
     else:  # Conv (weight [C_out, C_in/g, k...]) or Linear (weight [out, in])
         new_w = w * s.reshape(-1, *([1] * (w.dim() - 1)))
-        out_channels = w.shape[0]
-    new_b = _bias64(layer, out_channels) * s + t
-    return new_w, new_b
+    return new_w, b * s + t
 
 
 def fold_into_following(layer: nn.Module, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """New (weight, bias) in float64 for BN (s, t) followed by ``layer`` (Conv with no padding, or Linear)."""
     w = _weight(layer).detach().to(F64)
+    return following_weight_bias(w, _bias64(layer, w.shape[0]), s, t, getattr(layer, "groups", 1))
+
+
+def following_weight_bias(
+    w: torch.Tensor, b: torch.Tensor, s: torch.Tensor, t: torch.Tensor, groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold into the following layer on float64 tensors: weight [C_out, C_in/groups, k...] (or [out, in]), bias b."""
     c_out = w.shape[0]
-    groups = getattr(layer, "groups", 1)
     per_group = w.shape[1]
     # input channel index of weight[o, j] is g(o) * per_group + j, with g(o) = o // (c_out / groups)
     group_of_out = torch.arange(c_out) // (c_out // groups)
@@ -84,7 +102,7 @@ def fold_into_following(layer: nn.Module, s: torch.Tensor, t: torch.Tensor) -> t
     s_oc = s[in_index].reshape(c_out, per_group, *([1] * (w.dim() - 2)))
     t_oc = t[in_index].reshape(c_out, per_group, *([1] * (w.dim() - 2)))
     new_w = w * s_oc
-    new_b = _bias64(layer, c_out) + (w * t_oc).reshape(c_out, -1).sum(dim=1)
+    new_b = b + (w * t_oc).reshape(c_out, -1).sum(dim=1)
     return new_w, new_b
 
 
