@@ -65,8 +65,9 @@ def fold_into_preceding(layer: nn.Module, s: torch.Tensor, t: torch.Tensor) -> t
     """New (weight, bias) in float64 for ``layer`` (Conv, ConvTranspose or Linear) followed by BN (s, t)."""
     w = _weight(layer).detach().to(F64)
     transposed = isinstance(layer, nn.modules.conv._ConvTransposeNd)
-    out_channels = layer.groups * w.shape[1] if transposed else w.shape[0]
-    return preceding_weight_bias(w, _bias64(layer, out_channels), s, t, getattr(layer, "groups", 1), transposed)
+    groups = int(getattr(layer, "groups", 1))
+    out_channels = groups * w.shape[1] if transposed else w.shape[0]
+    return preceding_weight_bias(w, _bias64(layer, out_channels), s, t, groups, transposed)
 
 
 def preceding_weight_bias(
