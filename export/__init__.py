@@ -7,6 +7,20 @@ model repository.
 
 from export.errors import ExportError, VerificationError
 from export.fold import fold_batchnorm
+from export.onnx_files import check_onnx_input, load_onnx, save_onnx
+from export.onnx_fold import fold_onnx
+from export.onnx_oracle import onnx_float64_oracle
 from export.report import FoldReport, FoldRow
 
-__all__ = ["ExportError", "FoldReport", "FoldRow", "VerificationError", "fold_batchnorm"]
+__all__ = [
+    "ExportError",
+    "FoldReport",
+    "FoldRow",
+    "VerificationError",
+    "check_onnx_input",
+    "fold_batchnorm",
+    "fold_onnx",
+    "load_onnx",
+    "onnx_float64_oracle",
+    "save_onnx",
+]
