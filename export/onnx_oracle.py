@@ -4,10 +4,8 @@
 graph inputs, outputs and intermediate types, Cast/dtype targets) and runs it with ONNX Runtime on CPU at
 ORT_DISABLE_ALL when ONNX Runtime has double kernels for every op. It does not for Conv, ConvTranspose,
 AveragePool, GlobalAveragePool and others (checked with onnxruntime 1.31), so most vision graphs fall back to
-``onnx.reference.ReferenceEvaluator``. Its BatchNormalization is replaced: for opsets 7 to 13 the reference
-normalises with (momentum-blended) batch statistics instead of the given population statistics, and ignores
-``spatial=0``. Ours computes ``(x - mean) / sqrt(var + eps) * scale + B`` in float64 on the node's own
-statistics, per channel or (spatial=0) per element.
+``onnx.reference.ReferenceEvaluator``, with BatchNormalization, Conv and ConvTranspose replaced by
+``export.onnx_oracle_ops`` (the reference's BN and grouped ConvTranspose are wrong; see there).
 """
 
 from __future__ import annotations
@@ -20,30 +18,14 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 from onnx.reference import ReferenceEvaluator
-from onnx.reference.op_run import OpRun
 
 from export.errors import ExportError
+from export.onnx_oracle_ops import ORACLE_OPS
 
 logger = logging.getLogger(__name__)
 
 FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 DTYPE_ATTRS = ("to", "dtype")  # Cast's target; RandomNormal/EyeLike/... output type
-
-
-class BatchNormalization(OpRun):
-    """Inference-mode BatchNormalization for the reference evaluator, on the node's population statistics."""
-
-    op_domain = ""
-
-    def _run(
-        self, x: np.ndarray, scale: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray, **attrs: Any
-    ) -> tuple[np.ndarray]:
-        if attrs.get("training_mode") == 1:
-            raise ExportError("BatchNormalization in training mode has no float64 oracle")
-        view = (-1, *([1] * (x.ndim - 2))) if mean.ndim == 1 else mean.shape  # spatial=0: [C, D1, ...]
-        eps = attrs.get("epsilon") or 1e-5
-        stats = [a.reshape(view) for a in (scale, bias, mean, var)]
-        return ((x - stats[2]) / np.sqrt(stats[3] + eps) * stats[0] + stats[1],)
 
 
 def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -109,7 +91,7 @@ class Float64Oracle:
     def _use_reference(self) -> None:
         self.engine = "onnx.reference"
         self._session = None
-        self._reference = ReferenceEvaluator(self.model64, new_ops=[BatchNormalization])
+        self._reference = ReferenceEvaluator(self.model64, new_ops=ORACLE_OPS)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         feed = np.asarray(x, dtype=np.float64) if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(x)

@@ -1,0 +1,121 @@
+"""Kernels that replace ``onnx.reference``'s own in the float64 oracle, where those are wrong or too slow.
+
+Checked against onnx 1.23's reference implementation:
+
+- BatchNormalization: opsets 7 to 13 normalise with momentum-blended batch statistics (``momentum`` always has
+  its default, so the inference branch never runs), and ``spatial=0`` is ignored. Ours: inference mode on the
+  node's statistics, ``(x - mean) / sqrt(var + eps) * scale + B``, per channel or (spatial=0) per element.
+- ConvTranspose with group > 1 slices the weight along axis 0 by OUTPUT channels (axis 0 holds input channels)
+  and adds the whole bias to each group; with group 1 it runs a per-channel Python col2im loop.
+- Conv is correct but im2col in numpy; torch's float64 convolution is the same math, much faster.
+
+Conv and ConvTranspose here run torch's float64 kernels with explicit (possibly asymmetric) padding, following
+the ONNX spec's formulas for ``auto_pad``, ``pads``, ``output_padding`` and ``output_shape``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from onnx.reference.op_run import OpRun
+
+from export.errors import ExportError
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.tensor(array)  # a copy: the reference hands out read-only arrays
+
+
+def _ints(value: Any, default: int, n: int) -> list[int]:
+    return [int(v) for v in value] if value is not None and len(value) else [default] * n
+
+
+class BatchNormalization(OpRun):
+    """Inference-mode BatchNormalization on the node's population statistics (see the module docstring)."""
+
+    op_domain = ""
+
+    def _run(
+        self, x: np.ndarray, scale: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray, **attrs: Any
+    ) -> tuple[np.ndarray]:
+        if attrs.get("training_mode") == 1:
+            raise ExportError("BatchNormalization in training mode has no float64 oracle")
+        view = (-1, *([1] * (x.ndim - 2))) if mean.ndim == 1 else mean.shape  # spatial=0: [C, D1, ...]
+        eps = attrs.get("epsilon") or 1e-5
+        g, b, m, v = (a.reshape(view) for a in (scale, bias, mean, var))
+        return ((x - m) / np.sqrt(v + eps) * g + b,)
+
+
+def _same_pads(total: list[int], upper: bool) -> list[int]:
+    """ONNX SAME_UPPER/SAME_LOWER split of each axis's total padding into [begins..., ends...]."""
+    head = [t // 2 if upper else t - t // 2 for t in total]
+    return head + [t - h for t, h in zip(total, head, strict=True)]
+
+
+def _torch_pad(pads: list[int]) -> list[int]:
+    """ONNX [b1, b2, ..., e1, e2, ...] -> F.pad's (b_last, e_last, ..., b1, e1)."""
+    n = len(pads) // 2
+    return [p for i in reversed(range(n)) for p in (pads[i], pads[i + n])]
+
+
+class Conv(OpRun):
+    """Conv in float64 with torch's kernel."""
+
+    op_domain = ""
+
+    def _run(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, **attrs: Any) -> tuple[np.ndarray]:
+        n = x.ndim - 2
+        strides, dilations = _ints(attrs.get("strides"), 1, n), _ints(attrs.get("dilations"), 1, n)
+        pads = _ints(attrs.get("pads"), 0, 2 * n)
+        auto_pad = attrs.get("auto_pad") or "NOTSET"
+        if auto_pad == "VALID":
+            pads = [0] * (2 * n)
+        elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            span = [(k - 1) * d + 1 for k, d in zip(w.shape[2:], dilations, strict=True)]
+            out = [-(-size // s) for size, s in zip(x.shape[2:], strides, strict=True)]
+            sizes = zip(out, strides, span, x.shape[2:], strict=True)
+            total = [max(0, (o - 1) * s + k - size) for o, s, k, size in sizes]
+            pads = _same_pads(total, auto_pad == "SAME_UPPER")
+        xt = F.pad(_tensor(x), _torch_pad(pads))
+        bias = _tensor(b) if b is not None else None
+        conv = (F.conv1d, F.conv2d, F.conv3d)[n - 1]
+        y = conv(xt, _tensor(w), bias, strides, 0, dilations, int(attrs.get("group") or 1))
+        return (y.numpy(),)
+
+
+class ConvTranspose(OpRun):
+    """ConvTranspose in float64 with torch's kernel; padding cropped afterwards as the ONNX spec defines it."""
+
+    op_domain = ""
+
+    def _run(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, **attrs: Any) -> tuple[np.ndarray]:
+        n = x.ndim - 2
+        strides, dilations = _ints(attrs.get("strides"), 1, n), _ints(attrs.get("dilations"), 1, n)
+        out_pad = _ints(attrs.get("output_padding"), 0, n)
+        pads = _ints(attrs.get("pads"), 0, 2 * n)
+        axes = zip(strides, x.shape[2:], out_pad, w.shape[2:], dilations, strict=True)
+        full = [s * (i - 1) + op + (k - 1) * d + 1 for s, i, op, k, d in axes]  # output size before cropping
+        auto_pad = attrs.get("auto_pad") or "NOTSET"
+        wanted = attrs.get("output_shape")
+        if wanted is None and auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            wanted = [i * s for i, s in zip(x.shape[2:], strides, strict=True)]
+        if wanted is not None and len(wanted):
+            total = [f - int(o) for f, o in zip(full, wanted[-n:], strict=True)]
+            pads = _same_pads(total, auto_pad == "SAME_UPPER")
+        elif auto_pad == "VALID":
+            pads = [0] * (2 * n)
+        convt = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[n - 1]
+        xt, wt = _tensor(x), _tensor(w)
+        y = convt(xt, wt, None, strides, 0, 0, int(attrs.get("group") or 1), dilations)
+        y = F.pad(y, _torch_pad([0] * n + out_pad))  # output_padding: extra positions at the end of each axis
+        crop = tuple(slice(pads[i], full[i] - pads[i + n]) for i in range(n))
+        y = y[(slice(None), slice(None), *crop)]
+        if b is not None:
+            y = y + _tensor(b).reshape(-1, *([1] * n))
+        return (y.numpy(),)
+
+
+ORACLE_OPS: list[type[OpRun]] = [BatchNormalization, Conv, ConvTranspose]
