@@ -70,6 +70,7 @@ class BnAffine:
     node: ir.Node
     s: np.ndarray
     t: np.ndarray
+    label: str
 
     @property
     def per_channel(self) -> bool:
@@ -78,10 +79,6 @@ class BnAffine:
     @property
     def channels(self) -> int:
         return int(self.s.shape[0])
-
-    @property
-    def label(self) -> str:
-        return node_label(self.node)
 
 
 def read_bn(node: ir.Node, opset: int) -> BnAffine:
@@ -106,4 +103,4 @@ def read_bn(node: ir.Node, opset: int) -> BnAffine:
     eps = node.attributes.get_float("epsilon", 1e-5)
     gamma, beta, mean, var = (torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in arrays)
     s, t = scale_shift(gamma, beta, mean, var, eps)
-    return BnAffine(node, s.numpy(), t.numpy())
+    return BnAffine(node, s.numpy(), t.numpy(), label)

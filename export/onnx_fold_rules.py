@@ -78,12 +78,12 @@ def _layer(node: ir.Node) -> Layer | str:
 
 def why_not_preceding(bn: BnAffine, editor: GraphEditor) -> Layer | str:
     """The layer before ``bn`` to fold it into, or the reason there is none."""
+    if not bn.per_channel:
+        return "spatial=0: per-element statistics"
     x = bn.node.inputs[0]
     producer = x.producer() if x is not None else None
     if x is None or producer is None or producer.op_type not in PRECEDING_OPS or producer.domain != "":
         return "input is not produced by Conv/ConvTranspose/Gemm/MatMul"
-    if not bn.per_channel:
-        return "spatial=0: per-element statistics"
     if _only_use(x) != (bn.node, 0):
         return f"{node_label(producer)!r}'s output is also used elsewhere (fan-out)"
     if producer.op_type == "MatMul" and editor.rank(x) != 2:
@@ -125,14 +125,14 @@ def fold_preceding(bn: BnAffine, layer: Layer, editor: GraphEditor) -> str:
 
 def why_not_following(bn: BnAffine) -> Layer | str:
     """The layer after ``bn`` to fold it into, or the reason there is none."""
+    if not bn.per_channel:
+        return "spatial=0: per-element statistics"
     use = _only_use(bn.node.outputs[0])
     if use is None:
         return "output is used by several nodes or is a graph output"
     consumer, index = use
     if consumer.op_type not in FOLLOWING_OPS or consumer.domain != "" or index != 0:
         return "output does not feed a Conv or Gemm as its data input"
-    if not bn.per_channel:
-        return "spatial=0: per-element statistics"
     layer = _layer(consumer)
     if isinstance(layer, str):
         return layer

@@ -1,0 +1,162 @@
+"""fold_onnx keeps the graph's contract: shared initializers untouched, names kept, old opsets, refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import export.onnx_fold_rules as rules
+from export.errors import ExportError
+from export.onnx_fold import fold_onnx
+from tests.export.onnx_graphs import FOLD_PREV, LOWER, bn_stats, count_ops, judge, model
+
+BN = "BatchNormalization"
+
+
+def _initializers(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+
+
+def _weight_of(proto: onnx.ModelProto, output: str) -> str:
+    return next(n.input[1] for n in proto.graph.node if output in n.output)
+
+
+@pytest.mark.parametrize("opset", [9, 15])
+def test_shared_weight_is_copied_and_the_other_conv_keeps_it(opset: int) -> None:
+    rng = np.random.default_rng(1)
+    body = "c1 = Conv (x, w)\nb1 = BatchNormalization (c1, s_g, s_b, s_m, s_v)\nc2 = Conv (x, w)\ny = Add (b1, c2)"
+    original = model(
+        body, opset, "float[2,3,4,4] x", "float[2,5,4,4] y", w=rng.normal(size=(5, 3, 1, 1)), **bn_stats(rng, 5, "s")
+    )
+    folded, report = fold_onnx(original)
+    assert [r.action for r in report.rows] == [FOLD_PREV]
+    weights = _initializers(folded)
+    assert _weight_of(folded, "c2") == "w"
+    np.testing.assert_array_equal(weights["w"], _initializers(original)["w"])
+    assert _weight_of(folded, "b1") != "w"
+    assert judge(original, folded, rng.normal(size=(2, 3, 4, 4)).astype(np.float32)).ok
+
+
+def test_two_convs_sharing_a_weight_each_with_its_own_bn_get_their_own_weights() -> None:
+    rng = np.random.default_rng(2)
+    body = (
+        "c1 = Conv (x, w)\nb1 = BatchNormalization (c1, p_g, p_b, p_m, p_v)\n"
+        "c2 = Conv (x, w)\nb2 = BatchNormalization (c2, q_g, q_b, q_m, q_v)\ny = Add (b1, b2)"
+    )
+    inits = {"w": rng.normal(size=(5, 3, 1, 1)), **bn_stats(rng, 5, "p"), **bn_stats(rng, 5, "q")}
+    original = model(body, 12, "float[2,3,4,4] x", "float[2,5,4,4] y", **inits)
+    folded, report = fold_onnx(original)
+    assert [r.action for r in report.rows] == [FOLD_PREV, FOLD_PREV]
+    w1, w2 = _weight_of(folded, "b1"), _weight_of(folded, "b2")
+    assert len({w1, w2, "w"}) == 3
+    assert "w" not in _initializers(folded), "the old weight, now unused, is dropped"
+    assert judge(original, folded, rng.normal(size=(2, 3, 4, 4)).astype(np.float32)).ok
+
+
+@pytest.mark.parametrize("pads", [0, 1], ids=["folded", "lowered"])
+def test_bn_output_that_is_a_graph_output_keeps_its_name(pads: int) -> None:
+    rng = np.random.default_rng(3)
+    # pads=1 puts a Relu between Conv and BN, so BN must be lowered; either way BN's output "y" is the graph's
+    relu = "r = Relu (c)\ny = BatchNormalization (r, s_g, s_b, s_m, s_v)"
+    body = "c = Conv (x, w)\n" + (relu if pads else "y = BatchNormalization (c, s_g, s_b, s_m, s_v)")
+    original = model(
+        body, 15, "float[2,3,4,4] x", "float[2,5,4,4] y", w=rng.normal(size=(5, 3, 1, 1)), **bn_stats(rng, 5, "s")
+    )
+    folded, report = fold_onnx(original)
+    assert [r.action for r in report.rows] == [LOWER if pads else FOLD_PREV]
+    assert [o.name for o in folded.graph.output] == ["y"]
+    assert any("y" in n.output for n in folded.graph.node)
+    assert judge(original, folded, rng.normal(size=(2, 3, 4, 4)).astype(np.float32)).ok
+
+
+def test_opset7_spatial0_per_element_statistics_are_lowered() -> None:
+    rng = np.random.default_rng(4)
+    body = "y = BatchNormalization <spatial = 0> (x, s_g, s_b, s_m, s_v)"
+    original = model(body, 7, "float[2,3,4,4] x", "float[2,3,4,4] y", **bn_stats(rng, 3, "s", (4, 4)))
+    folded, report = fold_onnx(original)
+    assert [r.action for r in report.rows] == [LOWER]
+    assert "spatial=0" in report.rows[0].reason
+    assert count_ops(folded, BN) == 0
+    assert judge(original, folded, rng.normal(size=(2, 3, 4, 4)).astype(np.float32)).ok
+
+
+def test_opset7_spatial1_conv_folds() -> None:
+    rng = np.random.default_rng(5)
+    body = "c = Conv <pads = [1, 1, 1, 1]> (x, w, wb)\ny = BatchNormalization <spatial = 1> (c, s_g, s_b, s_m, s_v)"
+    inits = {"w": rng.normal(size=(4, 3, 3, 3)), "wb": rng.normal(size=4), **bn_stats(rng, 4, "s")}
+    original = model(body, 7, "float[2,3,5,5] x", "float[2,4,5,5] y", **inits)
+    folded, report = fold_onnx(original)
+    assert [r.action for r in report.rows] == [FOLD_PREV]
+    assert judge(original, folded, rng.normal(size=(2, 3, 5, 5)).astype(np.float32)).ok
+
+
+def test_training_mode_is_refused_with_the_reason() -> None:
+    rng = np.random.default_rng(6)
+    body = "y, rm, rv = BatchNormalization <training_mode = 1> (x, s_g, s_b, s_m, s_v)"
+    original = model(body, 15, "float[2,3,4,4] x", "float[2,3,4,4] y", **bn_stats(rng, 3, "s"))
+    with pytest.raises(ExportError, match=r"'y'.*training_mode=1"):
+        fold_onnx(original)
+
+
+def test_opset9_extra_outputs_mean_training_mode_and_are_refused() -> None:
+    rng = np.random.default_rng(7)
+    body = "y, m, v, sm, sv = BatchNormalization (x, s_g, s_b, s_m, s_v)"
+    original = model(body, 9, "float[2,3,4,4] x", "float[2,3,4,4] y", **bn_stats(rng, 3, "s"))
+    with pytest.raises(ExportError, match=r"training mode.*\['m', 'v', 'sm', 'sv'\]"):
+        fold_onnx(original)
+
+
+def _opset15_extra_outputs(consumed: bool) -> onnx.ModelProto:
+    rng = np.random.default_rng(8)
+    tail = "\nz = Add (y, rm)" if consumed else ""
+    body = "y, rm, rv = BatchNormalization (x, s_g, s_b, s_m, s_v)" + tail
+    out = "float[2,3] z" if consumed else "float[2,3] y"
+    return model(body, 15, "float[2,3] x", out, **bn_stats(rng, 3, "s"))
+
+
+def test_unused_extra_outputs_in_inference_mode_are_dropped() -> None:
+    original = _opset15_extra_outputs(consumed=False)
+    folded, report = fold_onnx(original)
+    assert [r.action for r in report.rows] == [LOWER]
+    onnx.checker.check_model(folded, full_check=True)  # the original, with rm/rv declared, fails this
+    body = "y = BatchNormalization (x, s_g, s_b, s_m, s_v)"  # the same BN without the extra outputs
+    reference = model(body, 15, "float[2,3] x", "float[2,3] y", **_initializers(original))
+    x = np.random.default_rng(9).normal(size=(2, 3)).astype(np.float32)
+    assert judge(reference, folded, x).ok
+
+
+def test_consumed_extra_outputs_are_refused() -> None:
+    with pytest.raises(ExportError, match=r"extra outputs \['rm'\] are consumed"):
+        fold_onnx(_opset15_extra_outputs(consumed=True))
+
+
+def test_statistics_that_are_graph_inputs_are_refused() -> None:
+    rng = np.random.default_rng(10)
+    stats = bn_stats(rng, 3, "s")
+    original = model(
+        "y = BatchNormalization (x, s_g, s_b, s_m, v)", 15, "float[2,3] x, float[3] v", "float[2,3] y", **stats
+    )
+    with pytest.raises(ExportError, match=r"input var \(v\) is not a constant initializer"):
+        fold_onnx(original)
+
+
+def test_a_dropped_channel_scale_is_caught_by_the_oracle_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wrong fold: channel 3's scale is left out. The float32-vs-float64 rule must reject it."""
+    real = rules.preceding_weight_bias
+
+    def drop_one_scale(w, b, s, t, groups, transposed):  # type: ignore[no-untyped-def]
+        s = s.clone()
+        s[3] = 1.0
+        return real(w, b, s, t, groups, transposed)
+
+    monkeypatch.setattr(rules, "preceding_weight_bias", drop_one_scale)
+    rng = np.random.default_rng(11)
+    body = "c = Conv <pads = [1, 1, 1, 1]> (x, w)\ny = BatchNormalization (c, s_g, s_b, s_m, s_v)"
+    original = model(
+        body, 12, "float[2,3,6,6] x", "float[2,8,6,6] y", w=rng.normal(size=(8, 3, 3, 3)), **bn_stats(rng, 8, "s")
+    )
+    folded, _ = fold_onnx(original)
+    verdict = judge(original, folded, rng.normal(size=(2, 3, 6, 6)).astype(np.float32))
+    assert not verdict.ok, verdict
