@@ -137,9 +137,7 @@ def why_not_following(bn: BnAffine) -> Layer | str:
     if isinstance(layer, str):
         return layer
     if layer.op == "Conv":
-        pads = layer.node.attributes.get_ints("pads", ())
-        auto_pad = layer.node.attributes.get_string("auto_pad", "NOTSET")
-        if any(pads) or auto_pad not in ("NOTSET", "VALID"):
+        if reads_padding(consumer):
             return f"Conv {node_label(consumer)!r} reads padding (a padded zero is not BN's shift)"
         c_in = layer.weight.shape[1] * layer.attr("group", 1)
     else:
@@ -149,6 +147,12 @@ def why_not_following(bn: BnAffine) -> Layer | str:
     if c_in != bn.channels:
         return f"{node_label(consumer)!r} has {c_in} input channels, BN has {bn.channels}"
     return layer
+
+
+def reads_padding(conv: ir.Node) -> bool:
+    """Whether ``conv`` may read a padded position: any nonzero pad, or auto_pad SAME_UPPER/SAME_LOWER."""
+    pads = conv.attributes.get_ints("pads", ())
+    return any(pads) or conv.attributes.get_string("auto_pad", "NOTSET") not in ("NOTSET", "VALID")
 
 
 def fold_following(bn: BnAffine, layer: Layer, editor: GraphEditor) -> str:

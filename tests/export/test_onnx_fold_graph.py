@@ -10,7 +10,7 @@ from onnx import numpy_helper
 import export.onnx_fold_rules as rules
 from export.errors import ExportError
 from export.onnx_fold import fold_onnx
-from tests.export.onnx_graphs import FOLD_PREV, LOWER, bn_stats, count_ops, judge, model
+from tests.export.onnx_graphs import FOLD_NEXT, FOLD_PREV, LOWER, bn_stats, count_ops, judge, model
 
 BN = "BatchNormalization"
 
@@ -142,21 +142,77 @@ def test_statistics_that_are_graph_inputs_are_refused() -> None:
         fold_onnx(original)
 
 
-def test_a_dropped_channel_scale_is_caught_by_the_oracle_rule(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The wrong fold: channel 3's scale is left out. The float32-vs-float64 rule must reject it."""
-    real = rules.preceding_weight_bias
+def _deep(rng: np.random.Generator) -> onnx.ModelProto:
+    """Conv+BN, BN before a padded grouped Conv (lowered), ConvTranspose+BN (grouped), BN before a 1x1 Conv."""
+    body = """
+        c1 = Conv <pads = [1, 1, 1, 1]> (x, w1)
+        b1 = BatchNormalization (c1, p_g, p_b, p_m, p_v)
+        r1 = Relu (b1)
+        b2 = BatchNormalization (r1, q_g, q_b, q_m, q_v)
+        c2 = Conv <pads = [1, 1, 1, 1], group = 2> (b2, w2)
+        r2 = Relu (c2)
+        t1 = ConvTranspose <group = 2, strides = [2, 2]> (r2, w3, w3b)
+        b3 = BatchNormalization (t1, u_g, u_b, u_m, u_v)
+        r3 = Relu (b3)
+        b4 = BatchNormalization (r3, z_g, z_b, z_m, z_v)
+        y = Conv (b4, w4)"""
+    inits = {
+        "w1": rng.normal(size=(8, 4, 3, 3)) / 6,
+        "w2": rng.normal(size=(6, 4, 3, 3)) / 6,
+        "w3": rng.normal(size=(6, 3, 3, 3)) / 5,
+        "w3b": rng.normal(size=6),
+        "w4": rng.normal(size=(5, 6, 1, 1)) / 2,
+    }
+    for prefix, c in (("p", 8), ("q", 8), ("u", 6), ("z", 6)):
+        inits.update(bn_stats(rng, c, prefix))
+    return model(body, 12, "float[2,4,8,8] x", "float[2,5,17,17] y", **inits)
 
-    def drop_one_scale(w, b, s, t, groups, transposed):  # type: ignore[no-untyped-def]
+
+def _break(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    import export.onnx_bn as bn_module
+
+    real_pre, real_scale_shift = rules.preceding_weight_bias, bn_module.scale_shift
+
+    def layout_transposed(w, b, s, t, groups, transposed):  # type: ignore[no-untyped-def]
+        return real_pre(w, b, s, t, groups, False)
+
+    def one_scale_dropped(w, b, s, t, groups, transposed):  # type: ignore[no-untyped-def]
         s = s.clone()
         s[3] = 1.0
-        return real(w, b, s, t, groups, transposed)
+        return real_pre(w, b, s, t, groups, transposed)
 
-    monkeypatch.setattr(rules, "preceding_weight_bias", drop_one_scale)
-    rng = np.random.default_rng(11)
-    body = "c = Conv <pads = [1, 1, 1, 1]> (x, w)\ny = BatchNormalization (c, s_g, s_b, s_m, s_v)"
-    original = model(
-        body, 12, "float[2,3,6,6] x", "float[2,8,6,6] y", w=rng.normal(size=(8, 3, 3, 3)), **bn_stats(rng, 8, "s")
-    )
-    folded, _ = fold_onnx(original)
-    verdict = judge(original, folded, rng.normal(size=(2, 3, 6, 6)).astype(np.float32))
-    assert not verdict.ok, verdict
+    def eps_left_out(gamma, beta, mean, var, eps):  # type: ignore[no-untyped-def]
+        return real_scale_shift(gamma, beta, mean, var, 0.0)
+
+    if how == "shift-through-padded-conv":
+        monkeypatch.setattr(rules, "reads_padding", lambda conv: False)
+    elif how == "convtranspose-layout-transposed":
+        monkeypatch.setattr(rules, "preceding_weight_bias", layout_transposed)
+    elif how == "one-channel-scale-dropped":
+        monkeypatch.setattr(rules, "preceding_weight_bias", one_scale_dropped)
+    elif how == "eps-left-out":
+        monkeypatch.setattr(bn_module, "scale_shift", eps_left_out)
+
+
+WRONG_FOLDS = [
+    "shift-through-padded-conv",
+    "convtranspose-layout-transposed",
+    "one-channel-scale-dropped",
+    "eps-left-out",
+]
+
+
+@pytest.mark.parametrize("how", ["correct", *WRONG_FOLDS])
+def test_wrong_folds_of_a_deep_graph_are_caught(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9 item 1's four wrong folds on the ONNX path: the oracle rule rejects each; the right fold passes."""
+    rng = np.random.default_rng(12)
+    original = _deep(rng)
+    _break(monkeypatch, how)
+    folded, report = fold_onnx(original)
+    assert count_ops(folded, BN) == 0
+    verdict = judge(original, folded, rng.normal(size=(2, 4, 8, 8)).astype(np.float32))
+    if how == "correct":
+        assert [r.action for r in report.rows] == [FOLD_PREV, LOWER, FOLD_PREV, FOLD_NEXT]
+        assert verdict.ok, verdict
+    else:
+        assert not verdict.ok, f"{how} went unnoticed: {verdict}"
