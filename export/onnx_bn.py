@@ -36,7 +36,10 @@ def node_label(node: ir.Node) -> str:
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
-    """The value's array if it is a constant (initializer or Constant node) that no caller can override."""
+    """The value's array if it is a constant no caller can override: an initializer or a Constant node,
+    possibly behind Identity nodes (torch's exporter puts one before each deduplicated initializer)."""
+    while value is not None and (producer := value.producer()) is not None and producer.op_type == "Identity":
+        value = producer.inputs[0]
     if value is None or value.is_graph_input():
         return None
     tensor = ir.convenience.get_const_tensor(value)

@@ -71,8 +71,11 @@ class GraphEditor:
             self.graph.initializers.pop(value.name)
             return
         producer = value.producer()
-        if producer is not None and producer.op_type == "Constant" and producer.graph is self.graph:
+        if producer is not None and producer.op_type in ("Constant", "Identity") and producer.graph is self.graph:
+            inputs = [v for v in producer.inputs if v is not None]
             self.graph.remove(producer, safe=True)
+            for source in inputs:  # an Identity's own constant may now be an orphan too
+                self._drop_if_orphan(source)
 
 
 def _all_values(graph: ir.Graph) -> list[ir.Value]:

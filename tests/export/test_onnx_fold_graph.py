@@ -71,6 +71,29 @@ def test_bn_output_that_is_a_graph_output_keeps_its_name(pads: int) -> None:
     assert judge(original, folded, rng.normal(size=(2, 3, 4, 4)).astype(np.float32)).ok
 
 
+def test_constants_behind_identity_nodes_fold_and_orphans_are_dropped() -> None:
+    """torch's exporter deduplicates equal initializers and reads them through Identity nodes."""
+    rng = np.random.default_rng(13)
+    body = (
+        "wi = Identity (w)\ngi = Identity (s_g)\nc = Conv (x, wi)\n"
+        "z = BatchNormalization (c, gi, s_b, s_m, s_v)\nk = Identity (gi)"
+    )
+    original = model(
+        body,
+        12,
+        "float[2,3,4,4] x",
+        "float[2,5,4,4] z, float[5] k",
+        w=rng.normal(size=(5, 3, 1, 1)),
+        **bn_stats(rng, 5, "s"),
+    )
+    folded, report = fold_onnx(original)
+    assert [r.action for r in report.rows] == [FOLD_PREV]
+    assert [n.output[0] for n in folded.graph.node if n.op_type == "Identity"] == ["gi", "k"], "gi is still read"
+    assert "w" not in _initializers(folded)
+    x = rng.normal(size=(2, 3, 4, 4)).astype(np.float32)
+    assert judge(original, folded, x).ok
+
+
 def test_opset7_spatial0_per_element_statistics_are_lowered() -> None:
     rng = np.random.default_rng(4)
     body = "y = BatchNormalization <spatial = 0> (x, s_g, s_b, s_m, s_v)"
