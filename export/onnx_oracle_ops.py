@@ -15,6 +15,7 @@ the ONNX spec's formulas for ``auto_pad``, ``pads``, ``output_padding`` and ``ou
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,10 @@ from export.errors import ExportError
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
-    return torch.tensor(array)  # a copy: the reference hands out read-only arrays
+    """A zero-copy view; the kernels here never write to their inputs (the reference hands out read-only arrays)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def _ints(value: Any, default: int, n: int) -> list[int]:
@@ -79,10 +83,12 @@ class Conv(OpRun):
             sizes = zip(out, strides, span, x.shape[2:], strict=True)
             total = [max(0, (o - 1) * s + k - size) for o, s, k, size in sizes]
             pads = _same_pads(total, auto_pad == "SAME_UPPER")
-        xt = F.pad(_tensor(x), _torch_pad(pads))
+        xt, padding = _tensor(x), pads[:n]
+        if pads[:n] != pads[n:]:  # asymmetric: pad explicitly (zeros), then convolve without padding
+            xt, padding = F.pad(xt, _torch_pad(pads)), [0] * n
         bias = _tensor(b) if b is not None else None
         conv = (F.conv1d, F.conv2d, F.conv3d)[n - 1]
-        y = conv(xt, _tensor(w), bias, strides, 0, dilations, int(attrs.get("group") or 1))
+        y = conv(xt, _tensor(w), bias, strides, padding, dilations, int(attrs.get("group") or 1))
         return (y.numpy(),)
 
 
