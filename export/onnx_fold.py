@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -43,44 +44,54 @@ from export.errors import ExportError
 from export.onnx_bn import BN_OP, BnAffine, node_label, opset_of, read_bn
 from export.onnx_fold_rules import fold_following, fold_preceding, lower, why_not_following, why_not_preceding
 from export.onnx_graph import GraphEditor, inferred_ranks
+from export.onnx_measure import measure_rows
 from export.report import FoldReport, FoldRow
 
 logger = logging.getLogger(__name__)
 
 
-def fold_onnx(model: onnx.ModelProto) -> tuple[onnx.ModelProto, FoldReport]:
+def fold_onnx(model: onnx.ModelProto, sample: np.ndarray | None = None) -> tuple[onnx.ModelProto, FoldReport]:
     """A copy of ``model`` with no BatchNormalization left, and one report row per BN node.
 
+    With ``sample`` (an input batch), each row also gets the difference its site shows between the original
+    and the folded graph in ONNX Runtime (``export.onnx_measure``); without it those stay 0.
     Raises ExportError (naming the node) for BN in training mode, with consumed extra outputs, with
     non-constant statistics, inside a subgraph or function, or whose rank is needed and unknown.
     """
     ir_model = ir.serde.deserialize_model(model)
     _refuse_nested(ir_model)
     editor = GraphEditor(ir_model, inferred_ranks(ir.serde.deserialize_model(model)))
-    report = FoldReport()
+    report, kept = FoldReport(), []
     for node in [n for n in ir_model.graph if _is_bn(n)]:
         bn = read_bn(node, opset_of(node, ir_model))
-        report.rows.append(_fold_one(bn, editor))
-        logger.debug("%s: %s into %s", report.rows[-1].bn, report.rows[-1].action, report.rows[-1].target)
+        row, name = _fold_one(bn, editor)
+        report.rows.append(row)
+        kept.append(name)
+        logger.debug("%s: %s into %s", row.bn, row.action, row.target)
     left = [node_label(n) for n in ir.traversal.RecursiveGraphIterator(ir_model.graph) if _is_bn(n)]
     if left:  # a bug, not a user error: every BN above was folded or lowered
         raise RuntimeError(f"BatchNormalization left after folding: {left}")
+    folded = ir.serde.serialize_model(ir_model)
+    if sample is not None:
+        measure_rows(model, folded, report, kept, sample)
     logger.info("%s", report.summary())
-    return ir.serde.serialize_model(ir_model), report
+    return folded, report
 
 
-def _fold_one(bn: BnAffine, editor: GraphEditor) -> FoldRow:
-    """Fold ``bn`` into the layer before it, else after it, else lower it; the row says which and why."""
+def _fold_one(bn: BnAffine, editor: GraphEditor) -> tuple[FoldRow, str]:
+    """Fold ``bn`` into the layer before it, else after it, else lower it: the row, and the tensor name kept."""
+    bn_out = bn.node.outputs[0].name or ""
     before = why_not_preceding(bn, editor)
     if not isinstance(before, str):
         target = fold_preceding(bn, before, editor)
-        return FoldRow(bn.label, "folded-into-preceding", target, f"{before.op} output feeds only this BN")
+        return FoldRow(bn.label, "folded-into-preceding", target, f"{before.op} output feeds only this BN"), bn_out
     after = why_not_following(bn)
     if not isinstance(after, str):
+        layer_out = after.node.outputs[0].name or ""
         target = fold_following(bn, after, editor)
-        return FoldRow(bn.label, "folded-into-following", target, f"before: {before}")
+        return FoldRow(bn.label, "folded-into-following", target, f"before: {before}"), layer_out
     target = lower(bn, editor)
-    return FoldRow(bn.label, "lowered-to-scale-shift", target, f"before: {before}; after: {after}")
+    return FoldRow(bn.label, "lowered-to-scale-shift", target, f"before: {before}; after: {after}"), bn_out
 
 
 def _is_bn(node: ir.Node) -> bool:

@@ -239,3 +239,16 @@ def test_wrong_folds_of_a_deep_graph_are_caught(how: str, monkeypatch: pytest.Mo
         assert verdict.ok, verdict
     else:
         assert not verdict.ok, f"{how} went unnoticed: {verdict}"
+
+
+@pytest.mark.parametrize("how", ["correct", "one-channel-scale-dropped"])
+def test_a_sample_fills_each_rows_difference(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(14)
+    original = _deep(rng)
+    _break(monkeypatch, how)
+    _, report = fold_onnx(original, sample=rng.normal(size=(2, 4, 8, 8)).astype(np.float32))
+    rel = [row.max_rel_diff for row in report.rows]
+    if how == "correct":
+        assert all(0 < r < 1e-5 for r in rel), rel
+    else:  # the first row (Conv + BN, folded into the Conv) is the broken one
+        assert rel[0] > 1e-3, rel
