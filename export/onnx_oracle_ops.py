@@ -7,7 +7,9 @@ Checked against onnx 1.23's reference implementation:
   node's statistics, ``(x - mean) / sqrt(var + eps) * scale + B``, per channel or (spatial=0) per element.
 - ConvTranspose with group > 1 slices the weight along axis 0 by OUTPUT channels (axis 0 holds input channels)
   and adds the whole bias to each group; with group 1 it runs a per-channel Python col2im loop.
-- Conv is correct but im2col in numpy; torch's float64 convolution is the same math, much faster.
+- Conv is correct but im2col in numpy, and MaxPool loops in Python over output positions; torch's float64
+  kernels are the same math, much faster (the reference's MaxPool also swaps asymmetric
+  pads between axes: pads [0, 1, 2, 1] on 9x8 gives 8x9).
 
 Conv and ConvTranspose here run torch's float64 kernels with explicit (possibly asymmetric) padding, following
 the ONNX spec's formulas for ``auto_pad``, ``pads``, ``output_padding`` and ``output_shape``.
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from onnx.reference.op_run import OpRun
+from onnx.reference.ops.op_max_pool import MaxPool as ReferenceMaxPool
 
 from export.errors import ExportError
 
@@ -65,6 +68,22 @@ def _torch_pad(pads: list[int]) -> list[int]:
     return [p for i in reversed(range(n)) for p in (pads[i], pads[i + n])]
 
 
+def _window_pads(
+    sizes: tuple[int, ...], kernel: list[int], strides: list[int], dilations: list[int], attrs: dict[str, Any]
+) -> list[int]:
+    """[begins..., ends...] for a sliding window (Conv, MaxPool) from ``pads`` and ``auto_pad``, per the spec."""
+    n = len(sizes)
+    auto_pad = attrs.get("auto_pad") or "NOTSET"
+    if auto_pad == "VALID":
+        return [0] * (2 * n)
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        return _ints(attrs.get("pads"), 0, 2 * n)
+    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    out = [-(-size // s) for size, s in zip(sizes, strides, strict=True)]
+    total = [max(0, (o - 1) * s + k - size) for o, s, k, size in zip(out, strides, span, sizes, strict=True)]
+    return _same_pads(total, auto_pad == "SAME_UPPER")
+
+
 class Conv(OpRun):
     """Conv in float64 with torch's kernel."""
 
@@ -73,16 +92,7 @@ class Conv(OpRun):
     def _run(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, **attrs: Any) -> tuple[np.ndarray]:
         n = x.ndim - 2
         strides, dilations = _ints(attrs.get("strides"), 1, n), _ints(attrs.get("dilations"), 1, n)
-        pads = _ints(attrs.get("pads"), 0, 2 * n)
-        auto_pad = attrs.get("auto_pad") or "NOTSET"
-        if auto_pad == "VALID":
-            pads = [0] * (2 * n)
-        elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            span = [(k - 1) * d + 1 for k, d in zip(w.shape[2:], dilations, strict=True)]
-            out = [-(-size // s) for size, s in zip(x.shape[2:], strides, strict=True)]
-            sizes = zip(out, strides, span, x.shape[2:], strict=True)
-            total = [max(0, (o - 1) * s + k - size) for o, s, k, size in sizes]
-            pads = _same_pads(total, auto_pad == "SAME_UPPER")
+        pads = _window_pads(x.shape[2:], list(w.shape[2:]), strides, dilations, attrs)
         xt, padding = _tensor(x), pads[:n]
         if pads[:n] != pads[n:]:  # asymmetric: pad explicitly (zeros), then convolve without padding
             xt, padding = F.pad(xt, _torch_pad(pads)), [0] * n
@@ -124,4 +134,25 @@ class ConvTranspose(OpRun):
         return (y.numpy(),)
 
 
-ORACLE_OPS: list[type[OpRun]] = [BatchNormalization, Conv, ConvTranspose]
+class MaxPool(ReferenceMaxPool):
+    """MaxPool with torch's kernel (pads from ``pads``/``auto_pad``, asymmetric ones as -inf); with the Indices
+    output, the reference's own (a Python loop over output positions)."""
+
+    op_domain = ""
+
+    def _run(self, x: np.ndarray, **attrs: Any) -> tuple[np.ndarray, ...]:  # type: ignore[override]
+        n = x.ndim - 2
+        if len(self.onnx_node.output) > 1:  # the Indices output: the reference's own
+            return super()._run(x, **attrs)
+        kernel = [int(k) for k in attrs["kernel_shape"]]
+        strides, dilations = _ints(attrs.get("strides"), 1, n), _ints(attrs.get("dilations"), 1, n)
+        pads = _window_pads(x.shape[2:], kernel, strides, dilations, attrs)
+        xt, padding = _tensor(x), pads[:n]
+        if pads[:n] != pads[n:] or any(2 * p > k for p, k in zip(pads, kernel, strict=False)):
+            xt, padding = F.pad(xt, _torch_pad(pads), value=-np.inf), [0] * n  # padded positions never win
+        pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[n - 1]
+        y = pool(xt, kernel, strides, padding, dilations, ceil_mode=bool(attrs.get("ceil_mode")))
+        return (y.numpy(),)
+
+
+ORACLE_OPS: list[type[OpRun]] = [BatchNormalization, Conv, ConvTranspose, MaxPool]

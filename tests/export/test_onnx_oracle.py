@@ -100,3 +100,24 @@ def test_conv_kernels_agree_with_onnxruntime(name: str) -> None:
     got = onnx_float64_oracle(m)(x)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * float(np.abs(expected).max()))
+
+
+POOLS = {
+    "maxpool-pads-stride": "MaxPool <kernel_shape = [3, 3], pads = [1, 1, 1, 1], strides = [2, 2]>",
+    "maxpool-ceil-dilated": "MaxPool <kernel_shape = [2, 3], ceil_mode = 1, strides = [2, 2], dilations = [2, 1]>",
+    "maxpool-asym-pads": "MaxPool <kernel_shape = [3, 3], pads = [0, 1, 2, 1]>",  # the reference's own loop
+    "maxpool-same-upper": 'MaxPool <kernel_shape = [2, 2], auto_pad = "SAME_UPPER", strides = [2, 2]>',
+}
+
+
+@pytest.mark.parametrize("name", list(POOLS))
+def test_maxpool_agrees_with_onnxruntime(name: str) -> None:
+    rng = np.random.default_rng(len(name))
+    m = model(
+        f"c = Conv (x, w)\ny = {POOLS[name]} (c)", 15, "float[2,3,9,8] x", "float y", w=rng.normal(size=(3, 3, 1, 1))
+    )
+    x = rng.normal(size=(2, 3, 9, 8)).astype(np.float32)
+    expected = run(m, x)
+    got = onnx_float64_oracle(m)(x)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
