@@ -25,6 +25,8 @@ from export.onnx_oracle_ops import ORACLE_OPS
 logger = logging.getLogger(__name__)
 
 FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+# ops whose CPU kernels in onnxruntime 1.31 are float-only (probed); others are tried, and a failure falls back
+NO_DOUBLE_KERNEL = frozenset({"Conv", "ConvTranspose", "AveragePool", "GlobalAveragePool", "HardSigmoid"})
 DTYPE_ATTRS = ("to", "dtype")  # Cast's target; RandomNormal/EyeLike/... output type
 
 
@@ -78,6 +80,11 @@ class Float64Oracle:
         self.engine = "onnxruntime"
         self._session: ort.InferenceSession | None = None
         self._reference: ReferenceEvaluator | None = None
+        missing = sorted({n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")} & NO_DOUBLE_KERNEL)
+        if missing:  # skip a session that cannot be built (saves serialising the float64 graph)
+            logger.info("float64 oracle: ONNX Runtime has no double kernel for %s; using onnx.reference", missing)
+            self._use_reference()
+            return
         try:
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
