@@ -36,7 +36,7 @@ from export.fold_math import (
     bn_scale_shift,
     fold_into_following,
     fold_into_preceding,
-    scale_shift,
+    population_scale_shift,
 )
 from export.report import FoldReport, FoldRow
 
@@ -239,7 +239,7 @@ def _functional_bn(gm: fx.GraphModule, node: fx.Node) -> tuple[torch.Tensor, tor
     mean, var = const("running_mean"), const("running_var")
     if mean is None or var is None:
         raise ExportError(f"functional batch_norm at node {node.name} has no running statistics to fold")
-    s, t = scale_shift(mean, var, const("weight"), const("bias"), float(args.get("eps", 1e-5)))
+    s, t = population_scale_shift(mean, var, const("weight"), const("bias"), float(args.get("eps", 1e-5)))
     return s, t, mean.dtype
 
 

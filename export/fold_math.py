@@ -37,22 +37,29 @@ def _weight(layer: nn.Module) -> torch.Tensor:
     return cast(torch.Tensor, layer.weight)
 
 
-def scale_shift(
+def bn_scale_shift(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, t) in float64 such that BN in eval mode is ``x * s + t`` per channel."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("BatchNorm without running statistics has no population statistics to fold")
+    return population_scale_shift(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+
+
+def population_scale_shift(
     mean: torch.Tensor, var: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The one formula: (s, t) in float64 with BN(x) = x * s + t per channel; gamma/beta None mean 1/0."""
+    """``scale_shift`` on stored tensors of any dtype; gamma/beta None (affine=False) mean 1 and 0."""
     mean64, var64 = mean.detach().to(F64), var.detach().to(F64)
     gamma64 = gamma.detach().to(F64) if gamma is not None else torch.ones_like(mean64)
     beta64 = beta.detach().to(F64) if beta is not None else torch.zeros_like(mean64)
-    s = gamma64 / torch.sqrt(var64 + eps)
-    return s, beta64 - mean64 * s
+    return scale_shift(gamma64, beta64, mean64, var64, eps)
 
 
-def bn_scale_shift(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s, t) in float64 such that ``bn`` in eval mode is ``x * s + t`` per channel."""
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError("BatchNorm without running statistics has no population statistics to fold")
-    return scale_shift(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+def scale_shift(
+    gamma: torch.Tensor, beta: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one formula for BN's (s, t): ``s = gamma / sqrt(var + eps)``, ``t = beta - mean * s`` (float64 in)."""
+    s = gamma / torch.sqrt(var + eps)
+    return s, beta - mean * s
 
 
 def _bias64(layer: nn.Module, channels: int) -> torch.Tensor:
@@ -63,26 +70,38 @@ def _bias64(layer: nn.Module, channels: int) -> torch.Tensor:
 def fold_into_preceding(layer: nn.Module, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """New (weight, bias) in float64 for ``layer`` (Conv, ConvTranspose or Linear) followed by BN (s, t)."""
     w = _weight(layer).detach().to(F64)
-    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
-        groups = layer.groups
+    transposed = isinstance(layer, nn.modules.conv._ConvTransposeNd)
+    groups = int(getattr(layer, "groups", 1))
+    out_channels = groups * w.shape[1] if transposed else w.shape[0]
+    return preceding_weight_bias(w, _bias64(layer, out_channels), s, t, groups, transposed)
+
+
+def preceding_weight_bias(
+    w: torch.Tensor, b: torch.Tensor, s: torch.Tensor, t: torch.Tensor, groups: int, transposed: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold into the preceding layer on float64 tensors: weight [C_out, ...] (or ConvTranspose's layout), bias b."""
+    if transposed:
         c_in, c_out_g = w.shape[0], w.shape[1]
         # [C_in, C_out/g, k...] -> [g, C_in/g, C_out/g, k...]; output channel o = g_idx * C_out/g + j
         wg = w.reshape(groups, c_in // groups, c_out_g, *w.shape[2:])
         sg = s.reshape(groups, 1, c_out_g, *([1] * (w.dim() - 2)))
         new_w = (wg * sg).reshape(w.shape)
-        out_channels = groups * c_out_g
     else:  # Conv (weight [C_out, C_in/g, k...]) or Linear (weight [out, in])
         new_w = w * s.reshape(-1, *([1] * (w.dim() - 1)))
-        out_channels = w.shape[0]
-    new_b = _bias64(layer, out_channels) * s + t
-    return new_w, new_b
+    return new_w, b * s + t
 
 
 def fold_into_following(layer: nn.Module, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """New (weight, bias) in float64 for BN (s, t) followed by ``layer`` (Conv with no padding, or Linear)."""
     w = _weight(layer).detach().to(F64)
+    return following_weight_bias(w, _bias64(layer, w.shape[0]), s, t, getattr(layer, "groups", 1))
+
+
+def following_weight_bias(
+    w: torch.Tensor, b: torch.Tensor, s: torch.Tensor, t: torch.Tensor, groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold into the following layer on float64 tensors: weight [C_out, C_in/groups, k...] (or [out, in]), bias b."""
     c_out = w.shape[0]
-    groups = getattr(layer, "groups", 1)
     per_group = w.shape[1]
     # input channel index of weight[o, j] is g(o) * per_group + j, with g(o) = o // (c_out / groups)
     group_of_out = torch.arange(c_out) // (c_out // groups)
@@ -90,7 +109,7 @@ def fold_into_following(layer: nn.Module, s: torch.Tensor, t: torch.Tensor) -> t
     s_oc = s[in_index].reshape(c_out, per_group, *([1] * (w.dim() - 2)))
     t_oc = t[in_index].reshape(c_out, per_group, *([1] * (w.dim() - 2)))
     new_w = w * s_oc
-    new_b = _bias64(layer, c_out) + (w * t_oc).reshape(c_out, -1).sum(dim=1)
+    new_b = b + (w * t_oc).reshape(c_out, -1).sum(dim=1)
     return new_w, new_b
 
 

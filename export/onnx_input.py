@@ -15,22 +15,14 @@ import numpy as np
 import onnx
 
 from export.onnx_export import CheckInputs, references, staged_file, verify_file
-from export.onnx_fold import check_onnx_input, fold_onnx
+from export.onnx_files import check_onnx_input, save_onnx
+from export.onnx_fold import fold_onnx
 from export.onnx_graph import add_metadata, graph_io
 from export.onnx_oracle import onnx_float64_oracle
 from export.report import ExportReport
 from export.verify import FLOAT32, ort_session, session_runner
 
 logger = logging.getLogger(__name__)
-
-EXTERNAL_DATA_ABOVE = 1 << 30  # bytes of initializers above which the folded graph keeps its weights beside it
-
-
-def _save(model: onnx.ModelProto, path: Path) -> None:
-    if model.ByteSize() > EXTERNAL_DATA_ABOVE:
-        onnx.save(model, str(path), save_as_external_data=True, location=f"{path.name}.data")
-    else:
-        onnx.save(model, str(path))
 
 
 def export_onnx_graph(
@@ -46,14 +38,14 @@ def export_onnx_graph(
     """Fold every BatchNormalization of ``model``, write it to ``path`` and verify it against float64."""
     check_onnx_input(model)
     input_name, output_name, shape = graph_io(model)
-    folded, fold_report = fold_onnx(model)
     inputs = CheckInputs.build(shape, samples, validation, random_samples, seed)
+    folded, fold_report = fold_onnx(model, sample=next(iter(inputs.groups.values()))[:8])
     original = session_runner(ort_session(model.SerializeToString(), "disable_all"), input_name, output_name)
     oracle = onnx_float64_oracle(model)
     refs = references(inputs, original, oracle)
     with staged_file(Path(path)) as tmp:
         add_metadata(folded, {**(metadata or {}), "bnfold.fold_summary": fold_report.totals})
-        _save(folded, tmp)
+        save_onnx(folded, tmp)
         report = verify_file(tmp, fold_report, refs, inputs, (original, oracle), (input_name, output_name), FLOAT32)
         report.path = Path(path)
         report.require_passed()

@@ -12,7 +12,7 @@ import onnx
 from export.errors import ExportError
 from export.images import load_images
 from export.job import ExportJob
-from export.onnx_fold import check_onnx_input
+from export.onnx_files import check_onnx_input, load_onnx
 from export.onnx_graph import graph_io
 from export.source_torch import resolve_labels
 from export.verify import ort_session, session_runner
@@ -31,18 +31,6 @@ class OnnxSource:
     images: Path | None = None
 
 
-def read_onnx(path: Path) -> onnx.ModelProto:
-    """Load ``path`` with its external data, and refuse what cannot be folded and served (one clear line)."""
-    if not path.is_file():
-        raise ExportError(f"--onnx {path}: no such file")
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # protobuf decode errors and missing external data surface as several types
-        raise ExportError(f"--onnx {path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
-    check_onnx_input(model)
-    return model
-
-
 def _classes(model: onnx.ModelProto, input_name: str, output_name: str, shape: tuple[int, ...]) -> int:
     """The number of logits, from one run of the original graph (symbolic output shapes are common)."""
     run = session_runner(ort_session(model.SerializeToString(), "disable_all"), input_name, output_name)
@@ -54,7 +42,8 @@ def _classes(model: onnx.ModelProto, input_name: str, output_name: str, shape: t
 
 def job_from_onnx(source: OnnxSource) -> ExportJob:
     """The file's graph, its I/O names and shape, and the user's labels and images, as an export job."""
-    model = read_onnx(source.path)
+    model = load_onnx(source.path)
+    check_onnx_input(model, source.path)
     input_name, output_name, shape = graph_io(model)
     images = load_images(source.images, shape, source.mean, source.std) if source.images else None
     labels = resolve_labels(source.labels_file, _classes(model, input_name, output_name, shape), images)

@@ -17,7 +17,7 @@ from torch import nn
 
 import export.fold as fold_module
 from export import VerificationError
-from export.fold_math import scale_shift
+from export.fold_math import population_scale_shift
 from export.onnx_export import export_onnx
 from export.onnx_graph import count_ops
 from tests.export.families import FAMILIES, calibrated, random_statistics, resnet50_layout
@@ -104,7 +104,7 @@ def _one_channel_scale_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
 def _eps_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_eps(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
         assert bn.running_mean is not None and bn.running_var is not None
-        return scale_shift(bn.running_mean, bn.running_var, bn.weight, bn.bias, 0.0)
+        return population_scale_shift(bn.running_mean, bn.running_var, bn.weight, bn.bias, 0.0)
 
     monkeypatch.setattr(fold_module, "bn_scale_shift", no_eps)
 

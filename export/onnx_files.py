@@ -1,0 +1,74 @@
+"""ONNX files in and out: load with external data, save with external data when large or asked, check input.
+
+``check_onnx_input`` refuses, with one line naming the cause, a model that fails ``onnx.checker``, has no or
+several graph inputs (initializers listed as inputs do not count), or holds BatchNormalization in training mode.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+
+from export.errors import ExportError
+from export.onnx_bn import BN_OP, node_label, opset_of, training_reason
+
+logger = logging.getLogger(__name__)
+
+PROTOBUF_LIMIT = 2**31 - 1  # a serialised ModelProto cannot be larger; weights beyond it must go external
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    """The model at ``path`` with any external data (resolved next to the file) loaded into it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such ONNX file")
+    try:
+        return onnx.load(str(path), load_external_data=True)
+    except Exception as exc:  # protobuf DecodeError, missing external data file, ...
+        raise ExportError(f"{path}: cannot be read as an ONNX model ({type(exc).__name__}: {exc})") from exc
+
+
+def save_onnx(model: onnx.ModelProto, path: str | Path, external_data: bool | None = None) -> None:
+    """Write ``model`` to ``path``; weights go to ``<name>.data`` beside it when asked, or (None) past 2 GB.
+
+    ``model`` itself is not changed (onnx's writer moves the data out of the proto, so a copy is written).
+    """
+    path = Path(path)
+    if external_data is None:
+        external_data = model.ByteSize() >= PROTOBUF_LIMIT
+    if not external_data:
+        onnx.save_model(model, str(path))
+        return
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    onnx.save_model(
+        copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{path.name}.data"
+    )
+    logger.info("wrote %s with external data %s.data", path, path.name)
+
+
+def check_onnx_input(model: onnx.ModelProto, path: str | Path | None = None) -> None:
+    """Raise ExportError (one line) unless ``model`` is a valid single-input graph in inference mode.
+
+    ``path``: the file the model came from, used to check models too large for the in-memory checker.
+    """
+    where = str(path) if path is not None else "ONNX model"
+    try:
+        large = model.ByteSize() >= PROTOBUF_LIMIT
+        onnx.checker.check_model(str(path) if large and path is not None else model)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"{where} fails onnx.checker: {first}") from exc
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise ExportError(f"{where} has {len(inputs)} graph inputs {inputs}; bnfold serves models with exactly one")
+    ir_model = ir.serde.deserialize_model(model)
+    for node in ir.traversal.RecursiveGraphIterator(ir_model.graph):
+        if node.op_type == BN_OP and node.domain == "":
+            reason = training_reason(node, opset_of(node, ir_model))
+            if reason:
+                raise ExportError(f"{where}: BatchNormalization {node_label(node)!r} is in training mode: {reason}")

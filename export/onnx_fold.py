@@ -1,0 +1,110 @@
+"""Fold BatchNormalization inside an ONNX graph: ``fold_onnx(model_proto) -> (model_proto, FoldReport)``.
+
+Pattern and result, per inference-mode BatchNormalization node (opset 7 to 15; see ``export.onnx_bn``), tried
+in this order:
+
+    1. L -> BN  ==>  L'     L is Conv (any group, with or without bias), ConvTranspose (any group), Gemm (any
+                            transB, alpha, beta) or MatMul (becomes Gemm with transB=0).
+       Preconditions: (1) L's output feeds only BN and is no graph output; (2) L's weight and bias are
+       constants no caller can override (initializer or Constant, not a graph input); (3) BN's statistics are
+       per channel and BN's channels are L's output channels; (4) for MatMul, its output is known to be 2-D.
+    2. BN -> L  ==>  L'     L is Conv with no padding read (pads all 0, auto_pad NOTSET or VALID) or Gemm with
+                            transA=0, reading BN's output as its data input.
+       Preconditions: (1) BN's output feeds only L and is no graph output; (2) as 1.(2); (3) BN's channels are
+       L's input channels.
+    3. otherwise  ==>  Mul(x, S) -> Add(., T)   S, T shaped [C, 1, ...] to broadcast over axis 1 (or BN's own
+                            [C, D1, ...] for spatial=0); needs x's rank (graph shape or shape inference).
+
+Math (float64, cast once to the weight's dtype), with BN(y) = s * y + t per channel,
+s = gamma / sqrt(var + eps), t = beta - mean * s (``export.fold_math.scale_shift``):
+
+    1. Conv:  W'[o] = W[o] * s[o],  b' = b * s + t.  ConvTranspose, weight [C_in, C_out/g, k...]: output channel
+       o = g * (C_out/g) + j is weight[g*(C_in/g):(g+1)*(C_in/g), j], scaled by s[o].
+       Gemm Y = alpha * A @ B + beta * C:  B'[:, n] = B[:, n] * s[n] (B as [K, N]),  C' = beta * C * s + t,
+       beta' = 1.  MatMul: the same with alpha = 1 and no C.
+    2. Conv:  W'[o, c] = W[o, c] * s[c],  b'[o] = b[o] + sum_{c,k} W[o, c, k] * t[c]  (exact only without
+       padding: a padded position holds 0, not t).  Gemm:  B'[k, :] = s[k] * B[k, :],
+       C' = beta * C + alpha * t @ B,  beta' = 1.
+    3. S = s, T = t: exact, two ops.
+
+Edits are copy-on-write: new weights are new initializers, so an initializer shared with other nodes is never
+changed; inputs and outputs keep their names (a folded node producing a graph output takes the BN output's
+name). The input ModelProto is not modified.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from export.errors import ExportError
+from export.onnx_bn import BN_OP, BnAffine, node_label, opset_of, read_bn
+from export.onnx_edit import GraphEditor, inferred_ranks
+from export.onnx_fold_rules import fold_following, fold_preceding, lower, why_not_following, why_not_preceding
+from export.onnx_measure import measure_rows
+from export.report import FoldReport, FoldRow
+
+logger = logging.getLogger(__name__)
+
+
+def fold_onnx(model: onnx.ModelProto, sample: np.ndarray | None = None) -> tuple[onnx.ModelProto, FoldReport]:
+    """A copy of ``model`` with no BatchNormalization left, and one report row per BN node.
+
+    With ``sample`` (an input batch), each row also gets the difference its site shows between the original
+    and the folded graph in ONNX Runtime (``export.onnx_measure``); without it those stay 0.
+    Raises ExportError (naming the node) for BN in training mode, with consumed extra outputs, with
+    non-constant statistics, inside a subgraph or function, or whose rank is needed and unknown.
+    """
+    ir_model = ir.serde.deserialize_model(model)
+    _refuse_nested(ir_model)
+    editor = GraphEditor(ir_model, inferred_ranks(ir.serde.deserialize_model(model)))
+    report, kept = FoldReport(), []
+    for node in [n for n in ir_model.graph if _is_bn(n)]:
+        bn = read_bn(node, opset_of(node, ir_model))
+        row, name = _fold_one(bn, editor)
+        report.rows.append(row)
+        kept.append(name)
+        logger.debug("%s: %s into %s", row.bn, row.action, row.target)
+    left = [node_label(n) for n in ir.traversal.RecursiveGraphIterator(ir_model.graph) if _is_bn(n)]
+    if left:  # a bug, not a user error: every BN above was folded or lowered
+        raise RuntimeError(f"BatchNormalization left after folding: {left}")
+    folded = ir.serde.serialize_model(ir_model)
+    if sample is not None:
+        measure_rows(model, folded, report, kept, sample)
+    logger.info("%s", report.summary())
+    return folded, report
+
+
+def _fold_one(bn: BnAffine, editor: GraphEditor) -> tuple[FoldRow, str]:
+    """Fold ``bn`` into the layer before it, else after it, else lower it: the row, and the tensor name kept."""
+    bn_out = bn.node.outputs[0].name or ""
+    before = why_not_preceding(bn, editor)
+    if not isinstance(before, str):
+        target = fold_preceding(bn, before, editor)
+        return FoldRow(bn.label, "folded-into-preceding", target, f"{before.op} output feeds only this BN"), bn_out
+    after = why_not_following(bn)
+    if not isinstance(after, str):
+        layer_out = after.node.outputs[0].name or ""
+        target = fold_following(bn, after, editor)
+        return FoldRow(bn.label, "folded-into-following", target, f"before: {before}"), layer_out
+    target = lower(bn, editor)
+    return FoldRow(bn.label, "lowered-to-scale-shift", target, f"before: {before}; after: {after}"), bn_out
+
+
+def _is_bn(node: ir.Node) -> bool:
+    return node.op_type == BN_OP and node.domain == ""
+
+
+def _refuse_nested(model: ir.Model) -> None:
+    """BN inside an If/Loop/Scan body or a model-local function is not folded: say so rather than skip it."""
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if _is_bn(node) and node.graph is not model.graph:
+            raise ExportError(
+                f"BatchNormalization {node_label(node)!r} is inside a subgraph; only the main graph is folded"
+            )
+    for function in model.functions.values():
+        if any(_is_bn(n) for n in function):
+            raise ExportError(f"BatchNormalization inside function {function.name!r}; inline functions first")

@@ -1,0 +1,230 @@
+"""Predicates ("may this BN fold here? if not, why?") and transforms for the ONNX fold, one pair per pattern.
+
+The math is ``export.fold_math``'s (``preceding_weight_bias``, ``following_weight_bias``) on float64 tensors,
+cast once to the weight's dtype; ``export.onnx_fold`` states the patterns, preconditions and formulas.
+A predicate returns the layer to fold into, or the reason there is none (the report keeps it).
+Gemm and MatMul weights are handled as a Linear-style matrix L = [N, K] (output feature first):
+Gemm's B is L when transB=1 and L^T when transB=0; MatMul's constant right operand is L^T.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+import torch
+
+from export.errors import ExportError
+from export.fold_math import following_weight_bias, preceding_weight_bias
+from export.onnx_bn import BnAffine, constant_array, node_label
+from export.onnx_edit import GraphEditor, make_node
+
+PRECEDING_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+FOLLOWING_OPS = ("Conv", "Gemm")
+
+
+@dataclass
+class Layer:
+    """The layer a BN folds into: its node, its constant weight and (optional) constant bias."""
+
+    node: ir.Node
+    weight: np.ndarray
+    bias: np.ndarray | None
+
+    @property
+    def op(self) -> str:
+        return self.node.op_type
+
+    def attr(self, key: str, default: int) -> int:
+        return self.node.attributes.get_int(key, default)
+
+    def linear(self) -> np.ndarray:
+        """Gemm's or MatMul's weight as L = [N, K]."""
+        return self.weight if self.op == "Gemm" and self.attr("transB", 0) == 1 else self.weight.T
+
+    def from_linear(self, matrix: np.ndarray) -> np.ndarray:
+        """L = [N, K] back into this node's B layout (MatMul becomes a Gemm with transB=0)."""
+        return matrix if self.op == "Gemm" and self.attr("transB", 0) == 1 else matrix.T
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(a, dtype=np.float64))
+
+
+def _only_use(value: ir.Value) -> tuple[ir.Node, int] | None:
+    """(node, input index) of the one reader of ``value``, or None on fan-out or when it is a graph output."""
+    uses = list(value.uses())
+    if len(uses) != 1 or value.is_graph_output():
+        return None
+    return uses[0].node, uses[0].idx
+
+
+def _layer(node: ir.Node) -> Layer | str:
+    weight = constant_array(node.inputs[1] if len(node.inputs) > 1 else None)
+    if weight is None:
+        return f"{node.op_type} {node_label(node)!r} has no constant weight"
+    bias_value = node.inputs[2] if len(node.inputs) > 2 else None
+    bias = constant_array(bias_value)
+    if bias_value is not None and bias is None:
+        return f"{node.op_type} {node_label(node)!r} has a non-constant bias"
+    if node.op_type in ("Gemm", "MatMul") and (weight.ndim != 2 or (bias is not None and bias.ndim > 2)):
+        return f"{node.op_type} {node_label(node)!r} has a weight or bias of unexpected rank"
+    return Layer(node, weight, bias)
+
+
+# ---- BN folded into the layer before it -------------------------------------------------------------------
+
+
+def why_not_preceding(bn: BnAffine, editor: GraphEditor) -> Layer | str:
+    """The layer before ``bn`` to fold it into, or the reason there is none."""
+    if not bn.per_channel:
+        return "spatial=0: per-element statistics"
+    x = bn.node.inputs[0]
+    producer = x.producer() if x is not None else None
+    if x is None or producer is None or producer.op_type not in PRECEDING_OPS or producer.domain != "":
+        return "input is not produced by Conv/ConvTranspose/Gemm/MatMul"
+    if _only_use(x) != (bn.node, 0):
+        return f"{node_label(producer)!r}'s output is also used elsewhere (fan-out)"
+    if producer.op_type == "MatMul" and editor.rank(x) != 2:
+        return "MatMul output not known to be 2-D (BN's channel axis is then not the output feature)"
+    layer = _layer(producer)
+    if isinstance(layer, str):
+        return layer
+    if layer.op == "Conv":
+        out = layer.weight.shape[0]
+    elif layer.op == "ConvTranspose":
+        out = layer.weight.shape[1] * layer.attr("group", 1)
+    else:
+        out = layer.linear().shape[0]
+    if out != bn.channels:
+        return f"{node_label(producer)!r} has {out} output channels, BN has {bn.channels}"
+    return layer
+
+
+def fold_preceding(bn: BnAffine, layer: Layer, editor: GraphEditor) -> str:
+    """Replace layer -> BN by one layer' node (MatMul becomes Gemm); returns the new node's label."""
+    s, t = _t(bn.s), _t(bn.t)
+    attrs = dict(layer.node.attributes)
+    if layer.op in ("Conv", "ConvTranspose"):
+        bias = layer.bias if layer.bias is not None else np.zeros(bn.channels)
+        w, b = preceding_weight_bias(_t(layer.weight), _t(bias), s, t, layer.attr("group", 1), layer.op != "Conv")
+        new_w = w.numpy()
+    else:  # Y = alpha * A @ B + beta * C  ->  BN(Y) = alpha * A @ (B s) + (beta * C * s + t)
+        beta = layer.node.attributes.get_float("beta", 1.0) if layer.op == "Gemm" else 0.0
+        c = beta * layer.bias if layer.bias is not None else np.zeros(bn.channels)
+        w, b = preceding_weight_bias(_t(layer.linear()), _t(c), s, t, 1, False)
+        new_w = layer.from_linear(w.numpy())
+        attrs = attrs if layer.op == "Gemm" else {}
+        attrs["beta"] = ir.AttrFloat32("beta", 1.0)
+    return _emit(editor, layer, new_w, b.numpy(), attrs, [layer.node, bn.node], bn.node.outputs[0])
+
+
+# ---- BN folded into the layer after it --------------------------------------------------------------------
+
+
+def why_not_following(bn: BnAffine) -> Layer | str:
+    """The layer after ``bn`` to fold it into, or the reason there is none."""
+    if not bn.per_channel:
+        return "spatial=0: per-element statistics"
+    use = _only_use(bn.node.outputs[0])
+    if use is None:
+        return "output is used by several nodes or is a graph output"
+    consumer, index = use
+    if consumer.op_type not in FOLLOWING_OPS or consumer.domain != "" or index != 0:
+        return "output does not feed a Conv or Gemm as its data input"
+    layer = _layer(consumer)
+    if isinstance(layer, str):
+        return layer
+    if layer.op == "Conv":
+        if reads_padding(consumer):
+            return f"Conv {node_label(consumer)!r} reads padding (a padded zero is not BN's shift)"
+        c_in = layer.weight.shape[1] * layer.attr("group", 1)
+    else:
+        if layer.attr("transA", 0) != 0:
+            return f"Gemm {node_label(consumer)!r} has transA=1 (BN's channels would be its rows)"
+        c_in = layer.linear().shape[1]
+    if c_in != bn.channels:
+        return f"{node_label(consumer)!r} has {c_in} input channels, BN has {bn.channels}"
+    return layer
+
+
+def reads_padding(conv: ir.Node) -> bool:
+    """Whether ``conv`` may read a padded position: any nonzero pad, or auto_pad SAME_UPPER/SAME_LOWER."""
+    pads = conv.attributes.get_ints("pads", ())
+    return any(pads) or conv.attributes.get_string("auto_pad", "NOTSET") not in ("NOTSET", "VALID")
+
+
+def fold_following(bn: BnAffine, layer: Layer, editor: GraphEditor) -> str:
+    """Replace BN -> layer by one layer' node reading BN's input; returns the new node's label."""
+    s, t = _t(bn.s), _t(bn.t)
+    attrs = dict(layer.node.attributes)
+    if layer.op == "Conv":
+        bias = layer.bias if layer.bias is not None else np.zeros(layer.weight.shape[0])
+        w, b = following_weight_bias(_t(layer.weight), _t(bias), s, t, layer.attr("group", 1))
+        new_w, new_b = w.numpy(), b.numpy()
+    else:  # Y = alpha * (x s + t) @ B + beta * C = alpha * x @ (s B) + (beta * C + alpha * t @ B)
+        matrix = layer.linear()
+        w, shift = following_weight_bias(_t(matrix), torch.zeros(matrix.shape[0], dtype=torch.float64), s, t, 1)
+        alpha = layer.node.attributes.get_float("alpha", 1.0)
+        beta = layer.node.attributes.get_float("beta", 1.0)
+        new_b = alpha * shift.numpy() + (beta * layer.bias if layer.bias is not None else 0.0)
+        new_w = layer.from_linear(w.numpy())
+        attrs["beta"] = ir.AttrFloat32("beta", 1.0)
+    old = [bn.node, layer.node]
+    return _emit(editor, layer, new_w, new_b, attrs, old, layer.node.outputs[0], data=bn.node.inputs[0])
+
+
+def _emit(
+    editor: GraphEditor,
+    layer: Layer,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    attrs: dict[str, ir.Attr],
+    old_nodes: list[ir.Node],
+    old_out: ir.Value,
+    data: ir.Value | None = None,
+) -> str:
+    """One new node (fresh weight and bias initializers) standing in for ``old_nodes``."""
+    node = layer.node
+    dtype = _dtype(node.inputs[1])
+    base = node.name or node_label(node)
+    weight_value = editor.constant(weight, dtype, f"{base}_bnfold_weight")
+    bias_value = editor.constant(bias, dtype, f"{base}_bnfold_bias")
+    op = "Gemm" if layer.op == "MatMul" else layer.op
+    x = data if data is not None else node.inputs[0]
+    new = make_node(op, [x, weight_value, bias_value], list(attrs.values()), node.name)
+    editor.replace(old_nodes, [new], old_out)
+    return node_label(new)
+
+
+def _dtype(value: ir.Value | None) -> ir.DataType:
+    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+    return tensor.dtype if tensor is not None else ir.DataType.FLOAT
+
+
+# ---- BN lowered to Mul + Add -----------------------------------------------------------------------------
+
+
+def lower(bn: BnAffine, editor: GraphEditor) -> str:
+    """Replace BN by Mul(x, S) -> Add(., T) with S, T broadcast over axis 1; returns the Add's label."""
+    x = bn.node.inputs[0]
+    assert x is not None  # read_bn checked the inputs
+    if bn.per_channel:
+        rank = editor.rank(x) or editor.rank(bn.node.outputs[0])
+        if rank is None:
+            raise ExportError(
+                f"BatchNormalization {bn.label!r}: its input's rank is unknown (shape inference failed), so it "
+                "can neither fold nor be lowered; give the graph input a shape"
+            )
+        shape: tuple[int, ...] = (bn.channels, *([1] * (rank - 2)))
+    else:
+        shape = bn.s.shape  # spatial=0: [C, D1, ...] broadcasts against [N, C, D1, ...]
+    dtype = x.dtype if x.dtype is not None else _dtype(bn.node.inputs[1])
+    scale = editor.constant(bn.s.reshape(shape), dtype, f"{bn.label}_bnfold_scale")
+    shift = editor.constant(bn.t.reshape(shape), dtype, f"{bn.label}_bnfold_shift")
+    mul = make_node("Mul", [x, scale], [], f"{bn.label}_bnfold_mul")
+    mul.outputs[0].name = editor.unique(f"{bn.label}_bnfold_scaled")
+    add = make_node("Add", [mul.outputs[0], shift], [], f"{bn.label}_bnfold_add")
+    editor.replace([bn.node], [mul, add], bn.node.outputs[0])
+    return f"{mul.name}+{add.name}"

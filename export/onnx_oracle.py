@@ -1,0 +1,114 @@
+"""The float64 oracle for an ONNX graph: the ORIGINAL graph run in float64, to judge float32 runs against.
+
+``onnx_float64_oracle(model)`` converts a copy to float64 (float initializers, Constant/ConstantOfShape values,
+graph inputs, outputs and intermediate types, Cast/dtype targets) and runs it with ONNX Runtime on CPU at
+ORT_DISABLE_ALL when ONNX Runtime has double kernels for every op. It does not for Conv, ConvTranspose,
+AveragePool, GlobalAveragePool and others (checked with onnxruntime 1.31), so most vision graphs fall back to
+``onnx.reference.ReferenceEvaluator``, with BatchNormalization, Conv and ConvTranspose replaced by
+``export.onnx_oracle_ops`` (the reference's BN and grouped ConvTranspose are wrong; see there).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+from onnx.reference import ReferenceEvaluator
+
+from export.errors import ExportError
+from export.onnx_oracle_ops import ORACLE_OPS
+
+logger = logging.getLogger(__name__)
+
+FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+# ops whose CPU kernels in onnxruntime 1.31 are float-only (probed); others are tried, and a failure falls back
+NO_DOUBLE_KERNEL = frozenset({"Conv", "ConvTranspose", "AveragePool", "GlobalAveragePool", "HardSigmoid"})
+DTYPE_ATTRS = ("to", "dtype")  # Cast's target; RandomNormal/EyeLike/... output type
+
+
+def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A float64 copy of ``model``: every float16/bfloat16/float32 tensor, type and dtype target becomes double."""
+    ir_model = ir.serde.deserialize_model(model)
+    graphs = {ir_model.graph}
+    nodes = list(ir.traversal.RecursiveGraphIterator(ir_model.graph))
+    graphs.update(n.graph for n in nodes if isinstance(n.graph, ir.Graph))
+    values: list[ir.Value] = []
+    for graph in graphs:
+        values += [*graph.inputs, *graph.outputs, *graph.initializers.values()]
+    for node in nodes:
+        values += [v for v in (*node.inputs, *node.outputs) if v is not None]
+        _node_to_float64(node)
+    for value in set(values):
+        if value.dtype in FLOATS:
+            value.dtype = ir.DataType.DOUBLE
+        tensor = value.const_value
+        if tensor is not None and tensor.dtype in FLOATS:
+            value.const_value = ir.tensor(np.asarray(tensor.numpy(), dtype=np.float64), name=value.name)
+    return ir.serde.serialize_model(ir_model)
+
+
+def _node_to_float64(node: ir.Node) -> None:
+    attrs = node.attributes
+    for key in DTYPE_ATTRS:
+        if key in attrs and attrs[key].type == ir.AttributeType.INT and ir.DataType(attrs[key].value) in FLOATS:
+            attrs[key] = ir.AttrInt64(key, ir.DataType.DOUBLE)
+    if "value" in attrs and attrs["value"].type == ir.AttributeType.TENSOR:
+        tensor = attrs["value"].as_tensor()
+        if tensor.dtype in FLOATS:
+            attrs["value"] = ir.AttrTensor("value", ir.tensor(np.asarray(tensor.numpy(), dtype=np.float64)))
+    if node.op_type == "Constant":
+        for key in ("value_float", "value_floats"):
+            if key in attrs:
+                array = np.asarray(attrs.pop(key).value, dtype=np.float64)
+                attrs["value"] = ir.AttrTensor("value", ir.tensor(array))
+
+
+class Float64Oracle:
+    """Callable: a float32 (or any float) input batch -> the original graph's first output, in float64."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model64 = to_float64(model)
+        initializers = {t.name for t in model.graph.initializer}
+        inputs = [i.name for i in model.graph.input if i.name not in initializers]
+        if len(inputs) != 1:
+            raise ExportError(f"the float64 oracle needs a graph with one input; it has {inputs}")
+        self.input_name = inputs[0]
+        self.engine = "onnxruntime"
+        self._session: ort.InferenceSession | None = None
+        self._reference: ReferenceEvaluator | None = None
+        missing = sorted({n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")} & NO_DOUBLE_KERNEL)
+        if missing:  # skip a session that cannot be built (saves serialising the float64 graph)
+            logger.info("float64 oracle: ONNX Runtime has no double kernel for %s; using onnx.reference", missing)
+            self._use_reference()
+            return
+        try:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            self._session = ort.InferenceSession(
+                self.model64.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # no double kernel (NOT_IMPLEMENTED), or IR/opset this ORT cannot load
+            logger.info("float64 oracle: ONNX Runtime cannot run the float64 graph (%s); using onnx.reference", exc)
+            self._use_reference()
+
+    def _use_reference(self) -> None:
+        self.engine = "onnx.reference"
+        self._session = None
+        self._reference = ReferenceEvaluator(self.model64, new_ops=ORACLE_OPS)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        feed = np.asarray(x, dtype=np.float64) if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(x)
+        if self._session is not None:
+            return np.asarray(self._session.run(None, {self.input_name: feed})[0], dtype=np.float64)
+        assert self._reference is not None
+        outputs: list[Any] = list(self._reference.run(None, {self.input_name: feed}))
+        return np.asarray(outputs[0], dtype=np.float64)
+
+
+def onnx_float64_oracle(model: onnx.ModelProto) -> Float64Oracle:
+    """The original ``model`` in float64, as a function of its one input (see the module docstring)."""
+    return Float64Oracle(model)

@@ -1,0 +1,84 @@
+"""Small ONNX graphs in ONNX's textual syntax, and the float32-vs-float64 rule the ONNX fold is judged by.
+
+The rule (the lead's verify.py states the same): with ``ref`` the original graph run in float64,
+``d(a) = max |a - ref|``, a folded output passes when ``d(folded) <= 2 * d(original) + 1e-6 * max |ref|``:
+the fold may add at most float32's own error again, never an error float32 rounding cannot explain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from export.onnx_oracle import onnx_float64_oracle
+
+FOLD_PREV, FOLD_NEXT, LOWER = "folded-into-preceding", "folded-into-following", "lowered-to-scale-shift"
+FACTOR, FLOOR = 2.0, 1e-6
+IR_VERSION = 8  # onnxruntime 1.31 reads IR versions up to 11; onnx's default may be newer
+
+
+def model(body: str, opset: int, inputs: str, outputs: str, **initializers: np.ndarray) -> onnx.ModelProto:
+    """A model from textual ``body`` lines, with float32 initializers (ints stay int64)."""
+    text = f'<ir_version: {IR_VERSION}, opset_import: ["" : {opset}]>\ng ({inputs}) => ({outputs}) {{\n{body}\n}}'
+    proto = onnx.parser.parse_model(text)
+    for name, array in initializers.items():
+        dtype = np.int64 if np.issubdtype(array.dtype, np.integer) else np.float32
+        proto.graph.initializer.append(numpy_helper.from_array(array.astype(dtype), name))
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def bn_stats(
+    rng: np.random.Generator, channels: int, prefix: str, shape: tuple[int, ...] = ()
+) -> dict[str, np.ndarray]:
+    """Non-trivial population statistics: negative gammas, variances from 1e-3 to 10, shifted means."""
+    size = (channels, *shape)
+    var = 10 ** rng.uniform(-3, 1, size=size)
+    gamma = rng.normal(size=size)
+    gamma.flat[0] = -abs(gamma.flat[0]) - 0.1
+    return {
+        f"{prefix}_g": gamma,
+        f"{prefix}_b": rng.normal(size=size),
+        f"{prefix}_m": rng.normal(size=size) * 2,
+        f"{prefix}_v": var,
+    }
+
+
+def run(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """The first output of ``proto`` in ONNX Runtime on CPU, with graph optimisations OFF (no runtime fusion)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {session.get_inputs()[0].name: x})[0])
+
+
+def count_ops(proto: onnx.ModelProto, op_type: str) -> int:
+    return sum(node.op_type == op_type for node in proto.graph.node)
+
+
+@dataclass
+class Verdict:
+    """Distances of the original and the folded float32 outputs from the float64 oracle."""
+
+    original: float
+    folded: float
+    scale: float
+
+    @property
+    def ok(self) -> bool:
+        return self.folded <= FACTOR * self.original + FLOOR * self.scale
+
+    def __str__(self) -> str:
+        return f"folded {self.folded:.3e} vs original {self.original:.3e} (scale {self.scale:.3e})"
+
+
+def judge(original: onnx.ModelProto, folded: onnx.ModelProto, x: np.ndarray) -> Verdict:
+    """Compare both float32 graphs with the ORIGINAL graph's float64 oracle on input ``x``."""
+    ref = onnx_float64_oracle(original)(x)
+    d_orig = float(np.abs(run(original, x) - ref).max())
+    d_fold = float(np.abs(run(folded, x) - ref).max())
+    return Verdict(d_orig, d_fold, float(np.abs(ref).max()))
