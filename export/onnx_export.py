@@ -27,7 +27,7 @@ from export.errors import ExportError
 from export.fold import fold_batchnorm
 from export.fp16 import check_fp16, to_fp16
 from export.onnx_graph import add_metadata, require_no_batchnorm
-from export.report import ExportReport, FoldReport
+from export.report import ExportReport, FoldReport, stopwatch
 from export.verify import (
     FLOAT16,
     FLOAT32,
@@ -35,9 +35,10 @@ from export.verify import (
     Reference,
     Runner,
     Tolerance,
-    against_oracle,
+    check_runner,
     onnx_checks,
     run_batched,
+    timed,
     validation_agreement,
 )
 from training.atomic import public_mode
@@ -172,23 +173,27 @@ def export_onnx(
     (float32 input and output), held to fp16's own precision. ``metadata`` is embedded as ONNX metadata_props
     (every value JSON-encoded). Raises :class:`VerificationError` and writes nothing on any breach.
     """
-    path, names = Path(path), (input_name, output_name)
-    tol = FLOAT16 if fp16 else FLOAT32
+    path, names, tol = Path(path), (input_name, output_name), FLOAT16 if fp16 else FLOAT32
+    timings: dict[str, float] = {}
     original = copy.deepcopy(model).eval()
-    folded, fold_report = fold_batchnorm(model, example_inputs)
+    with stopwatch(timings, "fold"):
+        folded, fold_report = fold_batchnorm(model, example_inputs)
     warnings = check_fp16(original, folded) if fp16 else []
     candidate = to_fp16(folded) if fp16 else folded
     shape = tuple(example_inputs[0].shape[1:])
     inputs = CheckInputs.build(shape, _numpy(samples), _numpy(validation), random_samples, seed)
     oracle, original_run = float64_oracle(original), torch_runner(original)
-    refs = references(inputs, original_run, oracle)
-    checks = [against_oracle("torch folded", run_batched(torch_runner(candidate), r.x), r, tol) for r in refs]
+    with stopwatch(timings, "references (float64 oracle, float32 original)"):
+        refs = references(inputs, original_run, oracle)
+    checks = [check_runner("torch folded", torch_runner(candidate), r, tol) for r in refs]
     with staged_file(path) as tmp:
-        proto = emit_onnx(candidate, example_inputs, tmp, names, opset)
-        add_metadata(proto, {**(metadata or {}), "bnfold.fold_summary": fold_report.totals})
-        onnx.save(proto, str(tmp))
-        report = verify_file(tmp, fold_report, refs, inputs, (original_run, oracle), names, tol)
-        report.path, report.warnings = path, warnings
+        with stopwatch(timings, "onnx export"):
+            proto = emit_onnx(candidate, example_inputs, tmp, names, opset)
+            add_metadata(proto, {**(metadata or {}), "bnfold.fold_summary": fold_report.totals})
+            onnx.save(proto, str(tmp))
+        with stopwatch(timings, "onnx checks"):
+            report = verify_file(tmp, fold_report, refs, inputs, (original_run, oracle), names, tol)
+        report.path, report.warnings, report.timings = path, warnings, timings
         report.checks[:0] = checks
         report.require_passed()
     logger.debug("exported %s (%d ONNX nodes, no BatchNormalization)", path, sum(report.nodes.values()))
@@ -216,6 +221,7 @@ def verify_file(
     ops = require_no_batchnorm(proto)
     checks: list[Check]
     checks, plain = onnx_checks(path, refs, names, tol)
-    if inputs.validation is not None:
-        checks.append(validation_agreement(plain, inputs.validation, *runners, tol))
+    val = inputs.validation
+    if val is not None:
+        checks.append(timed(lambda: validation_agreement(plain, val, *runners, tol)))
     return ExportReport(path, fold_report, checks, tol, proto.opset_import[0].version, ops)

@@ -19,7 +19,7 @@ from export.onnx_files import check_onnx_input, save_onnx
 from export.onnx_fold import fold_onnx
 from export.onnx_graph import add_metadata, graph_io
 from export.onnx_oracle import onnx_float64_oracle
-from export.report import ExportReport
+from export.report import ExportReport, stopwatch
 from export.verify import FLOAT32, ort_session, session_runner
 
 logger = logging.getLogger(__name__)
@@ -39,15 +39,20 @@ def export_onnx_graph(
     check_onnx_input(model)
     input_name, output_name, shape = graph_io(model)
     inputs = CheckInputs.build(shape, samples, validation, random_samples, seed)
-    folded, fold_report = fold_onnx(model, sample=next(iter(inputs.groups.values()))[:8])
+    timings: dict[str, float] = {}
+    with stopwatch(timings, "fold"):
+        folded, fold_report = fold_onnx(model, sample=next(iter(inputs.groups.values()))[:8])
     original = session_runner(ort_session(model.SerializeToString(), "disable_all"), input_name, output_name)
     oracle = onnx_float64_oracle(model)
-    refs = references(inputs, original, oracle)
+    with stopwatch(timings, "references (float64 oracle, float32 original)"):
+        refs = references(inputs, original, oracle)
     with staged_file(Path(path)) as tmp:
         add_metadata(folded, {**(metadata or {}), "bnfold.fold_summary": fold_report.totals})
         save_onnx(folded, tmp)
-        report = verify_file(tmp, fold_report, refs, inputs, (original, oracle), (input_name, output_name), FLOAT32)
-        report.path = Path(path)
+        with stopwatch(timings, "onnx checks"):
+            names = (input_name, output_name)
+            report = verify_file(tmp, fold_report, refs, inputs, (original, oracle), names, FLOAT32)
+        report.path, report.timings = Path(path), timings
         report.require_passed()
     logger.debug("exported %s from an ONNX graph", path)
     return report

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,6 +79,7 @@ class ExportReport:
     opset: int = 0
     nodes: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step (fold, oracle, export, verify)
 
     @property
     def passed(self) -> bool:
@@ -101,7 +105,18 @@ class ExportReport:
             "warnings": self.warnings,
             "opset": self.opset,
             "onnx_ops": self.nodes,
+            "timings_s": self.timings,
         }
 
     def verification_table(self) -> str:
         return "\n".join(c.line() for c in self.checks)
+
+
+@contextlib.contextmanager
+def stopwatch(timings: dict[str, float], step: str) -> Iterator[None]:
+    """Add the wall time of the block to ``timings[step]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[step] = timings.get(step, 0.0) + time.perf_counter() - start

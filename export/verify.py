@@ -35,6 +35,7 @@ Checks:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -101,6 +102,7 @@ class Check:
     bound: float = 0.0
     decided_by: str = DECIDING_STATISTIC
     extra: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0  # wall time of the check, its candidate's runs included
 
     @property
     def ratio(self) -> float:
@@ -116,7 +118,7 @@ class Check:
         return (
             f"{verdict} {self.name:<34} samples {self.samples:>5}  err {self.candidate.max:.2e}  "
             f"float32 original {self.original.max:.2e}  ratio {self.ratio:.2f}  bound {self.bound:.2e}  "
-            f"{self.detail}"
+            f"{self.seconds:.1f} s"
         ).rstrip()
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,6 +152,22 @@ def against_oracle(name: str, candidate: np.ndarray, ref: Reference, tol: Tolera
     bound = ref.bound(tol)
     passed = bool(got.max <= bound)
     return Check(f"{name} ({ref.group})", passed, len(ref.x), f"{ref.group} inputs", got, ref.original_error, bound)
+
+
+def check_runner(name: str, run: Runner, ref: Reference, tol: Tolerance = FLOAT32) -> Check:
+    """Run ``run`` on ``ref``'s inputs and judge it against the oracle; the check records its time."""
+    start = time.perf_counter()
+    check = against_oracle(name, run_batched(run, ref.x), ref, tol)
+    check.seconds = time.perf_counter() - start
+    return check
+
+
+def timed(make: Callable[[], Check]) -> Check:
+    """``make()``, with its wall time recorded on the check."""
+    start = time.perf_counter()
+    check = make()
+    check.seconds = time.perf_counter() - start
+    return check
 
 
 def run_batched(fn: Runner, x: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -241,13 +259,13 @@ def onnx_checks(
     """Checks 2-4 on the ONNX file at ``path``; returns them and the ORT_DISABLE_ALL runner."""
     plain = session_runner(ort_session(path, "disable_all"), *names)
     served = session_runner(ort_session(path, "enable_all"), *names)
-    checks = [against_oracle("onnxruntime, ORT_DISABLE_ALL", run_batched(plain, r.x), r, tol) for r in refs]
-    checks += [against_oracle("onnxruntime, ORT_ENABLE_ALL", run_batched(served, r.x), r, tol) for r in refs]
+    checks = [check_runner("onnxruntime, ORT_DISABLE_ALL", plain, r, tol) for r in refs]
+    checks += [check_runner("onnxruntime, ORT_ENABLE_ALL", served, r, tol) for r in refs]
     cuda_session_ = cuda_session(path)
     if cuda_session_ is not None:
         cuda = session_runner(cuda_session_, *names)
-        checks += [against_oracle("onnxruntime CUDA, ORT_ENABLE_ALL", run_batched(cuda, r.x), r, tol) for r in refs]
-    checks.append(batch_invariance(served, refs[0].x, floor=tol.floor))
+        checks += [check_runner("onnxruntime CUDA, ORT_ENABLE_ALL", cuda, r, tol) for r in refs]
+    checks.append(timed(lambda: batch_invariance(served, refs[0].x, floor=tol.floor)))
     return checks, plain
 
 
