@@ -20,7 +20,7 @@ import logging
 import platform
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +151,7 @@ def save_checkpoint(
             files[STATE_FILE] = sha256_file(tmp / STATE_FILE)
             doc["optimizer"] = rest
         doc["versions"] = library_versions()
-        doc["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        doc["created"] = datetime.now(UTC).isoformat(timespec="seconds")
         doc["files"] = files
         write_json_atomic(tmp / META_FILE, doc)
     point_symlink(root / "latest", final.name)
