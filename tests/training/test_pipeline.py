@@ -125,7 +125,9 @@ def test_resume_with_mismatched_weights_is_refused(tiny_run: Path, tmp_path: Pat
 
 def _cli(*args: str, cwd: Path, env: dict[str, Path] | None = None) -> subprocess.CompletedProcess[str]:
     environ = {**os.environ, **{k: str(v) for k, v in (env or {}).items()}}
-    return subprocess.run([sys.executable, "-m", "training", *args], capture_output=True, text=True, cwd=cwd, env=environ)
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args], capture_output=True, text=True, cwd=cwd, env=environ
+    )
 
 
 @pytest.mark.parametrize(
