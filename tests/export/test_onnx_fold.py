@@ -111,4 +111,4 @@ def test_fold_removes_bn_and_matches_the_float64_oracle(name: str, opset: int) -
     onnx.checker.check_model(folded, full_check=True)
     assert [o.name for o in folded.graph.output] == [o.name for o in original.graph.output]
     verdict = judge(original, folded, x)
-    assert verdict.ok, f"{name} at opset {opset}: {verdict}"
+    assert verdict.passed, f"{name} at opset {opset}: {verdict.line()}"
