@@ -254,6 +254,12 @@ def test_kserve_inference_services_carry_the_required_fields(rendered: dict[str,
     custom = services["bnfold"]["spec"]["predictor"]["containers"][0]
     assert custom["name"] == "kserve-container" and custom["image"].startswith("bnfold-serve:")
     assert env_values(custom) == env_values(container(rendered["base"])), "the custom predictor drifted from base"
+    predictor, hpa = services["bnfold"]["spec"]["predictor"], one(rendered["base"], "HorizontalPodAutoscaler")["spec"]
+    assert (predictor["minReplicas"], predictor["maxReplicas"]) == (hpa["minReplicas"], hpa["maxReplicas"])
+    assert (predictor["scaleMetric"], predictor["scaleTarget"]) == (
+        "cpu",
+        hpa["metrics"][0]["resource"]["target"]["averageUtilization"],
+    )
     model = services["bnfold-triton"]["spec"]["predictor"]["model"]
     assert model["modelFormat"]["name"] == "onnx" and model["runtime"] == "kserve-tritonserver"
     assert model["protocolVersion"] == "v2" and model["storageUri"] == "pvc://bnfold-models"
