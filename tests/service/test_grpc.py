@@ -302,6 +302,12 @@ def test_sigterm_drains_grpc_and_http_together_losing_nothing(slow_repo: Path) -
         signalled = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
         assert not client.is_server_ready() and client.is_server_live()  # readiness off, still serving
+        # drain_delay_s (1 s) later both protocols stop taking requests while the burst is still in flight
+        time.sleep(1.5)
+        late = srv.client()
+        code, _ = status_of(lambda: late.infer("slow", [raw_input(x)], client_timeout=10))
+        assert code == "UNAVAILABLE" and len(results) < 24, "a request after the drain delay was accepted"
+        late.close()
         for t in threads:
             t.join(timeout=120)
         assert srv.proc.wait(timeout=60) in (0, -signal.SIGTERM)
