@@ -130,7 +130,8 @@ def load(port: int, binary: bool, clients: int, seconds: float) -> tuple[float, 
                 errors[i] += 1
         conn.close()
 
-    return sum(counts) / run_threads(client, clients), sum(errors)
+    elapsed = run_threads(client, clients)  # before summing: the threads fill the counts
+    return sum(counts) / elapsed, sum(errors)
 
 
 def load_grpc(port: int, clients: int, seconds: float) -> tuple[float, int]:
@@ -154,7 +155,8 @@ def load_grpc(port: int, clients: int, seconds: float) -> tuple[float, int]:
                 errors[i] += 1
         c.close()
 
-    return sum(counts) / run_threads(client, clients), sum(errors)
+    elapsed = run_threads(client, clients)  # before summing: the threads fill the counts
+    return sum(counts) / elapsed, sum(errors)
 
 
 def run_wrk(port: int, binary: bool, clients: int, seconds: float, workdir: Path, *flags: str) -> str:
