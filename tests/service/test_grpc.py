@@ -240,13 +240,13 @@ def test_queue_full_and_timeouts_over_grpc(slow_repo: Path) -> None:  # noqa: F8
         srv.stop()
 
 
-def batch_sizes(url: str) -> tuple[float, float]:
-    """(batches, samples) the server has run for the slow model, from its Prometheus metrics."""
+def slow_metrics(url: str) -> dict[str, float]:
+    """The slow model's Prometheus series (histogram counts and sums) by metric name."""
     values: dict[str, float] = {}
     for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith(("bnfold_batch_size_count{", "bnfold_batch_size_sum{")) and 'model="slow"' in line:
+        if 'model="slow"' in line and line.split("{")[0].endswith(("_count", "_sum")):
             values[line.split("{")[0]] = float(line.rsplit(" ", 1)[1])
-    return values["bnfold_batch_size_count"], values["bnfold_batch_size_sum"]
+    return values
 
 
 def test_an_http_and_a_grpc_request_share_a_batch(slow_repo: Path) -> None:  # noqa: F811
@@ -259,12 +259,17 @@ def test_an_http_and_a_grpc_request_share_a_batch(slow_repo: Path) -> None:  # n
         path = "/v2/models/slow/infer"
         with ThreadPoolExecutor(3) as pool:
             blocker = pool.submit(http_client.post, path, content=four, headers=four_headers)
-            time.sleep(0.1)  # the blocker's batch of 4 runs for hundreds of ms; the next two queue behind it
+            # once the blocker (4 samples, hundreds of ms of work) has started, the next two queue behind it
+            while slow_metrics(srv.url).get("bnfold_queue_seconds_count", 0) < 1:
+                time.sleep(0.005)
             http = pool.submit(http_client.post, path, content=one_body, headers=one_headers)
             via_grpc = pool.submit(client.infer, "slow", [raw_input(one)])
             assert blocker.result().status_code == 200 and http.result().status_code == 200
             assert via_grpc.result().as_numpy("logits").shape == (1, 4)
-        assert batch_sizes(srv.url) == (2, 6), "the HTTP and the gRPC request did not run as one batch"
+        batches = slow_metrics(srv.url)
+        assert (batches["bnfold_batch_size_count"], batches["bnfold_batch_size_sum"]) == (2, 6), (
+            "the HTTP and the gRPC request did not run as one batch"
+        )
         client.close()
         http_client.close()
     finally:
