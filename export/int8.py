@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 
 from export.errors import ExportError, VerificationError
-from export.int8_calibration import ArrayReader, calibration_method, check_calibration
+from export.int8_calibration import calibrate, calibration_method, check_calibration
 from export.int8_sensitivity import LayerError, layer_errors
 from export.onnx_export import count_ops
 from export.verify import Check, batch_invariance, ort_session, run_batched, top1_agreement
@@ -138,33 +138,42 @@ class _DropPreprocessHint(logging.Filter):
 
 
 def _quantize(src: Path, dst: Path, x: np.ndarray, input_name: str, method: str) -> None:
-    """``quantize_static`` (QDQ, per-channel int8 weights, uint8 activations), then bnfold's metadata."""
+    """Calibrate, ``quantize_static`` (QDQ, per-channel int8 weights, uint8 activations), bnfold's metadata."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     hint, chatter = _DropPreprocessHint(), io.StringIO()
     logging.getLogger().addFilter(hint)
     try:
-        with contextlib.redirect_stdout(chatter):  # the calibrators print their progress
+        with tempfile.TemporaryDirectory(prefix="bnfold-int8-") as tmp, contextlib.redirect_stdout(chatter):
+            cache = Path(tmp) / "ranges.json"  # the calibrators print their progress: kept for the debug log
+            options = calibrate(src, x, input_name, method, cache)
             quantize_static(
                 str(src),
                 str(dst),
-                ArrayReader(input_name, x),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 weight_type=QuantType.QInt8,
                 activation_type=QuantType.QUInt8,
                 calibrate_method=calibration_method(method),
+                calibration_cache_path=cache,
             )
     except Exception as exc:  # the quantizer raises many types; all mean "this graph does not quantize"
         raise ExportError(f"int8 quantization of {src} failed: {type(exc).__name__}: {exc}") from exc
     finally:
         logging.getLogger().removeFilter(hint)
-        logger.debug("quantize_static: %s", chatter.getvalue())
+        logger.debug("calibration and quantize_static: %s", chatter.getvalue())
     proto = onnx.load(str(dst))
     meta = {p.key: p.value for p in proto.metadata_props}
     meta["bnfold.precision"] = json.dumps("int8")
     meta["bnfold.quantization"] = json.dumps(
-        {"format": "QDQ", "weights": "int8 per channel", "activations": "uint8", "method": method, "samples": len(x)}
+        {
+            "format": "QDQ",
+            "weights": "int8, per output channel, symmetric",
+            "activations": "uint8, per tensor",
+            "method": method,
+            "method_options": options,
+            "samples": len(x),
+        }
     )
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, meta)
