@@ -7,8 +7,12 @@ Measures, for a ResNet-20 (3x32x32, BN folded) exported by bnfold:
      Python http.client and (with --loadgen wrk) from one wrk connection, interleaved with direct runs;
   4. server memory (RSS) over a sustained run: mean of the first minute vs the last minute.
 
+With --int8 it also serves the model's int8 variant (issue 12) and measures fp32 against int8 in two
+interleaved rounds: in-process ONNX Runtime at batch 1/16/64, served binary v2 under 16 clients and
+single-client latency.
+
 The load generator runs on the same machine (threads with keep-alive http.client connections), as in the
-targets of issue 4. Usage:  .venv/bin/python benchmarks/serve_bench.py [--seconds 10] [--soak 130]
+targets of issue 4. Usage:  .venv/bin/python benchmarks/serve_bench.py [--seconds 10] [--soak 130] [--int8]
 Figures are printed as a table and written as JSON (--json PATH).
 """
 
@@ -60,6 +64,63 @@ def build_repository(root: Path) -> Path:
     return root / "resnet20" / "1" / "model.onnx"
 
 
+INT8_MODEL = "resnet20-int8"
+
+
+def build_int8(root: Path, fp32_path: Path) -> tuple[Path, str]:
+    """The ResNet-20's int8 variant (bnfold's ``quantize_int8``, its gate included) as model resnet20-int8.
+
+    The benchmark's weights are random, so there is no real data: it is calibrated on 256 random inputs and
+    verified (top-1 agreement with fp32, no labels) on 512 others. Returns the path and the gate's line.
+    """
+    from export.int8 import quantize_int8
+    from export.repository import TensorSpec, new_version, render_config, write_model_files
+
+    rng = np.random.default_rng(3)
+    calibration = rng.standard_normal((256, 3, 32, 32), dtype=np.float32)
+    validation = rng.standard_normal((512, 3, 32, 32), dtype=np.float32)
+    with new_version(root, INT8_MODEL) as (staging, _):
+        report = quantize_int8(fp32_path, staging / "model.onnx", calibration, "minmax", validation, None)
+    config = render_config(
+        INT8_MODEL,
+        [TensorSpec("input", "float32", (3, 32, 32))],
+        [TensorSpec("logits", "float32", (10,))],
+        max_batch_size=64,
+        max_queue_delay_us=500,
+    )
+    write_model_files(root / INT8_MODEL, config, [str(i) for i in range(10)])
+    return root / INT8_MODEL / "1" / "model.onnx", report.gate_line()
+
+
+def compare_int8(port: int, paths: dict[str, Path], seconds: float, wrk: bool, workdir: Path) -> dict[str, Any]:
+    """fp32 vs int8 in one run: two rounds, each measuring every figure for fp32 then int8 back to back, so
+    machine drift hits both alike. In-process ORT at batch 1/16/64, served binary v2 under 16 clients, and
+    single-client median latency (wrk's one connection, or http.client)."""
+    figures: dict[str, dict[str, list[float]]] = {name: {} for name in paths}
+    for _ in range(2):
+        for name, path in paths.items():
+            row = figures[name]
+            for b in (1, 16, 64):
+                row.setdefault(f"ort_batch{b}", []).append(ort_throughput(path, b, seconds / 2))
+            row.setdefault("ort_latency_ms", []).append(ort_latency(path, 1000) * 1e3)
+            if wrk:
+                rate, errors = load_wrk(port, True, 16, seconds, workdir, model=name)
+                latency = server_latency_wrk(port, max(seconds / 3, 2), workdir, model=name)
+            else:
+                rate, errors = load(port, True, 16, seconds, model=name)
+                latency = server_latency(port, 1000, model=name)
+            row.setdefault("served_binary", []).append(rate)
+            row.setdefault("errors", []).append(errors)
+            row.setdefault("served_latency_ms", []).append(latency * 1e3)
+    out: dict[str, Any] = {n: {k: [round(v, 3) for v in vs] for k, vs in row.items()} for n, row in figures.items()}
+    fp32, int8 = (figures[n] for n in paths)
+    out["int8_vs_fp32"] = {
+        key: [round(b / a, 2) for a, b in zip(fp32[key], int8[key], strict=True)]
+        for key in ("served_binary", "ort_batch1", "ort_batch16", "ort_batch64", "served_latency_ms", "ort_latency_ms")
+    }
+    return out
+
+
 def ort_throughput(path: Path, batch: int, seconds: float) -> float:
     import onnxruntime as ort
 
@@ -98,7 +159,7 @@ def request_body(binary: bool) -> tuple[bytes, dict[str, str]]:
     return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
 
 
-def load(port: int, binary: bool, clients: int, seconds: float) -> tuple[float, int]:
+def load(port: int, binary: bool, clients: int, seconds: float, model: str = "resnet20") -> tuple[float, int]:
     """Samples/s over ``seconds`` with ``clients`` keep-alive connections; returns (rate, errors)."""
     body, headers = request_body(binary)
     counts = [0] * clients
@@ -108,7 +169,7 @@ def load(port: int, binary: bool, clients: int, seconds: float) -> tuple[float, 
     def client(i: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port)
         while time.perf_counter() < stop:
-            conn.request("POST", "/v2/models/resnet20/infer", body=body, headers=headers)
+            conn.request("POST", f"/v2/models/{model}/infer", body=body, headers=headers)
             resp = conn.getresponse()
             resp.read()
             if resp.status == 200:
@@ -126,7 +187,9 @@ def load(port: int, binary: bool, clients: int, seconds: float) -> tuple[float, 
     return sum(counts) / (time.perf_counter() - start), sum(errors)
 
 
-def run_wrk(port: int, binary: bool, clients: int, seconds: float, workdir: Path, *flags: str) -> str:
+def run_wrk(
+    port: int, binary: bool, clients: int, seconds: float, workdir: Path, *flags: str, model: str = "resnet20"
+) -> str:
     """wrk's report for ``clients`` keep-alive connections (one thread) sending one request body."""
     import shutil
 
@@ -141,40 +204,42 @@ def run_wrk(port: int, binary: bool, clients: int, seconds: float, workdir: Path
         "f:close()",
     ] + [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
     (workdir / "post.lua").write_text("\n".join(lines) + "\n")
-    url = f"http://127.0.0.1:{port}/v2/models/resnet20/infer"
+    url = f"http://127.0.0.1:{port}/v2/models/{model}/infer"
     command = ["wrk", "-t1", f"-c{clients}", f"-d{int(seconds)}s", *flags, "-s", str(workdir / "post.lua"), url]
     return subprocess.run(command, capture_output=True, text=True).stdout
 
 
-def load_wrk(port: int, binary: bool, clients: int, seconds: float, workdir: Path) -> tuple[float, int]:
+def load_wrk(
+    port: int, binary: bool, clients: int, seconds: float, workdir: Path, model: str = "resnet20"
+) -> tuple[float, int]:
     """The same load from wrk (C, one thread), which leaves more of the 2 cores to the server."""
     import re
 
-    out = run_wrk(port, binary, clients, seconds, workdir)
+    out = run_wrk(port, binary, clients, seconds, workdir, model=model)
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return rate, int(errors.group(1)) if errors else 0
 
 
-def server_latency_wrk(port: int, seconds: float, workdir: Path) -> float:
+def server_latency_wrk(port: int, seconds: float, workdir: Path, model: str = "resnet20") -> float:
     """Median latency (s) of one wrk connection sending binary requests back to back: the server's own
     latency, without a Python HTTP client's parsing in the figure."""
     import re
 
-    out = run_wrk(port, True, 1, seconds, workdir, "--latency")
+    out = run_wrk(port, True, 1, seconds, workdir, "--latency", model=model)
     m = re.search(r"50%\s+([\d.]+)(us|ms|s)\b", out)
     if m is None:
         raise SystemExit(f"cannot read wrk's median latency from:\n{out}")
     return float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[m.group(2)]
 
 
-def server_latency(port: int, count: int) -> float:
+def server_latency(port: int, count: int, model: str = "resnet20") -> float:
     body, headers = request_body(True)
     conn = http.client.HTTPConnection("127.0.0.1", port)
     times = []
     for _ in range(count):
         t = time.perf_counter()
-        conn.request("POST", "/v2/models/resnet20/infer", body=body, headers=headers)
+        conn.request("POST", f"/v2/models/{model}/infer", body=body, headers=headers)
         conn.getresponse().read()
         times.append(time.perf_counter() - t)
     conn.close()
@@ -228,6 +293,7 @@ def main() -> int:
         default="python",
         help="who sends the 16-client load: Python threads (default) or wrk",
     )
+    p.add_argument("--int8", action="store_true", help="also serve the int8 variant and compare it with fp32")
     args = p.parse_args()
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -235,6 +301,8 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory() as tmp:
         path = build_repository(Path(tmp))
+        if args.int8:
+            int8_path, results["int8_gate"] = build_int8(Path(tmp), path)
         batches = {b: ort_throughput(path, b, args.seconds / 2) for b in (1, 4, 8, 16, 32, 64)}
         results["ort_samples_per_s"] = {str(b): round(v) for b, v in batches.items()}
         best = max(batches.values())
@@ -275,6 +343,10 @@ def main() -> int:
                 ]
                 results["latency_rounds_ms_direct_vs_wrk"] = [[round(d * 1e3, 3), round(w * 1e3, 3)] for d, w in rounds]
                 results["latency_overhead_ms_wrk"] = statistics.median((w - d) * 1e3 for d, w in rounds)
+            if args.int8:
+                load(port, True, 16, 2, model=INT8_MODEL)  # warm-up
+                paths = {"resnet20": path, INT8_MODEL: int8_path}
+                results["int8"] = compare_int8(port, paths, args.seconds, args.loadgen == "wrk", Path(tmp))
             if args.soak:
                 first, last, rate = soak(port, server.pid, args.soak)
                 results["soak"] = {
