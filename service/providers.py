@@ -65,7 +65,8 @@ def cuda_options(settings: Any) -> CudaOptions:
     return CudaOptions(**given, explicit=tuple(sorted(given)))
 
 
-def _probe_cuda(model_path: Path) -> bool:
+def cuda_usable(model_path: Path) -> bool:
+    """Whether ONNX Runtime really runs ``model_path`` on CUDA here (not just lists the provider)."""
     import onnxruntime as ort
 
     if CUDA not in ort.get_available_providers():
@@ -110,7 +111,7 @@ def resolve_providers(setting: str, model_path: Path, cuda: CudaOptions | None =
             raise ProviderError(f"CUDA options {', '.join(cuda.explicit)} set together with BNFOLD_PROVIDERS=cpu")
         chosen = [CPU]
         logger.info("execution provider: CPU (configured)")
-    elif _probe_cuda(model_path):
+    elif cuda_usable(model_path):
         chosen = [(CUDA, (cuda or CudaOptions()).to_ort()), CPU]
         logger.info("execution provider: CUDA (GPU found and usable), options %s", chosen[0][1])
     else:
