@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import onnx
 import orjson
-from serve_bench import build_repository, free_port, load
+from serve_bench import build_repository, free_port, load, wait_ready
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
 FIRST_REQUEST_BATCHES = (1, 3, 5, 8, 12, 16, 24, 32, 48, 64)
@@ -98,18 +98,7 @@ class Server:
         cmd = [sys.executable, "-m", "service", "--repository", str(repo), "--port", str(self.port)]
         full_env = {**os.environ, "BNFOLD_PROVIDERS": "cuda", "BNFOLD_LOG_LEVEL": "warning", **env}
         self.proc = subprocess.Popen(cmd, env=full_env)
-        for _ in range(1200):
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the server exited with {self.proc.returncode}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-                conn.request("GET", "/v2/health/ready")
-                if conn.getresponse().status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise SystemExit("the server did not become ready in 120 s")
+        wait_ready(self.port, self.proc)
 
     def stop(self) -> None:
         self.proc.terminate()

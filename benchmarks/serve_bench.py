@@ -276,6 +276,23 @@ def soak(port: int, pid: int, seconds: float) -> tuple[float, float, float]:
     return statistics.mean(first), statistics.mean(last), rate
 
 
+def wait_ready(port: int, server: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    """Poll the server's readiness route until it answers 200; stop if the server exits or time runs out."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited with {server.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/v2/health/ready")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"the server was not ready after {timeout:.0f} s")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -312,15 +329,7 @@ def main() -> int:
             [sys.executable, "-m", "service", "--repository", tmp, "--port", str(port), "--log-level", "warning"]
         )
         try:
-            for _ in range(200):
-                try:
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-                    conn.request("GET", "/v2/health/ready")
-                    if conn.getresponse().status == 200:
-                        break
-                except OSError:
-                    pass
-                time.sleep(0.1)
+            wait_ready(port, server)
             load(port, True, 16, 2)  # warm-up
             if args.loadgen == "wrk":
                 binary, err_b = load_wrk(port, True, 16, args.seconds, Path(tmp))
