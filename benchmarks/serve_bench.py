@@ -92,12 +92,15 @@ def build_int8(root: Path, fp32_path: Path) -> tuple[Path, str]:
     return root / INT8_MODEL / "1" / "model.onnx", report.gate_line()
 
 
-def compare_int8(port: int, paths: dict[str, Path], seconds: float, wrk: bool, workdir: Path) -> dict[str, Any]:
-    """fp32 vs int8 in one run: two rounds, each measuring every figure for fp32 then int8 back to back, so
-    machine drift hits both alike. In-process ORT at batch 1/16/64, served binary v2 under 16 clients, and
-    single-client median latency (wrk's one connection, or http.client)."""
+def compare_int8(
+    port: int, paths: dict[str, Path], seconds: float, wrk: bool, workdir: Path, rounds: int = 3
+) -> dict[str, Any]:
+    """fp32 vs int8 in one run: ``rounds`` rounds, each measuring every figure for fp32 then int8 back to back,
+    so machine drift hits both alike; the ratios are per round, and their median. In-process ORT at batch
+    1/16/64, served binary v2 under 16 clients, and single-client median latency (wrk's one connection, or
+    http.client)."""
     figures: dict[str, dict[str, list[float]]] = {name: {} for name in paths}
-    for _ in range(2):
+    for _ in range(rounds):
         for name, path in paths.items():
             row = figures[name]
             for b in (1, 16, 64):
@@ -114,10 +117,10 @@ def compare_int8(port: int, paths: dict[str, Path], seconds: float, wrk: bool, w
             row.setdefault("served_latency_ms", []).append(latency * 1e3)
     out: dict[str, Any] = {n: {k: [round(v, 3) for v in vs] for k, vs in row.items()} for n, row in figures.items()}
     fp32, int8 = (figures[n] for n in paths)
-    out["int8_vs_fp32"] = {
-        key: [round(b / a, 2) for a, b in zip(fp32[key], int8[key], strict=True)]
-        for key in ("served_binary", "ort_batch1", "ort_batch16", "ort_batch64", "served_latency_ms", "ort_latency_ms")
-    }
+    keys = ("served_binary", "ort_batch1", "ort_batch16", "ort_batch64", "served_latency_ms", "ort_latency_ms")
+    ratios = {key: [round(b / a, 2) for a, b in zip(fp32[key], int8[key], strict=True)] for key in keys}
+    out["int8_vs_fp32"] = ratios
+    out["int8_vs_fp32_median"] = {key: statistics.median(r) for key, r in ratios.items()}
     return out
 
 

@@ -265,11 +265,19 @@ def quantize_int8(
         public_mode(tmp)
         _quantize(src, tmp, x_cal, input_name, method.lower())
         checks, agreement, acc_fp32, acc_int8 = _verify(src, tmp, (input_name, output_name), vx, validation_y, gate)
-        layers = layer_errors(src, tmp, x_cal[:SENSITIVITY_SAMPLES], input_name)
         report = Int8Report(
-            out_path, method.lower(), len(x_cal), gate, agreement, len(vx), acc_fp32, acc_int8, checks, layers,
-            count_ops(onnx.load(str(tmp))),
-        )  # fmt: skip
+            path=out_path,
+            method=method.lower(),
+            calibration_samples=len(x_cal),
+            gate=gate,
+            agreement=agreement,
+            validation_samples=len(vx),
+            accuracy_fp32=acc_fp32,
+            accuracy_int8=acc_int8,
+            checks=checks,
+            layers=layer_errors(src, tmp, x_cal[:SENSITIVITY_SAMPLES], input_name),
+            nodes=count_ops(onnx.load(str(tmp))),
+        )
         if not report.passed:
             failed = "; ".join(c.line() for c in checks if not c.passed)
             raise VerificationError(f"int8 variant refused, nothing written. {report.gate_line()}. Failed: {failed}")
