@@ -8,8 +8,12 @@ Measures, for a ResNet-20 (3x32x32, BN folded) exported by bnfold:
      Python http.client and (with --loadgen wrk) from one wrk connection, interleaved with direct runs;
   4. server memory (RSS) over a sustained run: mean of the first minute vs the last minute.
 
+With --int8 it also serves the model's int8 variant (issue 12) and measures fp32 against int8 in two
+interleaved rounds: in-process ONNX Runtime at batch 1/16/64, served binary v2 under 16 clients and
+single-client latency.
+
 The load generator runs on the same machine (threads with keep-alive http.client connections), as in the
-targets of issue 4. Usage:  .venv/bin/python benchmarks/serve_bench.py [--seconds 10] [--soak 130]
+targets of issue 4. Usage:  .venv/bin/python benchmarks/serve_bench.py [--seconds 10] [--soak 130] [--int8]
 Figures are printed as a table and written as JSON (--json PATH).
 """
 
@@ -62,6 +66,66 @@ def build_repository(root: Path) -> Path:
     return root / "resnet20" / "1" / "model.onnx"
 
 
+INT8_MODEL = "resnet20-int8"
+
+
+def build_int8(root: Path, fp32_path: Path) -> tuple[Path, str]:
+    """The ResNet-20's int8 variant (bnfold's ``quantize_int8``, its gate included) as model resnet20-int8.
+
+    The benchmark's weights are random, so there is no real data: it is calibrated on 256 random inputs and
+    verified (top-1 agreement with fp32, no labels) on 512 others. Returns the path and the gate's line.
+    """
+    from export.int8 import quantize_int8
+    from export.repository import TensorSpec, new_version, render_config, write_model_files
+
+    rng = np.random.default_rng(3)
+    calibration = rng.standard_normal((256, 3, 32, 32), dtype=np.float32)
+    validation = rng.standard_normal((512, 3, 32, 32), dtype=np.float32)
+    with new_version(root, INT8_MODEL) as (staging, _):
+        report = quantize_int8(fp32_path, staging / "model.onnx", calibration, "minmax", validation, None)
+    config = render_config(
+        INT8_MODEL,
+        [TensorSpec("input", "float32", (3, 32, 32))],
+        [TensorSpec("logits", "float32", (10,))],
+        max_batch_size=64,
+        max_queue_delay_us=500,
+    )
+    write_model_files(root / INT8_MODEL, config, [str(i) for i in range(10)])
+    return root / INT8_MODEL / "1" / "model.onnx", report.gate_line()
+
+
+def compare_int8(
+    port: int, paths: dict[str, Path], seconds: float, wrk: bool, workdir: Path, rounds: int = 3
+) -> dict[str, Any]:
+    """fp32 vs int8 in one run: ``rounds`` rounds, each measuring every figure for fp32 then int8 back to back,
+    so machine drift hits both alike; the ratios are per round, and their median. In-process ORT at batch
+    1/16/64, served binary v2 under 16 clients, and single-client median latency (wrk's one connection, or
+    http.client)."""
+    figures: dict[str, dict[str, list[float]]] = {name: {} for name in paths}
+    for _ in range(rounds):
+        for name, path in paths.items():
+            row = figures[name]
+            for b in (1, 16, 64):
+                row.setdefault(f"ort_batch{b}", []).append(ort_throughput(path, b, seconds / 2))
+            row.setdefault("ort_latency_ms", []).append(ort_latency(path, 1000) * 1e3)
+            if wrk:
+                rate, errors = load_wrk(port, True, 16, seconds, workdir, model=name)
+                latency = server_latency_wrk(port, max(seconds / 3, 2), workdir, model=name)
+            else:
+                rate, errors = load(port, True, 16, seconds, model=name)
+                latency = server_latency(port, 1000, model=name)
+            row.setdefault("served_binary", []).append(rate)
+            row.setdefault("errors", []).append(errors)
+            row.setdefault("served_latency_ms", []).append(latency * 1e3)
+    out: dict[str, Any] = {n: {k: [round(v, 3) for v in vs] for k, vs in row.items()} for n, row in figures.items()}
+    fp32, int8 = (figures[n] for n in paths)
+    keys = ("served_binary", "ort_batch1", "ort_batch16", "ort_batch64", "served_latency_ms", "ort_latency_ms")
+    ratios = {key: [round(b / a, 2) for a, b in zip(fp32[key], int8[key], strict=True)] for key in keys}
+    out["int8_vs_fp32"] = ratios
+    out["int8_vs_fp32_median"] = {key: statistics.median(r) for key, r in ratios.items()}
+    return out
+
+
 def ort_throughput(path: Path, batch: int, seconds: float) -> float:
     import onnxruntime as ort
 
@@ -111,7 +175,7 @@ def run_threads(target: Callable[[int], None], clients: int) -> float:
     return time.perf_counter() - start
 
 
-def load(port: int, binary: bool, clients: int, seconds: float) -> tuple[float, int]:
+def load(port: int, binary: bool, clients: int, seconds: float, model: str = "resnet20") -> tuple[float, int]:
     """Samples/s over ``seconds`` with ``clients`` keep-alive connections; returns (rate, errors)."""
     body, headers = request_body(binary)
     counts = [0] * clients
@@ -121,7 +185,7 @@ def load(port: int, binary: bool, clients: int, seconds: float) -> tuple[float, 
     def client(i: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port)
         while time.perf_counter() < stop:
-            conn.request("POST", "/v2/models/resnet20/infer", body=body, headers=headers)
+            conn.request("POST", f"/v2/models/{model}/infer", body=body, headers=headers)
             resp = conn.getresponse()
             resp.read()
             if resp.status == 200:
@@ -159,7 +223,9 @@ def load_grpc(port: int, clients: int, seconds: float) -> tuple[float, int]:
     return sum(counts) / elapsed, sum(errors)
 
 
-def run_wrk(port: int, binary: bool, clients: int, seconds: float, workdir: Path, *flags: str) -> str:
+def run_wrk(
+    port: int, binary: bool, clients: int, seconds: float, workdir: Path, *flags: str, model: str = "resnet20"
+) -> str:
     """wrk's report for ``clients`` keep-alive connections (one thread) sending one request body."""
     import shutil
 
@@ -174,40 +240,42 @@ def run_wrk(port: int, binary: bool, clients: int, seconds: float, workdir: Path
         "f:close()",
     ] + [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
     (workdir / "post.lua").write_text("\n".join(lines) + "\n")
-    url = f"http://127.0.0.1:{port}/v2/models/resnet20/infer"
+    url = f"http://127.0.0.1:{port}/v2/models/{model}/infer"
     command = ["wrk", "-t1", f"-c{clients}", f"-d{int(seconds)}s", *flags, "-s", str(workdir / "post.lua"), url]
     return subprocess.run(command, capture_output=True, text=True).stdout
 
 
-def load_wrk(port: int, binary: bool, clients: int, seconds: float, workdir: Path) -> tuple[float, int]:
+def load_wrk(
+    port: int, binary: bool, clients: int, seconds: float, workdir: Path, model: str = "resnet20"
+) -> tuple[float, int]:
     """The same load from wrk (C, one thread), which leaves more of the 2 cores to the server."""
     import re
 
-    out = run_wrk(port, binary, clients, seconds, workdir)
+    out = run_wrk(port, binary, clients, seconds, workdir, model=model)
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return rate, int(errors.group(1)) if errors else 0
 
 
-def server_latency_wrk(port: int, seconds: float, workdir: Path) -> float:
+def server_latency_wrk(port: int, seconds: float, workdir: Path, model: str = "resnet20") -> float:
     """Median latency (s) of one wrk connection sending binary requests back to back: the server's own
     latency, without a Python HTTP client's parsing in the figure."""
     import re
 
-    out = run_wrk(port, True, 1, seconds, workdir, "--latency")
+    out = run_wrk(port, True, 1, seconds, workdir, "--latency", model=model)
     m = re.search(r"50%\s+([\d.]+)(us|ms|s)\b", out)
     if m is None:
         raise SystemExit(f"cannot read wrk's median latency from:\n{out}")
     return float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[m.group(2)]
 
 
-def server_latency(port: int, count: int) -> float:
+def server_latency(port: int, count: int, model: str = "resnet20") -> float:
     body, headers = request_body(True)
     conn = http.client.HTTPConnection("127.0.0.1", port)
     times = []
     for _ in range(count):
         t = time.perf_counter()
-        conn.request("POST", "/v2/models/resnet20/infer", body=body, headers=headers)
+        conn.request("POST", f"/v2/models/{model}/infer", body=body, headers=headers)
         conn.getresponse().read()
         times.append(time.perf_counter() - t)
     conn.close()
@@ -244,6 +312,23 @@ def soak(port: int, pid: int, seconds: float) -> tuple[float, float, float]:
     return statistics.mean(first), statistics.mean(last), rate
 
 
+def wait_ready(port: int, server: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    """Poll the server's readiness route until it answers 200; stop if the server exits or time runs out."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited with {server.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/v2/health/ready")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"the server was not ready after {timeout:.0f} s")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -261,6 +346,7 @@ def main() -> int:
         default="python",
         help="who sends the 16-client load: Python threads (default) or wrk",
     )
+    p.add_argument("--int8", action="store_true", help="also serve the int8 variant and compare it with fp32")
     args = p.parse_args()
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -268,6 +354,8 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory() as tmp:
         path = build_repository(Path(tmp))
+        if args.int8:
+            int8_path, results["int8_gate"] = build_int8(Path(tmp), path)
         batches = {b: ort_throughput(path, b, args.seconds / 2) for b in (1, 4, 8, 16, 32, 64)}
         results["ort_samples_per_s"] = {str(b): round(v) for b, v in batches.items()}
         best = max(batches.values())
@@ -278,15 +366,7 @@ def main() -> int:
             env={**os.environ, "BNFOLD_GRPC_PORT": str(grpc_port)},
         )
         try:
-            for _ in range(200):
-                try:
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-                    conn.request("GET", "/v2/health/ready")
-                    if conn.getresponse().status == 200:
-                        break
-                except OSError:
-                    pass
-                time.sleep(0.1)
+            wait_ready(port, server)
             load(port, True, 16, 2)  # warm-up
             if args.loadgen == "wrk":
                 binary, err_b = load_wrk(port, True, 16, args.seconds, Path(tmp))
@@ -317,6 +397,10 @@ def main() -> int:
                 ]
                 results["latency_rounds_ms_direct_vs_wrk"] = [[round(d * 1e3, 3), round(w * 1e3, 3)] for d, w in rounds]
                 results["latency_overhead_ms_wrk"] = statistics.median((w - d) * 1e3 for d, w in rounds)
+            if args.int8:
+                load(port, True, 16, 2, model=INT8_MODEL)  # warm-up
+                paths = {"resnet20": path, INT8_MODEL: int8_path}
+                results["int8"] = compare_int8(port, paths, args.seconds, args.loadgen == "wrk", Path(tmp))
             if args.soak:
                 first, last, rate = soak(port, server.pid, args.soak)
                 results["soak"] = {

@@ -15,6 +15,7 @@ from service.batching import Batcher
 from service.errors import ApiError, not_found, unavailable
 from service.metrics import Metrics
 from service.model import ModelLoadError, ModelVersion, load_version
+from service.providers import cuda_options
 from service.repository import model_names, versions
 from service.settings import Settings
 
@@ -80,7 +81,16 @@ class ModelManager:
             raise ModelLoadError(f"{model_dir} has no version folder with a model.onnx")
         delay = None if s.max_queue_delay_ms is None else round(s.max_queue_delay_ms * 1000)
         return [
-            load_version(model_dir, v, s.providers, s.intra_op_threads, s.max_batch_size, delay)
+            load_version(
+                model_dir,
+                v,
+                s.providers,
+                s.intra_op_threads,
+                s.max_batch_size,
+                delay,
+                cuda=cuda_options(s),
+                batch_buckets=s.batch_buckets,
+            )
             for v in found[-s.model_versions :]
         ]
 
@@ -107,6 +117,7 @@ class ModelManager:
             }
             for served in new.values():
                 served.batcher.start()
+                self.metrics.model_info.labels(*served.model.info_labels()).set(1)
             old = self.models.get(name, {})
             self.models[name] = new
             self.index[name] = IndexEntry(name, "READY", "", sorted(new))

@@ -53,6 +53,12 @@ class Metrics:
             "bnfold_batch_size", "Samples per executed batch", per_version, buckets=BATCH_BUCKETS, registry=r
         )
         self.queue_depth = Gauge("bnfold_queue_depth", "Requests waiting", per_version, registry=r)
+        self.model_info = Gauge(
+            "bnfold_model_info",
+            "1 per loaded version: the execution provider and the options ONNX Runtime reports in force",
+            [*per_version, "provider", "provider_options", "batch_buckets", "precision"],
+            registry=r,
+        )
 
         self._versions: dict[tuple[str, str], VersionMetrics] = {}
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from service.providers import resolve_providers, session_options
+from service.buckets import resolve_buckets, run_padded
+from service.providers import CUDA, CudaOptions, options_in_force, resolve_providers, session_options
 from service.repository import read_config, read_labels
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class ModelVersion:
     platform: str
     provider: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    provider_options: dict[str, str] = field(default_factory=dict)  # as ONNX Runtime reports them in force
+    buckets: tuple[int, ...] = ()  # batch sizes each batch is padded up to (empty: no padding)
 
     @property
     def normalization(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -59,16 +62,32 @@ class ModelVersion:
             return None
         return np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
 
+    def execution(self) -> dict[str, Any]:
+        """The provider, the options ONNX Runtime reports in force, and the batch buckets (model metadata)."""
+        return {"provider": self.provider, "provider_options": self.provider_options, "batch_buckets": self.buckets}
+
+    def info_labels(self) -> tuple[str, ...]:
+        """Label values of ``bnfold_model_info``: model, version, provider, options (JSON), buckets, precision."""
+        options = json.dumps(self.provider_options, sort_keys=True)
+        buckets = ",".join(map(str, self.buckets)) or "off"
+        precision = str(self.metadata.get("bnfold.precision", "float32"))
+        return self.name, str(self.version), self.provider, options, buckets, precision
+
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Logits for ``batch`` (N, *sample_shape)."""
+        """Logits for ``batch`` (N, *sample_shape), padded up to its bucket when buckets are on."""
+        if self.buckets:
+            return run_padded(self._run, batch, self.buckets)
+        return self._run(batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         out: np.ndarray = self.session.run([self.output_name], {self.input_name: batch})[0]
         return out
 
     def warm_up(self) -> None:
-        """Run batch 1 and the largest batch once, so the first real request pays no set-up cost."""
+        """Run every bucket (without buckets: batch 1 and the largest) once, so no request pays a set-up cost."""
         dtype = np.float16 if self.input_datatype == "FP16" else np.float32
-        for n in sorted({1, self.max_batch_size}):
-            self.run(np.zeros((n, *self.sample_shape), dtype))
+        for n in self.buckets or sorted({1, self.max_batch_size}):
+            self._run(np.zeros((n, *self.sample_shape), dtype))
 
 
 def _static_dims(dims: list[Any], what: str, path: Path) -> tuple[int, ...]:
@@ -84,8 +103,14 @@ def load_version(
     intra_op_threads: int,
     max_batch_size: int | None = None,
     max_queue_delay_us: int | None = None,
+    *,
+    cuda: CudaOptions | None = None,
+    batch_buckets: str = "off",
 ) -> ModelVersion:
-    """Open ``<model_dir>/<version>/model.onnx`` as a session, read its metadata and warm it up."""
+    """Open ``<model_dir>/<version>/model.onnx`` as a session, read its metadata and warm it up.
+
+    ``cuda``: the CUDA provider's options when it is chosen; ``batch_buckets``: see :mod:`service.buckets`.
+    """
     import onnxruntime as ort
 
     path = model_dir / str(version) / "model.onnx"
@@ -96,7 +121,7 @@ def load_version(
         raise ModelLoadError(
             f"{model_dir}/config.pbtxt: platform {config.platform!r}; this server runs onnxruntime_onnx"
         )
-    providers = resolve_providers(providers_setting, path)
+    providers = resolve_providers(providers_setting, path, cuda)
     try:
         session = ort.InferenceSession(str(path), session_options(intra_op_threads), providers=providers)
     except Exception as exc:  # ONNX Runtime raises its own exception types for every kind of bad file
@@ -132,10 +157,19 @@ def load_version(
         platform=config.platform,
         provider=session.get_providers()[0],
         metadata=metadata,
+        provider_options=options_in_force(session),
     )
+    model.buckets = resolve_buckets(batch_buckets, model.provider == CUDA, model.max_batch_size)
     try:
         model.warm_up()
     except Exception as exc:  # a model that cannot run its own warm-up batch must not serve
         raise ModelLoadError(f"{path}: warm-up run failed: {str(exc).strip().splitlines()[0]}") from exc
-    logger.info("loaded %s version %d (%s, max batch %d)", model.name, version, model.provider, model.max_batch_size)
+    logger.info(
+        "loaded %s version %d (%s, max batch %d, buckets %s)",
+        model.name,
+        version,
+        model.provider,
+        model.max_batch_size,
+        list(model.buckets) or "off",
+    )
     return model

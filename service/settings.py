@@ -10,8 +10,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.buckets import parse_buckets, resolve_buckets
 
 
 class Settings(BaseSettings):
@@ -27,6 +29,12 @@ class Settings(BaseSettings):
         "auto", description="auto: CUDA when it is actually usable, else CPU"
     )
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: its default)")
+    # CUDA provider options (None: bnfold's default, see service.providers.CudaOptions); refused without CUDA
+    cuda_device_id: int | None = Field(None, ge=0, description="GPU to run on")
+    cuda_cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] | None = None
+    cuda_arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] | None = None
+    cuda_gpu_mem_limit: int | None = Field(None, ge=1, description="bytes of GPU memory the arena may take")
+    batch_buckets: str = Field("auto", description="auto (powers of two on CUDA, off on CPU), off, or 1,2,4,...")
     model_versions: int = Field(1, ge=1, description="newest versions of each model to load")
     max_batch_size: int | None = Field(None, ge=1, description="override config.pbtxt max_batch_size")
     max_queue_delay_ms: float | None = Field(None, ge=0, description="override the dynamic batching delay")
@@ -39,6 +47,22 @@ class Settings(BaseSettings):
     drain_delay_s: float = Field(1.0, ge=0, description="readiness off this long after SIGTERM before draining")
     graceful_timeout_s: float = Field(30.0, gt=0, description="time to finish in-flight requests on SIGTERM")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("batch_buckets")
+    @classmethod
+    def _buckets(cls, value: str) -> str:
+        parse_buckets(value)  # a BucketError (a ValueError) names the value and what was expected
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if isinstance(parse_buckets(self.batch_buckets), tuple) and self.max_batch_size is not None:
+            resolve_buckets(self.batch_buckets, True, self.max_batch_size)
+        cuda = [n for n in type(self).model_fields if n.startswith("cuda_") and getattr(self, n) is not None]
+        if cuda and self.providers == "cpu":
+            names = ", ".join(f"BNFOLD_{n.upper()}" for n in cuda)
+            raise ValueError(f"{names} set together with BNFOLD_PROVIDERS=cpu: unset them or use auto/cuda")
+        return self
 
     @field_validator("api_key")
     @classmethod

@@ -24,6 +24,7 @@ def metadata(served: Served, all_versions: list[int]) -> dict[str, Any]:
         "parameters": {
             "version": str(m.version),
             "execution_provider": m.provider,
+            "execution": m.execution(),
             "labels": m.labels,
             "input": m.metadata.get("bnfold.input"),
             "fold_summary": m.metadata.get("bnfold.fold_summary"),

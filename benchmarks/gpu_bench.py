@@ -1,0 +1,184 @@
+"""GPU benchmark: ONNX Runtime on CUDA, fp32 and fp16, in process and served, and the first request per batch size.
+
+Measures, for the serving benchmark's ResNet-20 (3x32x32, BN folded) in fp32 and its fp16 variant (float32 at
+the API), on the CUDA provider with bnfold's options:
+  1. in-process ONNX Runtime throughput at batch 1, 2, 4, ..., 64 (samples/s);
+  2. bnfold-serve on CUDA under 16 concurrent clients, one sample per binary v2 request (samples/s);
+  3. the latency of the first and the second request at each batch size, on a fresh server with batch buckets
+     off and on (BNFOLD_BATCH_BUCKETS=off / auto): without buckets cuDNN's algorithm search runs on the first
+     request of every new batch shape; with them every shape was warmed before readiness.
+
+On a machine where CUDA is not usable (no GPU, or CUDA/cuDNN libraries missing) it says so and exits 0.
+Usage:  .venv/bin/python benchmarks/gpu_bench.py [--seconds 5] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import orjson
+from serve_bench import build_repository, free_port, load, wait_ready
+
+BATCHES = (1, 2, 4, 8, 16, 32, 64)
+FIRST_REQUEST_BATCHES = (1, 3, 5, 8, 12, 16, 24, 32, 48, 64)
+SAMPLE = (3, 32, 32)
+
+
+def cuda_usable(path: Path | None = None) -> bool:
+    """Whether ONNX Runtime really runs on CUDA here; probed on ``path`` or on a one-node graph."""
+    from service.providers import cuda_usable as probe
+
+    if path is not None:
+        return probe(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+        y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+        graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+        onnx.save(onnx.helper.make_model(graph), str(Path(tmp) / "probe.onnx"))
+        return probe(Path(tmp) / "probe.onnx")
+
+
+def ort_throughput(
+    path: Path, sample: tuple[int, ...], batches: tuple[int, ...] = BATCHES, seconds: float = 5.0
+) -> dict[int, float]:
+    """Samples/s of an in-process CUDA session (bnfold's default CUDA options) at each batch size."""
+    import onnxruntime as ort
+
+    from service.providers import CPU, CUDA, CudaOptions, session_options
+
+    session = ort.InferenceSession(str(path), session_options(0), providers=[(CUDA, CudaOptions().to_ort()), CPU])
+    rates = {}
+    for batch in batches:
+        x = np.random.default_rng(0).standard_normal((batch, *sample)).astype(np.float32)
+        for _ in range(5):
+            session.run(None, {"input": x})
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            session.run(None, {"input": x})
+            n += batch
+        rates[batch] = n / (time.perf_counter() - start)
+    return rates
+
+
+def build_fp16(root: Path) -> Path:
+    """The ResNet-20's fp16 variant (float32 input and output) as model resnet20-fp16."""
+    import torch
+
+    from export.onnx_export import export_onnx
+    from export.repository import TensorSpec, new_version, render_config, write_model_files
+    from training.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet", depth=20, width=16, in_channels=3, num_classes=10).eval()
+    with new_version(root, "resnet20-fp16") as (staging, _):
+        export_onnx(model, (torch.randn(2, *SAMPLE),), staging / "model.onnx", random_samples=4, fp16=True)
+    config = render_config(
+        "resnet20-fp16", [TensorSpec("input", "float32", SAMPLE)], [TensorSpec("logits", "float32", (10,))], 64, 500
+    )
+    write_model_files(root / "resnet20-fp16", config, [str(i) for i in range(10)])
+    return root / "resnet20-fp16" / "1" / "model.onnx"
+
+
+class Server:
+    """``python -m service`` on CUDA on a free port, with extra environment; waited for until ready."""
+
+    def __init__(self, repo: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "service", "--repository", str(repo), "--port", str(self.port)]
+        full_env = {**os.environ, "BNFOLD_PROVIDERS": "cuda", "BNFOLD_LOG_LEVEL": "warning", **env}
+        self.proc = subprocess.Popen(cmd, env=full_env)
+        wait_ready(self.port, self.proc)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def timed_request(port: int, model: str, rows: int) -> float:
+    """Seconds for one binary v2 request of ``rows`` samples."""
+    x = np.random.default_rng(rows).standard_normal((rows, *SAMPLE)).astype(np.float32)
+    tensor = {
+        "name": "input",
+        "shape": [rows, *SAMPLE],
+        "datatype": "FP32",
+        "parameters": {"binary_data_size": x.nbytes},
+    }
+    header = orjson.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    start = time.perf_counter()
+    conn.request(
+        "POST",
+        f"/v2/models/{model}/infer",
+        body=header + x.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    response = conn.getresponse()
+    response.read()
+    elapsed = time.perf_counter() - start
+    if response.status != 200:
+        raise SystemExit(f"request of {rows} rows answered {response.status}")
+    return elapsed
+
+
+def first_requests(repo: Path, buckets: str) -> dict[str, list[float]]:
+    """On a fresh server: first and second request latency (ms) at each batch size of resnet20."""
+    server = Server(repo, {"BNFOLD_BATCH_BUCKETS": buckets})
+    try:
+        return {
+            str(n): [round(timed_request(server.port, "resnet20", n) * 1e3, 2) for _ in range(2)]
+            for n in FIRST_REQUEST_BATCHES
+        }
+    finally:
+        server.stop()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput phase")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    args = p.parse_args()
+    if not cuda_usable():
+        print("CUDA is not usable on this machine (no GPU, or CUDA/cuDNN libraries missing): nothing to measure")
+        return 0
+    import onnxruntime as ort
+
+    results: dict[str, Any] = {"onnxruntime": ort.__version__}
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp)
+        paths = {"fp32": build_repository(repo), "fp16": build_fp16(repo)}
+        results["ort_cuda_samples_per_s"] = {
+            name: {str(b): round(r) for b, r in ort_throughput(path, SAMPLE, seconds=args.seconds / 2).items()}
+            for name, path in paths.items()
+        }
+        server = Server(repo, {})
+        try:
+            load(server.port, True, 16, 2)  # warm-up
+            results["served_binary_16_clients"] = {
+                name: round(load(server.port, True, 16, args.seconds, model=model)[0])
+                for name, model in (("fp32", "resnet20"), ("fp16", "resnet20-fp16"))
+            }
+        finally:
+            server.stop()
+        results["first_and_second_request_ms"] = {
+            "buckets off": first_requests(repo, "off"),
+            "buckets auto": first_requests(repo, "auto"),
+        }
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
