@@ -69,7 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--name", help="model name in the repository (default from the source)")
     r.add_argument("--max-batch-size", type=int, default=64, help="config.pbtxt max_batch_size (default 64)")
     r.add_argument("--max-queue-delay-us", type=int, default=500, help="dynamic batching delay (default 500)")
-    r.add_argument("--fp16", action="store_true", help="export the half-precision variant as <name>-fp16")
+    variant = r.add_mutually_exclusive_group()
+    variant.add_argument("--fp16", action="store_true", help="export the half-precision variant as <name>-fp16")
+    variant.add_argument("--int8", action="store_true", help="export the int8 variant as <name>-int8 (QDQ, gated)")
+    r.add_argument(
+        "--calibration-method",
+        choices=("minmax", "entropy", "percentile"),
+        default="minmax",
+        help="int8 calibration (default minmax)",
+    )
     r.add_argument("--data-dir", type=Path, help="where the checkpoint's dataset lives now, if it moved")
     p.add_argument("--json", action="store_true", help="print the export report as JSON instead of tables")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -122,9 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             _job(args, parser),
             args.repository,
             args.name,
-            precision="float16" if args.fp16 else "float32",
+            precision="float16" if args.fp16 else "int8" if args.int8 else "float32",
             max_batch_size=args.max_batch_size,
             max_queue_delay_us=args.max_queue_delay_us,
+            calibration_method=args.calibration_method,
         )
     except BnfoldError as exc:
         message = " ".join(str(exc).split())  # always one line
@@ -139,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"verification ({report.precision}; {report.tolerance.to_dict()['rule']}):")
         print(report.verification_table())
         print()
+        if written.int8 is not None:
+            print(written.int8.gate_line())
+            print()
     nodes, bn = sum(report.nodes.values()), report.nodes.get("BatchNormalization", 0)
     print(
         f"wrote {written.path / 'model.onnx'} (version {written.version}, {nodes} ONNX nodes, {bn} BatchNormalization)"

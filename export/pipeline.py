@@ -19,6 +19,7 @@ import onnx
 import torch
 
 from export.errors import ExportError
+from export.int8 import Int8Report, quantize_int8
 from export.job import ExportJob, variant_name
 from export.onnx_export import export_onnx
 from export.report import ExportReport
@@ -31,11 +32,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class VersionWritten:
-    """Where the new version went and the report that proved it."""
+    """Where the new version went and the report that proved it (``int8``: the quantized variant's own)."""
 
     model_dir: Path
     version: int
     report: ExportReport
+    int8: Int8Report | None = None
 
     @property
     def path(self) -> Path:
@@ -61,6 +63,25 @@ def _metadata(job: ExportJob, name: str, version: int, precision: str) -> dict[s
         "bnfold.versions": library_versions(),
         "bnfold.precision": precision,
     }
+
+
+def _int8(job: ExportJob, path: Path, metadata: dict[str, Any], method: str) -> tuple[ExportReport, Int8Report]:
+    """The verified float32 graph first, then its int8 variant at ``path``, calibrated and gated."""
+    if job.calibration is None or len(job.calibration) == 0:
+        raise ExportError("--int8 needs calibration data: a checkpoint's training split, or --images DIR")
+    if job.validation_x is None:
+        raise ExportError("--int8 needs a validation split to gate the variant: a checkpoint, or labelled --images")
+    fp32_path = path.with_name(".float32.onnx")
+    try:
+        report = _emit(job, fp32_path, metadata, "float32")
+        int8 = quantize_int8(
+            fp32_path, path, job.calibration, method, job.validation_x, job.validation_y, job.input_name,
+            job.output_name,
+        )  # fmt: skip
+    finally:
+        fp32_path.unlink(missing_ok=True)
+    logger.info("%s", int8.gate_line())
+    return report, int8
 
 
 def _emit(job: ExportJob, path: Path, metadata: dict[str, Any], precision: str) -> ExportReport:
@@ -92,19 +113,26 @@ def export_job(
     precision: str = "float32",
     max_batch_size: int = 64,
     max_queue_delay_us: int = 500,
+    calibration_method: str = "minmax",
 ) -> VersionWritten:
     """Fold, export and verify ``job``, then add it as the next version of its model in ``repository``.
 
-    ``precision`` "float16" writes ``<name>-fp16``: a variant never becomes a version of ``<name>`` itself.
+    ``precision`` "float16" writes ``<name>-fp16`` and "int8" ``<name>-int8`` (statically quantized, calibrated
+    with ``calibration_method`` and gated): a variant never becomes a version of ``<name>`` itself.
     """
     name = check_model_name(variant_name(name or job.name, precision))
     config = _config(job, name, max_batch_size, max_queue_delay_us)
     with new_version(repository, name, config, job.labels) as (version_dir, version):
         metadata = _metadata(job, name, version, precision)
-        report = _emit(job, version_dir / "model.onnx", metadata, precision)
+        int8 = None
+        if precision == "int8":
+            report, int8 = _int8(job, version_dir / "model.onnx", metadata, calibration_method)
+        else:
+            report = _emit(job, version_dir / "model.onnx", metadata, precision)
         report.path = Path(name) / str(version) / "model.onnx"
         document = {
             **report.to_dict(),
+            **({"int8": int8.to_dict()} if int8 is not None else {}),
             "model": metadata["bnfold.model"],
             "labels": job.labels,
             "input": job.input_meta,
@@ -113,7 +141,7 @@ def export_job(
         }
         write_json_atomic(version_dir / "export_report.json", document)
     logger.info("wrote %s version %d", repository / name, version)
-    return VersionWritten(repository / name, version, report)
+    return VersionWritten(repository / name, version, report, int8)
 
 
 def export_checkpoint(
