@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.checkpoint import Checkpoint, save_checkpoint
+from training.checkpoint import Checkpoint, checkpoint_meta, save_checkpoint
 from training.config import TrainConfig
 from training.data import Dataset, load_dataset
 from training.data.batches import batches_per_epoch, epoch_permutation, iterate_batches
@@ -77,41 +77,6 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
     return torch.optim.AdamW(groups, lr=config.lr)
-
-
-def checkpoint_meta(
-    config: TrainConfig, data: Dataset, model_kwargs: dict[str, Any], step: int, epoch: int, **extra: Any
-) -> dict[str, Any]:
-    """The self-description written into ``checkpoint.json``: everything export and serve need."""
-    c, h, w = data.input_shape
-    return {
-        "model": {"name": config.model, "options": model_kwargs},
-        "labels": data.labels,
-        "input": {
-            "shape": [c, h, w],
-            "layout": "NCHW",
-            "dtype": "float32",
-            "normalization": {"mean": list(data.normalization.mean), "std": list(data.normalization.std)},
-            "value_range": [0.0, 1.0],
-        },
-        "dataset": {
-            "name": data.name,
-            "data_dir": str(config.data_dir) if config.data_dir else None,
-            "image_size": h,
-            "val_fraction": config.val_fraction,
-            "seed": config.seed,
-            "synthetic_samples": config.synthetic_samples,
-            "synthetic_classes": config.synthetic_classes,
-            "train_samples": int(data.train_x.shape[0]),
-            "val_samples": int(data.val_x.shape[0]),
-        },
-        "bn_statistics": {"mode": config.bn_stats, "momentum": config.bn_momentum, "recalibrated": False},
-        "seed": config.seed,
-        "step": step,
-        "epoch": epoch,
-        "config": config.model_dump(mode="json"),
-        **extra,
-    }
 
 
 def run_training(config: TrainConfig) -> RunResult:
