@@ -24,7 +24,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -33,6 +33,10 @@ from torch import nn
 
 from training.atomic import point_symlink, staging_dir, write_json_atomic
 from training.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
+    from training.data import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +99,41 @@ def library_versions() -> dict[str, str]:
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "python": platform.python_version(),
+    }
+
+
+def checkpoint_meta(
+    config: TrainConfig, data: Dataset, model_kwargs: dict[str, Any], step: int, epoch: int, **extra: Any
+) -> dict[str, Any]:
+    """The self-description written into ``checkpoint.json``: everything export and serve need."""
+    c, h, w = data.input_shape
+    return {
+        "model": {"name": config.model, "options": model_kwargs},
+        "labels": data.labels,
+        "input": {
+            "shape": [c, h, w],
+            "layout": "NCHW",
+            "dtype": "float32",
+            "normalization": {"mean": list(data.normalization.mean), "std": list(data.normalization.std)},
+            "value_range": [0.0, 1.0],
+        },
+        "dataset": {
+            "name": data.name,
+            "data_dir": str(config.data_dir) if config.data_dir else None,
+            "image_size": h,
+            "val_fraction": config.val_fraction,
+            "seed": config.seed,
+            "synthetic_samples": config.synthetic_samples,
+            "synthetic_classes": config.synthetic_classes,
+            "train_samples": int(data.train_x.shape[0]),
+            "val_samples": int(data.val_x.shape[0]),
+        },
+        "bn_statistics": {"mode": config.bn_stats, "momentum": config.bn_momentum, "recalibrated": False},
+        "seed": config.seed,
+        "step": step,
+        "epoch": epoch,
+        "config": config.model_dump(mode="json"),
+        **extra,
     }
 
 

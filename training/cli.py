@@ -49,7 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=None,
     )
     p.add_argument("--config", type=Path, help="TOML file with any of the options below (flags win)")
-    g = p.add_argument_group("model")
+    _model_flags(p.add_argument_group("model"), d)
+    _data_flags(p.add_argument_group("data"), d)
+    _optimisation_flags(p.add_argument_group("optimisation"), d)
+    _bn_flags(p.add_argument_group("BatchNorm population statistics"), d)
+    _output_flags(p.add_argument_group("output"), d)
+    p.set_defaults(batch_norm=None, recalibrate=None, plots=None)
+    return p
+
+
+def _model_flags(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
     g.add_argument("--model", choices=MODEL_NAMES, help=f"network to train (default {d.model})")
     g.add_argument(
         "--model-option",
@@ -60,12 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--no-batch-norm", dest="batch_norm", action="store_false", help="train without BN")
     g.add_argument("--activation", choices=["relu", "sigmoid"], help="nonlinearity (default: the model's)")
-    g = p.add_argument_group("data")
+
+
+def _data_flags(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
     g.add_argument("--dataset", choices=DATASET_NAMES, help=f"dataset (default {d.dataset})")
     g.add_argument("--data-dir", type=Path, help="folder for imagefolder (one folder per class) or mnist (IDX)")
     g.add_argument("--image-size", type=int, help="square input size (default: the dataset's)")
     g.add_argument("--val-fraction", type=float, help=f"validation share (default {d.val_fraction})")
-    g = p.add_argument_group("optimisation")
+
+
+def _optimisation_flags(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
     g.add_argument("--batch-size", type=int, help=f"mini-batch size m (default {d.batch_size})")
     g.add_argument("--epochs", type=int, help=f"epochs (default {d.epochs})")
     g.add_argument("--steps", type=int, help="optimisation steps (overrides --epochs)")
@@ -87,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="under torchrun: BatchNorm statistics over every process's batch (SyncBatchNorm)",
     )
     g.add_argument("--dist-timeout-s", type=float, help="bound on every collective under torchrun (default 120)")
-    g = p.add_argument_group("BatchNorm population statistics")
+
+
+def _bn_flags(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
     g.add_argument("--bn-stats", choices=["ema", "cumulative"], help="running-statistics rule (default ema)")
     g.add_argument("--bn-momentum", type=float, help=f"EMA momentum (default {d.bn_momentum}, torch's)")
     g.add_argument(
@@ -97,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the running averages instead of Algorithm 2's population statistics",
     )
     g.add_argument("--recalibrate-batches", type=int, help="mini-batches for Algorithm 2 (default: one epoch)")
-    g = p.add_argument_group("output")
+
+
+def _output_flags(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
     g.add_argument("--out", type=Path, help=f"run directory (default {d.out})")
     g.add_argument("--resume", type=Path, help="continue from a run directory or checkpoint")
     g.add_argument("--overwrite", action="store_true", default=None, help="replace a previous run in --out")
@@ -108,8 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: on a tty)")
     g.add_argument("--dry-run", action="store_true", default=None, help="one step and one eval batch; no files")
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.set_defaults(batch_norm=None, recalibrate=None, plots=None)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ so a run resumed from a checkpoint continues bit for bit as if it had never stop
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.checkpoint import Checkpoint, save_checkpoint
+from training.checkpoint import Checkpoint, checkpoint_meta, save_checkpoint
 from training.config import TrainConfig
 from training.data import Dataset, load_dataset
 from training.data.batches import batches_per_epoch, epoch_permutation, iterate_batches
@@ -30,7 +31,7 @@ from training.models import build_model
 from training.population import batchnorm_layers, recalibrate_bn, set_bn_stats_mode
 from training.progress import progress_bar
 from training.resume import restore_optimizer, restore_weights, resume_checkpoint
-from training.run_dir import claim_run_dir
+from training.run_dir import claim_run_dir, hold_run_dir
 from training.schedule import lr_at
 from training.sync_bn import convert_to_plain
 
@@ -79,41 +80,6 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def checkpoint_meta(
-    config: TrainConfig, data: Dataset, model_kwargs: dict[str, Any], step: int, epoch: int, **extra: Any
-) -> dict[str, Any]:
-    """The self-description written into ``checkpoint.json``: everything export and serve need."""
-    c, h, w = data.input_shape
-    return {
-        "model": {"name": config.model, "options": model_kwargs},
-        "labels": data.labels,
-        "input": {
-            "shape": [c, h, w],
-            "layout": "NCHW",
-            "dtype": "float32",
-            "normalization": {"mean": list(data.normalization.mean), "std": list(data.normalization.std)},
-            "value_range": [0.0, 1.0],
-        },
-        "dataset": {
-            "name": data.name,
-            "data_dir": str(config.data_dir) if config.data_dir else None,
-            "image_size": h,
-            "val_fraction": config.val_fraction,
-            "seed": config.seed,
-            "synthetic_samples": config.synthetic_samples,
-            "synthetic_classes": config.synthetic_classes,
-            "train_samples": int(data.train_x.shape[0]),
-            "val_samples": int(data.val_x.shape[0]),
-        },
-        "bn_statistics": {"mode": config.bn_stats, "momentum": config.bn_momentum, "recalibrated": False},
-        "seed": config.seed,
-        "step": step,
-        "epoch": epoch,
-        "config": config.model_dump(mode="json"),
-        **extra,
-    }
-
-
 def run_training(config: TrainConfig) -> RunResult:
     """Train ``config.model`` on ``config.dataset``; write metrics, checkpoints and plots to ``config.out``.
 
@@ -129,20 +95,21 @@ def run_training(config: TrainConfig) -> RunResult:
 
 
 def _run(config: TrainConfig, device: torch.device, ctx: DistContext | None) -> RunResult:
-    """The run's named steps: set up, build, plan, open the run folder, train, conclude."""
+    """The run's named steps: set up, build, plan, hold and open the run folder, train, conclude."""
     started = time.perf_counter()
     resume_from = resume_checkpoint(config)
     data = _set_up(config)
     built = _build(config, data, device, ctx, resume_from)
     plan = _plan(config, data.train_x.shape[0], ctx.world_size if ctx is not None else 1)
-    main = ctx is None or ctx.is_main
-    log = _open_run_dir(config, resuming=resume_from is not None) if main and not config.dry_run else None
-    run = _Run(config, data, built, device, ctx, plan, log, started, step=built.first_step)
-    run.last_checkpoint = resume_from.path if resume_from is not None else None
-    _log_start(run)
-    built.net.train()
-    _train(run)
-    return _conclude(run)
+    writes = (ctx is None or ctx.is_main) and not config.dry_run
+    with hold_run_dir(config.out) if writes else contextlib.nullcontext():
+        log = _open_run_dir(config, resuming=resume_from is not None) if writes else None
+        run = _Run(config, data, built, device, ctx, plan, log, started, step=built.first_step)
+        run.last_checkpoint = resume_from.path if resume_from is not None else None
+        _log_start(run)
+        built.net.train()
+        _train(run)
+        return _conclude(run)
 
 
 def _set_up(config: TrainConfig) -> Dataset:

@@ -1,16 +1,23 @@
 """The run folder a training run writes into: claimed at start, healed of what a killed run left behind.
 
 A run folder holds ``config.json``, ``metrics.jsonl``, ``checkpoints/`` and the plots. One run writes into
-it at a time (rank 0 under torchrun). A checkpoint is built in a hidden ``checkpoints/.step-*.partial``
+it at a time (rank 0 under torchrun): the run holds an exclusive ``flock`` on ``<run>/.lock`` while it
+writes, which the kernel releases when the process ends however it ends, and a second run is refused. A
+checkpoint is built in a hidden ``checkpoints/.step-*.partial``
 folder and renamed into place when complete (:func:`training.atomic.staging_dir`); the staging folder
 removes itself on any exception, so only a kill (SIGKILL, power loss) during a checkpoint write leaves one.
-The next run in the folder, new or resumed, deletes such leftovers before it writes anything.
+The next run in the folder, new or resumed, deletes such leftovers before it writes anything; holding the
+lock, it knows no live process is still writing them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from training.checkpoint import partial_checkpoints
@@ -18,11 +25,31 @@ from training.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def hold_run_dir(run_dir: Path) -> Iterator[None]:
+    """Create ``run_dir`` and hold it for this process (see the module docstring); refuse if another holds it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(
+            f"run directory {run_dir} is in use by another training process; wait for it to end or use another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        os.close(fd)
+
 
 def heal_run_dir(run_dir: Path) -> list[Path]:
     """Delete the partial checkpoints a killed run left in ``run_dir``; return what was removed.
 
-    Precondition: no other process is writing checkpoints into ``run_dir`` now (one run per folder).
+    Precondition: no other process is writing checkpoints into ``run_dir`` now (the caller holds it).
     """
     removed = partial_checkpoints(run_dir)
     for leftover in removed:

@@ -12,7 +12,9 @@ import pytest
 
 from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
+from training.errors import ConfigError
 from training.pipeline import run_training
+from training.run_dir import hold_run_dir
 
 SMALL = {"model_options": {"widths": [8, 16]}, "plots": False, "progress": False, "recalibrate": False}
 
@@ -66,6 +68,15 @@ def test_a_dry_run_leaves_a_leftover_alone(tmp_path: Path) -> None:
     leftover = _leftover(tmp_path, 2)
     run_training(TrainConfig(out=tmp_path, dry_run=True, **SMALL))
     assert leftover.is_dir()  # a dry run touches no file, not even to heal
+
+
+def test_a_run_folder_in_use_is_refused_and_its_partials_kept(tmp_path: Path) -> None:
+    leftover = _leftover(tmp_path, 2)  # as if the run holding the folder were writing it now
+    with hold_run_dir(tmp_path), pytest.raises(ConfigError, match="in use by another training process"):
+        run_training(TrainConfig(out=tmp_path, steps=2, **SMALL))
+    assert leftover.is_dir() and not (tmp_path / "metrics.jsonl").exists()
+    run_training(TrainConfig(out=tmp_path, steps=2, **SMALL))  # released: the next run holds it, and heals
+    assert not leftover.exists()
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
