@@ -162,3 +162,23 @@ def test_bad_input_is_refused(fp32_model: Path, digits: Dataset, tmp_path: Path)
     with pytest.raises(ExportError, match="expected input 'pixels'"):
         _quantize(fp32_model, tmp_path / "m.onnx", digits, input_name="pixels")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_service_serves_the_int8_variant(fp32_model: Path, digits: Dataset, tmp_path: Path) -> None:
+    from export.repository import TensorSpec, new_version, render_config, write_model_files
+    from tests.service.conftest import make_client
+
+    repo = tmp_path / "repo"
+    with new_version(repo, "digits-int8") as (staging, _):
+        _quantize(fp32_model, staging / "model.onnx", digits)
+    specs = [TensorSpec("input", "float32", (1, 8, 8))], [TensorSpec("logits", "float32", (10,))]
+    write_model_files(repo / "digits-int8", render_config("digits-int8", *specs, 16, 500), [str(i) for i in range(10)])
+    x = digits.val_x.numpy()[:5]
+    body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    with make_client(repo) as client:
+        meta = client.get("/v2/models/digits-int8").json()
+        answer = client.post("/v2/models/digits-int8/infer", json=body).json()["outputs"][0]
+    assert meta["parameters"]["precision"] == "int8" and meta["inputs"][0]["datatype"] == "FP32"
+    served = np.asarray(answer["data"], np.float32).reshape(answer["shape"])
+    direct = ort_session(repo / "digits-int8" / "1" / "model.onnx", disable_optimizations=False).run(None, {"input": x})
+    np.testing.assert_array_equal(served, direct[0])
