@@ -25,7 +25,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ from export.int8_calibration import calibrate, calibration_method, check_calibra
 from export.int8_sensitivity import LayerError, layer_errors
 from export.onnx_graph import count_ops
 from export.verify import FLOOR, Check, Reference, Tolerance, batch_invariance, ort_session, run_batched, top1_agreement
-from training.atomic import public_mode
+from training.atomic import staged_file
 
 logger = logging.getLogger(__name__)
 
@@ -257,12 +256,7 @@ def quantize_int8(
     calibration_method(method)  # refuse an unknown method before any work
     vx = _check_inputs(src, validation_x, validation_y, (input_name, output_name))
     x_cal = check_calibration(calibration, tuple(vx.shape[1:]), max_calibration_samples)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".partial", dir=out_path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        public_mode(tmp)
+    with staged_file(out_path) as tmp:
         _quantize(src, tmp, x_cal, input_name, method.lower())
         checks, agreement, acc_fp32, acc_int8 = _verify(src, tmp, (input_name, output_name), vx, validation_y, gate)
         report = Int8Report(
@@ -281,9 +275,5 @@ def quantize_int8(
         if not report.passed:
             failed = "; ".join(c.line() for c in checks if not c.passed)
             raise VerificationError(f"int8 variant refused, nothing written. {report.gate_line()}. Failed: {failed}")
-        os.replace(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     logger.info("%s", report.gate_line())
     return report

@@ -11,9 +11,6 @@ import contextlib
 import copy
 import io
 import logging
-import os
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +38,7 @@ from export.verify import (
     timed,
     validation_agreement,
 )
-from training.atomic import public_mode
+from training.atomic import staged_file
 
 logger = logging.getLogger(__name__)
 
@@ -107,22 +104,6 @@ def references(inputs: CheckInputs, original: Runner, oracle: Runner) -> list[Re
         Reference(group, x, run_batched(oracle, x).astype(np.float64), run_batched(original, x))
         for group, x in inputs.groups.items()
     ]
-
-
-@contextlib.contextmanager
-def staged_file(path: Path) -> Iterator[Path]:
-    """A temporary sibling of ``path`` that becomes ``path`` only if the block completes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    public_mode(tmp)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def emit_onnx(

@@ -13,7 +13,6 @@ from onnx import numpy_helper
 from export import export_checkpoint
 from export.errors import ExportError, VerificationError
 from export.int8 import Int8Gate, Int8Report, quantize_int8
-from export.int8_version import export_int8_version
 from export.verify import ort_session
 from training.config import TrainConfig
 from training.data import Dataset, load_dataset
@@ -163,45 +162,3 @@ def test_bad_input_is_refused(fp32_model: Path, digits: Dataset, tmp_path: Path)
     with pytest.raises(ExportError, match="expected input 'pixels'"):
         _quantize(fp32_model, tmp_path / "m.onnx", digits, input_name="pixels")
     assert list(tmp_path.iterdir()) == []
-
-
-def test_int8_version_is_written_with_its_report_and_served(fp32_model: Path, digits: Dataset, tmp_path: Path) -> None:
-    from tests.service.conftest import make_client
-
-    repo = tmp_path / "repo"
-    path, report = export_int8_version(
-        fp32_model.parent, repo, "digits-int8", digits.train_x.numpy(), digits.val_x.numpy(), digits.val_y.numpy()
-    )
-    assert path == repo / "digits-int8" / "1" and report.passed
-    written = json.loads((path / "export_report.json").read_text())
-    gate = written["int8"]["gate"]
-    assert gate["passed"] and gate["agreement"] >= 0.99 and gate["accuracy_drop_points"] <= 0.5
-    assert written["labels"] == [str(i) for i in range(10)] and "checkpoint_sha256" in written["provenance"]
-    assert 'name: "digits-int8"' in (repo / "digits-int8" / "config.pbtxt").read_text()
-    x = digits.val_x.numpy()[:5]
-    body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
-    with make_client(repo) as client:
-        meta = client.get("/v2/models/digits-int8").json()
-        answer = client.post("/v2/models/digits-int8/infer", json=body).json()["outputs"][0]
-    assert meta["parameters"]["precision"] == "int8" and meta["inputs"][0]["datatype"] == "FP32"
-    served = np.asarray(answer["data"], np.float32).reshape(answer["shape"])
-    direct = ort_session(path / "model.onnx", disable_optimizations=False).run(None, {"input": x})[0]
-    np.testing.assert_array_equal(served, direct)
-
-
-def test_int8_version_below_the_gate_leaves_the_repository_as_it_was(
-    fp32_model: Path, digits: Dataset, tmp_path: Path
-) -> None:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    with pytest.raises(VerificationError, match="int8 variant refused, nothing written"):
-        export_int8_version(
-            fp32_model.parent,
-            repo,
-            "digits-int8",
-            digits.train_x.numpy(),
-            digits.val_x.numpy(),
-            digits.val_y.numpy(),
-            gate=Int8Gate(min_agreement=1.0, max_accuracy_drop=-1.0),
-        )
-    assert list(repo.iterdir()) == []
