@@ -39,10 +39,11 @@ class DrainingServer(uvicorn.Server):
         if self.manager.draining:  # the second signal (or one during shutdown): stop now
             logger.warning("signal %d again: stopping at once", sig)
             self.forced = self.force_exit = self.should_exit = True
-            self.manager.abort()
+            asyncio.get_running_loop().call_soon_threadsafe(self.manager.abort)  # on the loop, not in the handler
             return
-        logger.info("signal %d: readiness off; draining in %.1f s, then answering what was received", sig,
-                    self.drain_delay_s)
+        logger.info(
+            "signal %d: readiness off; draining in %.1f s, then answering what was received", sig, self.drain_delay_s
+        )
         self.manager.draining = True
         self.drain_until = time.monotonic() + self.drain_delay_s
 
