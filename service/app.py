@@ -41,7 +41,11 @@ def _add_error_handlers(app: FastAPI) -> None:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         return _answer(ApiError(400, problems), request)
 
-    @app.exception_handler(Exception)  # ApiError, and anything unexpected (a 500 with a request id)
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        return _answer(exc, request)
+
+    @app.exception_handler(Exception)  # anything unexpected: a 500 with a request id (uvicorn logs it too)
     async def any_error(request: Request, exc: Exception) -> Response:
         return _answer(exc, request)
 
