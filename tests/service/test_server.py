@@ -221,3 +221,15 @@ def test_server_refuses_to_start_without_models(tmp_path: Path) -> None:
         srv.stop()
     assert code != 0
     assert "model repository" in out and "does not exist" in out and "run bnfold-export first" in out
+
+
+def test_every_setting_has_its_flag() -> None:
+    """Issue 11: "every setting is an environment variable or the matching flag"."""
+    from service.cli import build_parser, settings_from
+    from service.settings import Settings
+
+    flags = {a.dest for a in build_parser()._actions if a.dest != "help"}
+    assert flags == set(Settings.model_fields), set(Settings.model_fields) ^ flags
+    s = settings_from(["--model-versions", "2", "--no-require-model", "--graceful-timeout-s", "5"])
+    assert (s.model_versions, s.require_model, s.graceful_timeout_s) == (2, False, 5.0)
+    assert settings_from(["--max-image-pixels", "1000"]).max_image_pixels == 1000
