@@ -77,25 +77,10 @@ def _static_dims(dims: list[Any], what: str, path: Path) -> tuple[int, ...]:
     return tuple(int(d) for d in dims)
 
 
-def load_version(
-    model_dir: Path,
-    version: int,
-    providers_setting: str,
-    intra_op_threads: int,
-    max_batch_size: int | None = None,
-    max_queue_delay_us: int | None = None,
-) -> ModelVersion:
-    """Open ``<model_dir>/<version>/model.onnx`` as a session, read its metadata and warm it up."""
+def _open_session(path: Path, providers_setting: str, intra_op_threads: int) -> Any:
+    """An ONNX Runtime session for ``path`` with one input and at least one output."""
     import onnxruntime as ort
 
-    path = model_dir / str(version) / "model.onnx"
-    if not path.is_file():
-        raise ModelLoadError(f"{path} does not exist")
-    config = read_config(model_dir)
-    if config.platform != "onnxruntime_onnx":
-        raise ModelLoadError(
-            f"{model_dir}/config.pbtxt: platform {config.platform!r}; this server runs onnxruntime_onnx"
-        )
     providers = resolve_providers(providers_setting, path)
     try:
         session = ort.InferenceSession(str(path), session_options(intra_op_threads), providers=providers)
@@ -106,13 +91,40 @@ def load_version(
         raise ModelLoadError(
             f"{path}: expected one input and at least one output, got {len(inputs)} and {len(outputs)}"
         )
-    meta_raw = session.get_modelmeta().custom_metadata_map
+    return session
+
+
+def _custom_metadata(session: Any) -> dict[str, Any]:
+    """The model's custom metadata, each value parsed as JSON where it is JSON."""
     metadata: dict[str, Any] = {}
-    for key, value in meta_raw.items():
+    for key, value in session.get_modelmeta().custom_metadata_map.items():
         try:
             metadata[key] = json.loads(value)
         except json.JSONDecodeError:
             metadata[key] = value
+    return metadata
+
+
+def load_version(
+    model_dir: Path,
+    version: int,
+    providers_setting: str,
+    intra_op_threads: int,
+    max_batch_size: int | None = None,
+    max_queue_delay_us: int | None = None,
+) -> ModelVersion:
+    """Open ``<model_dir>/<version>/model.onnx`` as a session, read its metadata and warm it up."""
+    path = model_dir / str(version) / "model.onnx"
+    if not path.is_file():
+        raise ModelLoadError(f"{path} does not exist")
+    config = read_config(model_dir)
+    if config.platform != "onnxruntime_onnx":
+        raise ModelLoadError(
+            f"{model_dir}/config.pbtxt: platform {config.platform!r}; this server runs onnxruntime_onnx"
+        )
+    session = _open_session(path, providers_setting, intra_op_threads)
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    metadata = _custom_metadata(session)
     labels = metadata.get("bnfold.labels") or read_labels(model_dir)
     out_shape = _static_dims(list(outputs[0].shape[1:]), "the output", path)
     model = ModelVersion(
