@@ -5,21 +5,49 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import ApiError
-from service.fastpath import InferenceApp
+from service.draining import DrainingConnections
+from service.errors import ApiError, error_response
 from service.manager import ModelManager
 from service.metrics import Metrics
 from service.routes import classify, control, health, infer, models
 from service.routes import metrics as metrics_route
+from service.schemas import add_body_schemas
 from service.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
+
+
+def _answer(exc: Exception, request: Request) -> Response:
+    status, body, headers = error_response(exc, f"{request.method} {request.url.path}")
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every route answers errors through :func:`service.errors.error_response`."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return _answer(ApiError(exc.status_code, str(exc.detail), dict(exc.headers or {})), request)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return _answer(ApiError(400, problems), request)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        return _answer(exc, request)
+
+    @app.exception_handler(Exception)  # anything unexpected: a 500 with a request id (uvicorn logs it too)
+    async def any_error(request: Request, exc: Exception) -> Response:
+        return _answer(exc, request)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -36,34 +64,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         manager.draining = True
         await manager.stop()
 
-    app = InferenceApp(
+    app = FastAPI(
         title="bnfold inference server",
         summary="BatchNorm-free ONNX models over the Open Inference Protocol (v2) and an image endpoint",
         version=health.server_version(),
         lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.manager = manager
-    for module in (health, models, infer, classify, control, metrics_route):
+    app.router.routes.extend(infer.routes())  # first: the hot path matches before any other route is tried
+    for module in (health, models, classify, control, metrics_route):
         app.include_router(module.router)
+    app.add_middleware(DrainingConnections, manager=manager)
+    _add_error_handlers(app)
+    generate = app.openapi
 
-    @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+    def openapi() -> dict[str, Any]:
+        return add_body_schemas(generate())
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        return JSONResponse({"error": problems}, status_code=400)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse({"error": "internal server error"}, status_code=500)
-
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -9,6 +9,12 @@ own batch of one at once, without the round trip through the worker task; reques
 runs queue up and form the next batch as usual.
 The queue is bounded: a full queue refuses at once (503 with Retry-After) instead of growing without
 limit; a request that waits and runs longer than its timeout gets 504 and is skipped if still queued.
+
+Lifecycle: a request holds an :class:`Admission` (a context manager) from before its body is decoded until
+its answer. :meth:`Batcher.stop` closes admission first (later arrivals get :class:`Retired`, a 503 with
+Retry-After that the pipeline answers by looking the model up again, so a hot swap hands them to the new
+version), then waits for every admitted request to be answered, then stops the worker and its thread. No
+request is left to wait for its timeout because of a stop, and nothing is submitted to a stopped thread.
 """
 
 from __future__ import annotations
@@ -28,6 +34,41 @@ from service.metrics import VersionMetrics
 from service.model import ModelVersion
 
 logger = logging.getLogger(__name__)
+
+
+class Retired(ApiError):
+    """The batcher no longer admits requests (its version was swapped out, unloaded, or the server stops)."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(503, f"model {model!r} is being replaced or unloaded; retry", {"Retry-After": "1"})
+
+
+class Admission:
+    """One request's hold on a batcher, from before decoding until its answer; :meth:`Batcher.stop` waits for
+    every admission to end. Use as ``with batcher.admit() as admission: ... await admission.infer(x, t)``."""
+
+    __slots__ = ("_batcher", "_decoding")
+
+    def __init__(self, batcher: Batcher) -> None:
+        self._batcher = batcher
+        self._decoding = True  # counted in ``batcher.arriving`` until it queues
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._arrived()
+        self._batcher._release()
+
+    def _arrived(self) -> None:
+        if self._decoding:
+            self._decoding = False
+            self._batcher.arriving -= 1
+
+    async def infer(self, x: np.ndarray, timeout_s: float) -> np.ndarray:
+        """Queue ``x`` (n samples) and wait for its outputs (n rows); see :meth:`Batcher.infer`."""
+        self._arrived()
+        return await self._batcher._infer(x, timeout_s)
 
 
 @dataclass
@@ -51,8 +92,12 @@ class Batcher:
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{model.name}-{model.version}")
         self._task: asyncio.Task[None] | None = None
-        self.arriving = 0  # requests being decoded by a route that will reach this queue
+        self.arriving = 0  # admitted requests still being decoded: they will reach this queue
         self._running = False  # a batch is being collected or run
+        self._admitted = 0  # requests holding an Admission
+        self._closed = False  # admit() refuses: stop() has begun
+        self._stopped = False  # the worker and its thread are gone
+        self._drained = asyncio.Event()  # set when closed and no admission is left
 
     @property
     def depth(self) -> int:
@@ -61,27 +106,75 @@ class Batcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._worker(), name=f"batcher-{self.model.name}")
 
-    async def stop(self) -> None:
-        """Finish every queued request, then stop the worker and its thread."""
-        while self._items or self._running:
-            await asyncio.sleep(0.005)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._executor.shutdown(wait=True)
+    def admit(self) -> Admission:
+        """Hold this batcher for one request (raises :class:`Retired` once :meth:`stop` has begun)."""
+        if self._closed:
+            raise Retired(self.model.name)
+        self._admitted += 1
+        self.arriving += 1
+        return Admission(self)
+
+    def _release(self) -> None:
+        self._admitted -= 1
+        if self._closed and self._admitted == 0:
+            self._drained.set()
 
     async def infer(self, x: np.ndarray, timeout_s: float) -> np.ndarray:
-        """Queue ``x`` (n samples) and wait for its outputs (n rows).
+        """Admit, queue ``x`` (n samples) and wait for its outputs (n rows).
 
         Requests refused or timed out here are counted here (outcomes bad_request, rejected, timeout).
         """
+        with self.admit() as admission:
+            return await admission.infer(x, timeout_s)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Refuse new requests, answer every admitted one (waiting at most ``grace_s``; then those still
+        queued get 503), then stop the worker and its thread."""
+        self._closed = True
+        if self._admitted:
+            try:
+                await asyncio.wait_for(self._drained.wait(), grace_s)
+            except TimeoutError:
+                logger.warning(
+                    "%s v%d: %d requests still open after %s s",
+                    self.model.name,
+                    self.model.version,
+                    self._admitted,
+                    grace_s,
+                )
+        self._shutdown()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while self._running:  # a batch whose requests all gave up may still be running
+            await asyncio.sleep(0.005)
+        self._executor.shutdown(wait=True)
+
+    def abort(self) -> None:
+        """Stop at once (second signal): refuse and fail every queued request, leave a running batch."""
+        self._closed = True
+        self._shutdown()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _shutdown(self) -> None:
+        self._stopped = True
+        while self._items:
+            item = self._items.popleft()
+            if not item.future.done():
+                item.future.set_exception(unavailable(f"model {self.model.name!r} stopped; retry", 1))
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _infer(self, x: np.ndarray, timeout_s: float) -> np.ndarray:
         n = x.shape[0]
         if n > self.max_batch:
             self.metrics.count("bad_request")
             raise bad_request(
                 f"request holds {n} samples; model {self.model.name!r} takes at most {self.max_batch} per request"
             )
+        if self._stopped:
+            self.metrics.count("rejected")
+            raise unavailable(f"model {self.model.name!r} stopped; retry", 1)
         if len(self._items) >= self.max_queue_size:
             self.metrics.count("rejected")
             raise unavailable(f"model {self.model.name!r} queue is full ({self.max_queue_size} requests); retry", 1)
@@ -115,7 +208,7 @@ class Batcher:
             else:
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout)
-                except TimeoutError:
+                except TimeoutError:  # not the builtin TimeoutError before Python 3.11
                     return None
         return self._items[0]
 

@@ -1,7 +1,8 @@
 """``bnfold-serve`` (also ``python -m service``): run the inference server under uvicorn.
 
-Flags override ``BNFOLD_*`` environment variables. On SIGTERM or SIGINT readiness turns false at once,
-requests already accepted finish, then the process exits.
+Flags override ``BNFOLD_*`` environment variables; every setting has its flag. On SIGTERM or SIGINT readiness
+turns false at once, every request received is answered, then the process exits 0; a second signal stops it
+at once (exit 1).
 """
 
 from __future__ import annotations
@@ -32,14 +33,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="listen port (BNFOLD_PORT, default 8000)")
     p.add_argument("--providers", choices=["auto", "cpu", "cuda"], help="execution provider (default auto)")
     p.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads (default: its own)")
+    p.add_argument("--grpc-port", type=int, help="gRPC (v2 GRPCInferenceService) port; 0: off (default 0)")
+    p.add_argument("--cuda-device-id", type=int, help="GPU to run on (CUDA provider)")
+    p.add_argument("--cuda-cudnn-conv-algo-search", choices=["EXHAUSTIVE", "HEURISTIC", "DEFAULT"])
+    p.add_argument("--cuda-arena-extend-strategy", choices=["kNextPowerOfTwo", "kSameAsRequested"])
+    p.add_argument("--cuda-gpu-mem-limit", type=int, help="bytes of GPU memory the CUDA arena may take")
+    p.add_argument("--batch-buckets", help="auto (powers of two on CUDA, off on CPU), off, or a list like 1,2,4,8")
+    p.add_argument("--model-versions", type=int, help="newest versions of each model to load (default 1)")
     p.add_argument("--max-batch-size", type=int, help="override config.pbtxt max_batch_size")
     p.add_argument("--max-queue-delay-ms", type=float, help="override the dynamic batching delay")
     p.add_argument("--max-queue-size", type=int, help="queued requests per model before 503 (default 512)")
     p.add_argument("--request-timeout-s", type=float, help="per-request timeout before 504 (default 30)")
     p.add_argument("--max-body-bytes", type=int, help="largest request body before 413 (default 64 MiB)")
+    p.add_argument("--max-image-pixels", type=int, help="largest image (width x height) before 413 (default 50M)")
     p.add_argument("--allow-non-finite", action="store_true", default=None, help="accept NaN/Inf inputs")
     p.add_argument("--api-key", help="enable /v2/repository/* with this key (prefer BNFOLD_API_KEY)")
+    p.add_argument(
+        "--require-model",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="refuse to start when no model can be loaded (default on; --no-require-model to start empty)",
+    )
     p.add_argument("--drain-delay-s", type=float, help="readiness off this long after SIGTERM (default 1)")
+    p.add_argument("--graceful-timeout-s", type=float, help="time to answer in-flight requests on SIGTERM (default 30)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p
 

@@ -2,6 +2,10 @@
 
 A load opens the newest version(s) of a model in a worker thread, warms them up, and only then swaps them
 in; a failed load leaves what was serving in place and records the reason for ``/v2/repository/index``.
+A model that serves nothing yet (at start, or after an unload) falls back to its newest versions that do
+load when newer ones fail; the index, the metadata and the log say which version serves and why. A failed
+load of a name with no folder in the repository leaves no trace.
+Versions in requests are canonical decimal integers (``1``, not ``01`` or other scripts' digits).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 from service.batching import Batcher
-from service.errors import ApiError, not_found, unavailable
+from service.errors import ApiError, bad_request, not_found, unavailable
 from service.metrics import Metrics
 from service.model import ModelLoadError, ModelVersion, load_version
 from service.providers import cuda_options
@@ -21,6 +25,7 @@ from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+VERSION = re.compile(r"[1-9][0-9]{0,17}", re.ASCII)
 
 
 @dataclass
@@ -37,6 +42,7 @@ class IndexEntry:
     state: str  # READY | UNAVAILABLE
     reason: str = ""
     versions: list[int] = field(default_factory=list)
+    failed: bool = False  # the last load failed (``reason`` says why)
 
 
 class ModelManager:
@@ -62,51 +68,76 @@ class ModelManager:
         if not by_version:
             entry = self.index.get(name)
             if entry is not None and entry.state != "READY":
-                raise unavailable(f"model {name!r} is not ready: {entry.reason or entry.state}")
+                raise unavailable(f"model {name!r} is not ready: {entry.reason or entry.state}", 1)
             known = ", ".join(sorted(self.models)) or "none"
             raise not_found(f"unknown model {name!r}; loaded models: {known}")
         if version is None or version == "":
             return by_version[max(by_version)]
-        if not version.isdigit() or int(version) not in by_version:
+        if not VERSION.fullmatch(version):
+            raise bad_request(f"model {name!r}: version must be a decimal integer like 1 or 12, got {version!r}")
+        if int(version) not in by_version:
             loaded = ", ".join(str(v) for v in sorted(by_version))
             raise not_found(f"model {name!r} has no loaded version {version!r}; loaded versions: {loaded}")
         return by_version[int(version)]
 
     # ---- loading ----------------------------------------------------------------------------------------
-    def _load_sync(self, name: str) -> list[ModelVersion]:
+    def _load_sync(self, name: str, fallback: bool) -> tuple[list[ModelVersion], str]:
+        """The newest ``model_versions`` versions of ``name``, and a note naming any version skipped.
+
+        Without ``fallback`` any failure among them fails the load; with it, a failing version is skipped for
+        the next older one.
+        """
         s = self.settings
         model_dir = s.repository / name
         found = versions(model_dir)
         if not found:
             raise ModelLoadError(f"{model_dir} has no version folder with a model.onnx")
         delay = None if s.max_queue_delay_ms is None else round(s.max_queue_delay_ms * 1000)
-        return [
-            load_version(
-                model_dir,
-                v,
-                s.providers,
-                s.intra_op_threads,
-                s.max_batch_size,
-                delay,
-                cuda=cuda_options(s),
-                batch_buckets=s.batch_buckets,
-            )
-            for v in found[-s.model_versions :]
-        ]
+        loaded: list[ModelVersion] = []
+        skipped: list[str] = []
+        for v in reversed(found if fallback else found[-s.model_versions :]):
+            try:
+                loaded.append(
+                    load_version(
+                        model_dir,
+                        v,
+                        s.providers,
+                        s.intra_op_threads,
+                        s.max_batch_size,
+                        delay,
+                        cuda=cuda_options(s),
+                        batch_buckets=s.batch_buckets,
+                    )
+                )
+            except ModelLoadError as exc:
+                if not fallback:
+                    raise
+                skipped.append(f"version {v} failed ({exc})")
+            if len(loaded) == s.model_versions:
+                break
+        if not loaded:
+            raise ModelLoadError("; ".join(skipped))
+        note = ""
+        if skipped:
+            serving = ", ".join(str(m.version) for m in loaded)
+            note = f"serving version {serving} because newer {'; '.join(skipped)}"
+            logger.warning("model %s: %s", name, note)
+        return loaded, note
 
     async def load(self, name: str) -> IndexEntry:
         """Load (or reload) ``name``: new versions are warmed before they replace the old ones."""
         if not MODEL_NAME.match(name):
             raise ApiError(400, f"invalid model name {name!r}")
         async with self._lock:
+            old = self.models.get(name, {})
+            if not old and not (self.settings.repository / name).is_dir():
+                raise not_found(f"no model {name!r} in the repository {self.settings.repository}")
             try:
-                loaded = await asyncio.to_thread(self._load_sync, name)
+                loaded, note = await asyncio.to_thread(self._load_sync, name, not old)
             except ModelLoadError as exc:
                 logger.error("cannot load model %s: %s", name, exc)
-                old = self.models.get(name)
-                entry = IndexEntry(
-                    name, "READY" if old else "UNAVAILABLE", f"last load failed: {exc}", sorted(old) if old else []
-                )
+                state = "READY" if old else "UNAVAILABLE"
+                entry = IndexEntry(name, state, f"last load failed: {exc}", sorted(old), failed=True)
                 self.index[name] = entry
                 return entry
             new = {
@@ -118,11 +149,10 @@ class ModelManager:
             for served in new.values():
                 served.batcher.start()
                 self.metrics.model_info.labels(*served.model.info_labels()).set(1)
-            old = self.models.get(name, {})
             self.models[name] = new
-            self.index[name] = IndexEntry(name, "READY", "", sorted(new))
-        for served in old.values():
-            await served.batcher.stop()
+            self.index[name] = IndexEntry(name, "READY", note, sorted(new))
+        for served in old.values():  # requests they admitted are answered; later ones go to the new versions
+            await served.batcher.stop(self.settings.request_timeout_s)
         return self.index[name]
 
     async def unload(self, name: str) -> None:
@@ -132,7 +162,7 @@ class ModelManager:
                 raise not_found(f"unknown model {name!r}")
             self.index[name] = IndexEntry(name, "UNAVAILABLE", "unloaded", [])
         for served in (old or {}).values():
-            await served.batcher.stop()
+            await served.batcher.stop(self.settings.request_timeout_s)
 
     async def load_all(self) -> None:
         """Load every model of the repository; refuse to start with none when ``require_model``."""
@@ -156,11 +186,17 @@ class ModelManager:
         return [entries[n] for n in sorted(entries)]
 
     async def stop(self) -> None:
-        """Finish queued requests of every model, then stop the batchers."""
+        """Answer the requests every model admitted, then stop the batchers."""
         self.ready = False
-        for by_version in list(self.models.values()):
+        batchers = [served.batcher for by_version in self.models.values() for served in by_version.values()]
+        await asyncio.gather(*(b.stop(self.settings.graceful_timeout_s) for b in batchers))
+
+    def abort(self) -> None:
+        """Stop every batcher at once, failing what is queued (a second signal)."""
+        self.ready = False
+        for by_version in self.models.values():
             for served in by_version.values():
-                await served.batcher.stop()
+                served.batcher.abort()
 
 
 __all__ = ["IndexEntry", "ModelManager", "Served"]

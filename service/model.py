@@ -96,6 +96,34 @@ def _static_dims(dims: list[Any], what: str, path: Path) -> tuple[int, ...]:
     return tuple(int(d) for d in dims)
 
 
+def _open_session(path: Path, providers_setting: str, intra_op_threads: int, cuda: CudaOptions | None) -> Any:
+    """An ONNX Runtime session for ``path`` with one input and at least one output."""
+    import onnxruntime as ort
+
+    providers = resolve_providers(providers_setting, path, cuda)
+    try:
+        session = ort.InferenceSession(str(path), session_options(intra_op_threads), providers=providers)
+    except Exception as exc:  # ONNX Runtime raises its own exception types for every kind of bad file
+        raise ModelLoadError(f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[0]}") from exc
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) < 1:
+        raise ModelLoadError(
+            f"{path}: expected one input and at least one output, got {len(inputs)} and {len(outputs)}"
+        )
+    return session
+
+
+def _custom_metadata(session: Any) -> dict[str, Any]:
+    """The model's custom metadata, each value parsed as JSON where it is JSON."""
+    metadata: dict[str, Any] = {}
+    for key, value in session.get_modelmeta().custom_metadata_map.items():
+        try:
+            metadata[key] = json.loads(value)
+        except json.JSONDecodeError:
+            metadata[key] = value
+    return metadata
+
+
 def load_version(
     model_dir: Path,
     version: int,
@@ -111,8 +139,6 @@ def load_version(
 
     ``cuda``: the CUDA provider's options when it is chosen; ``batch_buckets``: see :mod:`service.buckets`.
     """
-    import onnxruntime as ort
-
     path = model_dir / str(version) / "model.onnx"
     if not path.is_file():
         raise ModelLoadError(f"{path} does not exist")
@@ -121,23 +147,9 @@ def load_version(
         raise ModelLoadError(
             f"{model_dir}/config.pbtxt: platform {config.platform!r}; this server runs onnxruntime_onnx"
         )
-    providers = resolve_providers(providers_setting, path, cuda)
-    try:
-        session = ort.InferenceSession(str(path), session_options(intra_op_threads), providers=providers)
-    except Exception as exc:  # ONNX Runtime raises its own exception types for every kind of bad file
-        raise ModelLoadError(f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[0]}") from exc
+    session = _open_session(path, providers_setting, intra_op_threads, cuda)
     inputs, outputs = session.get_inputs(), session.get_outputs()
-    if len(inputs) != 1 or len(outputs) < 1:
-        raise ModelLoadError(
-            f"{path}: expected one input and at least one output, got {len(inputs)} and {len(outputs)}"
-        )
-    meta_raw = session.get_modelmeta().custom_metadata_map
-    metadata: dict[str, Any] = {}
-    for key, value in meta_raw.items():
-        try:
-            metadata[key] = json.loads(value)
-        except json.JSONDecodeError:
-            metadata[key] = value
+    metadata = _custom_metadata(session)
     labels = metadata.get("bnfold.labels") or read_labels(model_dir)
     out_shape = _static_dims(list(outputs[0].shape[1:]), "the output", path)
     model = ModelVersion(
@@ -164,12 +176,13 @@ def load_version(
         model.warm_up()
     except Exception as exc:  # a model that cannot run its own warm-up batch must not serve
         raise ModelLoadError(f"{path}: warm-up run failed: {str(exc).strip().splitlines()[0]}") from exc
+    buckets = list(model.buckets) or "off"
     logger.info(
-        "loaded %s version %d (%s, max batch %d, buckets %s)",
+        "loaded %s v%d (%s, max batch %d, buckets %s)",
         model.name,
         version,
         model.provider,
         model.max_batch_size,
-        list(model.buckets) or "off",
+        buckets,
     )
     return model

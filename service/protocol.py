@@ -51,6 +51,8 @@ BUFFER_TYPES: dict[str, BufferType] = {"FP16": "d", "FP32": "d", "FP64": "d"}
 for _bits in (8, 16, 32, 64):
     BUFFER_TYPES[f"INT{_bits}"], BUFFER_TYPES[f"UINT{_bits}"] = "i", "u"
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_RANK = 16  # dimensions of a tensor (numpy allows 64)
+JSON_MAX_DEPTH = 1024  # simdjson's and orjson's nesting limit
 
 
 @dataclass
@@ -81,20 +83,69 @@ def _param(obj: dict[str, Any], key: str) -> Any:
     return params.get(key) if isinstance(params, dict) else None
 
 
-def _shape(raw: Any, name: str) -> tuple[int, ...]:
+def _shape(raw: Any, name: str, body_size: int) -> tuple[int, ...]:
+    """The tensor's shape, refused before any work when no body of ``body_size`` bytes could hold it."""
     if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw):
-        raise bad_request(f"input {name!r}: 'shape' must be a list of non-negative integers, got {raw!r}")
+        raise bad_request(f"input {name!r}: 'shape' must be a list of non-negative integers, got {_brief(raw)}")
+    if len(raw) > MAX_RANK:
+        raise bad_request(f"input {name!r}: 'shape' has {len(raw)} dimensions; the limit (MAX_RANK) is {MAX_RANK}")
+    count = math.prod(raw)
+    if count > body_size:  # every value takes at least one byte, binary or JSON
+        raise bad_request(
+            f"input {name!r}: shape {raw} holds {count} values, more than a body of {body_size} bytes can carry"
+        )
     return tuple(raw)
 
 
-def _decode_input(obj: Any, binary: memoryview, offset: int) -> tuple[InputTensor, int]:
+def _brief(value: Any, limit: int = 80) -> str:
+    """``value`` as JSON (or its repr) cut to ``limit`` characters, for error messages about arbitrary input."""
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _from_values(data: Any, datatype: str, name: str) -> np.ndarray:
+    """``data`` (a list, nested in row-major order at most MAX_RANK deep) as ``datatype``, each value checked
+    to be of the JSON kind the v2 protocol gives that datatype: booleans for BOOL, integers for INT/UINT,
+    numbers for FP. Strings, null, objects and booleans-as-numbers are refused, not coerced."""
+    if not isinstance(data, list):
+        raise bad_request(f"input {name!r}: 'data' must be an array, got {_brief(data)}")
+    kind = "bool" if datatype == "BOOL" else "float" if datatype.startswith("FP") else "int"
+    values: list[Any] = []
+    stack = [iter(data)]  # one iterator per open array: row-major order
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, list):
+                if len(stack) >= MAX_RANK:
+                    raise bad_request(
+                        f"input {name!r}: 'data' is nested deeper than the limit (MAX_RANK) of {MAX_RANK}"
+                    )
+                stack.append(iter(value))
+                break
+            ok = isinstance(value, bool) if kind == "bool" else isinstance(value, int) and not isinstance(value, bool)
+            if not ok and kind == "float":
+                ok = isinstance(value, float)
+            if not ok:
+                raise bad_request(f"input {name!r}: 'data' holds {_brief(value)}, which is not a {datatype} value")
+            values.append(value)
+        else:
+            stack.pop()
+    try:
+        return np.asarray(values, dtype=DATATYPES[datatype])
+    except OverflowError as exc:
+        raise bad_request(f"input {name!r}: 'data' is not an array of {datatype} values ({exc})") from None
+
+
+def _decode_input(obj: Any, binary: memoryview, offset: int, body_size: int) -> tuple[InputTensor, int]:
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         raise bad_request("each entry of 'inputs' must be an object with a string 'name'")
     name = obj["name"]
     datatype = obj.get("datatype")
     if datatype not in DATATYPES:
         raise bad_request(f"input {name!r}: unsupported datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
-    shape = _shape(obj.get("shape"), name)
+    shape = _shape(obj.get("shape"), name, body_size)
     dtype = DATATYPES[datatype]
     count = math.prod(shape)
     size = _param(obj, "binary_data_size")
@@ -117,12 +168,7 @@ def _decode_input(obj: Any, binary: memoryview, offset: int) -> tuple[InputTenso
     if fast is not None:
         array = fast
     else:
-        if isinstance(data, simdjson.Array):
-            data = data.as_list()
-        try:
-            array = np.asarray(data, dtype=dtype)
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise bad_request(f"input {name!r}: 'data' is not an array of {datatype} values ({exc})") from exc
+        array = _from_values(data.as_list() if isinstance(data, simdjson.Array) else data, datatype, name)
     if array.size != count:
         raise bad_request(f"input {name!r}: 'data' holds {array.size} values, shape {list(shape)} needs {count}")
     return InputTensor(name, datatype, shape, array.reshape(shape)), offset
@@ -165,6 +211,13 @@ def _load_json(raw: bytes | memoryview, small: bool) -> dict[str, Any]:
         doc = simdjson.Parser().parse(raw)
     except ValueError as exc:
         raise bad_request(f"request body is not valid JSON: {exc}") from None
+    except RuntimeError as exc:  # simdjson's limits: 64-bit numbers, nesting depth
+        text = str(exc)
+        if text.startswith("BIGINT_ERROR"):
+            raise bad_request("request body holds an integer that does not fit in 64 bits") from None
+        if text.startswith("DEPTH_ERROR"):
+            raise bad_request(f"request body is nested deeper than the parser's limit of {JSON_MAX_DEPTH}") from None
+        raise
     if not isinstance(doc, simdjson.Object):
         raise bad_request("request body must be a JSON object")
     # keys() and [key], not items(): items() converts every value (all of the data) into Python objects
@@ -217,7 +270,7 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     offset = 0
     inputs = []
     for obj in raw_inputs:
-        tensor, offset = _decode_input(obj, binary, offset)
+        tensor, offset = _decode_input(obj, binary, offset, len(body))
         inputs.append(tensor)
     if offset != len(binary):
         raise bad_request(f"{len(binary) - offset} bytes of binary data follow the inputs but no input claims them")
@@ -233,14 +286,23 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     )
 
 
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest scores of each row of ``scores`` (N, C), highest first, ties by index."""
+    flat = scores.reshape(scores.shape[0], -1)
+    return np.argsort(-flat, axis=1, kind="stable")[:, : min(k, flat.shape[1])]
+
+
+def label(labels: list[str], index: int) -> str:
+    """The label of class ``index``, or the index itself when the model has fewer labels."""
+    return labels[index] if index < len(labels) else str(index)
+
+
 def classify(logits: np.ndarray, k: int, labels: list[str]) -> np.ndarray:
     """Top-k per sample as BYTES strings ``"score:index:label"`` (shape (N, k))."""
-    k = min(k, logits.shape[-1])
     flat = logits.reshape(logits.shape[0], -1)
-    top = np.argsort(-flat, axis=1, kind="stable")[:, :k]
-    rows = []
-    for i, indices in enumerate(top):
-        rows.append([f"{flat[i, j]:f}:{j}:{labels[j] if j < len(labels) else j}".encode() for j in indices])
+    rows = [
+        [f"{flat[i, j]:f}:{j}:{label(labels, j)}".encode() for j in indices] for i, indices in enumerate(top_k(flat, k))
+    ]
     return np.array(rows, dtype=object)
 
 

@@ -84,8 +84,30 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for code, text in {
         400: "bad request: malformed body, wrong shape, datatype or values",
         404: "unknown model or version",
-        413: "body too large",
+        413: "body or image too large",
+        415: "not a PNG or JPEG image",
+        500: "a server bug: the message carries a request id to find it in the log",
         503: "queue full (Retry-After) or not ready",
         504: "timed out",
     }.items()
 }
+
+
+BODY_MODELS = (InferRequest,)  # request bodies documented through openapi_extra, not a route signature
+
+
+def schema_ref(name: str) -> dict[str, str]:
+    """A reference to a component schema (see :func:`add_body_schemas`)."""
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def add_body_schemas(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Define :data:`BODY_MODELS` (and the models they use) under ``components.schemas`` of ``openapi``, so that
+    every ``$ref`` in it resolves."""
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    for model in BODY_MODELS:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in schema.pop("$defs", {}).items():
+            schemas.setdefault(name, sub)
+        schemas.setdefault(model.__name__, schema)
+    return openapi

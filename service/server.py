@@ -1,10 +1,22 @@
-"""Running the app under uvicorn (and gRPC beside it when ``BNFOLD_GRPC_PORT`` is set) with a graceful drain on
-SIGTERM/SIGINT."""
+"""Running the app under uvicorn with a graceful drain on SIGTERM/SIGINT, and a forced stop on the second.
+
+First signal: readiness turns false at once and responses carry ``Connection: close`` (see
+:mod:`service.draining`), so keep-alive clients stop reusing their connections. ``drain_delay_s`` later the
+server stops accepting, lets the event loop read what idle connections have already received, closes the
+connections that are still idle, answers every request it received (waiting up to ``graceful_timeout_s``),
+stops the batchers, and the process exits 0. A second SIGTERM or SIGINT stops at once: queued requests get
+503 and the process exits 1 without waiting.
+
+With ``BNFOLD_GRPC_PORT`` set, the gRPC server (``service.grpc``) starts once the models are loaded and drains
+alongside the HTTP connections, both before the lifespan shutdown stops the batchers.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -16,16 +28,11 @@ if TYPE_CHECKING:
     from service.grpc.server import GrpcServer
 
 logger = logging.getLogger(__name__)
+LAST_READS_S = 0.05  # after the listeners close: time for bytes already received to be read as requests
 
 
 class DrainingServer(uvicorn.Server):
-    """On the first exit signal readiness turns false at once; ``drain_delay_s`` later uvicorn stops
-    accepting, closes idle connections and waits for in-flight requests. The delay lets load balancers see
-    the readiness change, and lets connections already open deliver the requests they have sent (closing
-    them sooner would drop a request the client had already written). A second signal stops at once.
-    The gRPC server (if any) starts once the models are loaded and drains alongside HTTP connections, both
-    before the lifespan shutdown stops the batchers.
-    """
+    """uvicorn with bnfold's two-step shutdown (see the module docstring)."""
 
     def __init__(
         self, config: uvicorn.Config, manager: Any, drain_delay_s: float = 0.0, grpc: GrpcServer | None = None
@@ -33,6 +40,8 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.manager = manager
         self.drain_delay_s = drain_delay_s
+        self.drain_until: float | None = None  # monotonic time at which the drain starts
+        self.forced = False
         self.grpc = grpc
         self.grpc_failed = False
 
@@ -45,27 +54,42 @@ class DrainingServer(uvicorn.Server):
                 logger.error("%s", exc)
                 self.grpc_failed = self.should_exit = True
 
-    async def shutdown(self, sockets: Any = None) -> None:
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self.manager.draining:  # the second signal (or one during shutdown): stop now
+            logger.warning("signal %d again: stopping at once", sig)
+            self.forced = self.force_exit = self.should_exit = True
+            asyncio.get_running_loop().call_soon_threadsafe(self.manager.abort)  # on the loop, not in the handler
+            return
+        logger.info(
+            "signal %d: readiness off; draining in %.1f s, then answering what was received", sig, self.drain_delay_s
+        )
+        self.manager.draining = True
+        self.drain_until = time.monotonic() + self.drain_delay_s
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_until is not None and time.monotonic() >= self.drain_until:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self.grpc is not None:  # uvicorn waits for its server_state tasks before the lifespan shutdown
             task = asyncio.get_running_loop().create_task(self.grpc.stop())
             self.server_state.tasks.add(task)
             task.add_done_callback(self.server_state.tasks.discard)
+        for server in self.servers:  # stop accepting, then read what idle connections already received
+            server.close()
+        if not self.force_exit:
+            await asyncio.sleep(LAST_READS_S)
         await super().shutdown(sockets)
 
-    def handle_exit(self, sig: int, frame: Any) -> None:
-        if self.manager.draining or self.drain_delay_s <= 0:
-            self.manager.draining = True
-            super().handle_exit(sig, frame)
-            return
-        logger.info(
-            "signal %d: readiness off; draining in %.1f s, then finishing in-flight requests", sig, self.drain_delay_s
-        )
-        self.manager.draining = True
-        asyncio.get_running_loop().call_later(self.drain_delay_s, super().handle_exit, sig, frame)
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        with self.capture_signals():
+            await self._serve(sockets)
+            self._captured_signals.clear()  # handled: uvicorn would re-raise them and the exit status be -15
 
 
 def serve(settings: Settings) -> int:
-    """Serve until a signal; returns the exit code (3 when the app could not start)."""
+    """Serve until a signal; returns the exit code (0 after a drain, 1 when forced, 3 when it could not start)."""
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -86,4 +110,4 @@ def serve(settings: Settings) -> int:
     if not server.started or server.grpc_failed:
         logger.error("the server did not start (see the error above)")
         return 3
-    return 0
+    return 1 if server.forced else 0

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     max_queue_size: int = Field(512, ge=1, description="queued requests per model version before 503")
     request_timeout_s: float = Field(30.0, gt=0, description="time a request may wait and run before 504")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body (413 above)")
+    max_image_pixels: int = Field(50_000_000, ge=1, description="largest image (width x height) before 413")
     allow_non_finite: bool = Field(False, description="accept NaN/Inf input values")
     api_key: SecretStr | None = Field(None, description="key for /v2/repository/*; unset disables model control")
     require_model: bool = Field(True, description="refuse to start when the repository holds no model")

@@ -6,15 +6,14 @@ RPC with the gRPC status Triton uses for the same condition (see :data:`STATUS`)
 with its stack and answered INTERNAL. The repository RPCs take the HTTP API's key from the call metadata
 (``authorization: Bearer <key>`` or ``x-api-key: <key>``).
 
-The manager and batcher are reached through three calls only: ``manager.get``, ``validate_input`` /
-``build_outputs`` (shared with the HTTP route) and ``batcher.infer``, all in :meth:`Servicer.ModelInfer`.
+Inference goes through the one pipeline the HTTP routes use (``service.pipeline.infer_decoded``): admission
+on the batcher, validation, batching (an HTTP and a gRPC request can share a batch) and the error policy.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
@@ -29,9 +28,9 @@ from service.deps import require_api_key
 from service.errors import ApiError
 from service.grpc.codec import decode_infer_request, encode_infer_response
 from service.manager import ModelManager
+from service.pipeline import infer_decoded
 from service.routes.control import index
 from service.routes.health import EXTENSIONS, server_version
-from service.routes.infer import build_outputs, validate_input
 from service.routes.models import config, metadata
 from service.settings import Settings
 
@@ -118,26 +117,12 @@ class Servicer(GRPCInferenceServiceServicer):
     # ---- inference ---------------------------------------------------------------------------------------
     @rpc
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        """decode -> validate -> batch (shared with HTTP) -> run -> encode; the deadline bounds the wait."""
-        started = time.perf_counter()
-        served = self.manager.get(request.model_name, request.model_version)
-        metrics = served.batcher.metrics
-        try:
-            req = decode_infer_request(request)
-            x = validate_input(req, served, self.settings.allow_non_finite)
-        except ApiError:
-            metrics.count("bad_request")
-            raise
-        remaining = context.time_remaining()
-        timeout = (
-            self.settings.request_timeout_s if remaining is None else min(remaining, self.settings.request_timeout_s)
+        """The HTTP route's pipeline (service.pipeline) with gRPC's codec; the deadline bounds the wait."""
+        version = request.model_version or None
+        result = await infer_decoded(
+            self.manager, request.model_name, version, lambda: decode_infer_request(request), context.time_remaining()
         )
-        logits = await served.batcher.infer(x, timeout)  # counts its own refusals and timeouts
-        outputs = build_outputs(req, served, logits)
-        response = encode_infer_response(request.model_name, str(served.model.version), req.id, outputs)
-        metrics.count("success")
-        metrics.request_seconds.observe(time.perf_counter() - started)
-        return response
+        return encode_infer_response(result.model_name, result.model_version, result.id, result.outputs)
 
     # ---- model repository (API key) ----------------------------------------------------------------------
     def _authorize(self, context: grpc.aio.ServicerContext) -> None:

@@ -28,7 +28,7 @@ async def index(manager: ManagerDep) -> list[dict[str, Any]]:
 @router.post("/v2/repository/models/{model}/load", summary="Load or reload a model (newest version)")
 async def load(model: str, manager: ManagerDep) -> JSONResponse:
     entry = await manager.load(model)
-    if entry.reason:
+    if entry.failed:
         return JSONResponse({"error": entry.reason}, status_code=400)
     return JSONResponse({})
 

@@ -13,9 +13,10 @@ from service.schemas import ERROR_RESPONSES
 router = APIRouter(tags=["models"], responses=ERROR_RESPONSES)
 
 
-def metadata(served: Served, all_versions: list[int]) -> dict[str, Any]:
+def metadata(served: Served, all_versions: list[int], note: str = "") -> dict[str, Any]:
+    """v2 model metadata; ``note`` says why an older version serves when a newer one failed to load."""
     m = served.model
-    return {
+    doc: dict[str, Any] = {
         "name": m.name,
         "versions": [str(v) for v in all_versions],
         "platform": m.platform,
@@ -31,6 +32,9 @@ def metadata(served: Served, all_versions: list[int]) -> dict[str, Any]:
             "precision": m.metadata.get("bnfold.precision", "float32"),
         },
     }
+    if note:
+        doc["parameters"]["load_note"] = note
+    return doc
 
 
 def config(served: Served) -> dict[str, Any]:
@@ -58,7 +62,8 @@ def config(served: Served) -> dict[str, Any]:
 @router.get("/v2/models/{model}/versions/{version}", summary="Model metadata")
 async def model_metadata(model: str, manager: ManagerDep, version: str | None = None) -> dict[str, Any]:
     served = manager.get(model, version)
-    return metadata(served, sorted(manager.models[model]))
+    entry = manager.index.get(model)
+    return metadata(served, sorted(manager.models[model]), entry.reason if entry else "")
 
 
 @router.get("/v2/models/{model}/ready", summary="Model readiness (newest version)")

@@ -153,8 +153,8 @@ BAD_INPUTS = [
         400,
         "holds 63 values",
     ),
-    (
-        "nan",
+    (  # JSON has no NaN: orjson writes it as null, which is no FP32 value (not "NaN or Inf")
+        "null",
         orjson.dumps(
             {
                 "inputs": [
@@ -164,7 +164,7 @@ BAD_INPUTS = [
         ),
         {},
         400,
-        "NaN or Inf",
+        "holds null, which is not a FP32 value",
     ),
     ("truncated binary", None, {}, 400, "truncated"),
     ("bad header length", b'{"inputs":[]}', {"Inference-Header-Content-Length": "x"}, 400, "must be an integer"),
@@ -221,10 +221,18 @@ def test_body_limit_and_corrupt_images(model_repo: Path, digits_val: Any) -> Non
         r = c.post(INFER, content=json_request(digits_val[0][:16]))
         assert r.status_code == 413 and "exceeds the limit of 4096" in r.json()["error"]
         r = c.post("/v1/models/digits/classify", files=[("file", ("x.png", b"\x89PNG broken", "image/png"))])
-        assert r.status_code == 400 and "x.png is not a readable PNG or JPEG" in r.json()["error"]
+        assert r.status_code == 415 and r.json()["error"] == "x.png is not a PNG or JPEG image", r.text
         r = c.post("/v1/models/digits/classify", content=b"GIF89a", headers={"Content-Type": "image/gif"})
         assert r.status_code == 415
         assert c.post(INFER, content=json_request(digits_val[0][:1])).status_code == 200
+
+
+def test_non_finite_refused_by_default(client: TestClient) -> None:
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    x[0, 0, 3, 3] = np.nan
+    body, headers = binary_request(x)
+    r = client.post(INFER, content=body, headers=headers)
+    assert r.status_code == 400 and "NaN or Inf" in r.json()["error"] and "BNFOLD_ALLOW_NON_FINITE" in r.json()["error"]
 
 
 def test_non_finite_allowed_when_configured(model_repo: Path) -> None:

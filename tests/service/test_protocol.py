@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import orjson
 import pytest
@@ -83,13 +85,24 @@ def test_json_integers_decode_exactly(datatype: str, texts: list[str]) -> None:
     np.testing.assert_array_equal(req.inputs[0].array, np.array([int(t) for t in texts], dtype=DATATYPES[datatype]))
 
 
-def test_json_data_that_is_not_all_plain_numbers_still_converts() -> None:
-    mixed = decode_request(_json_body("FP32", "true, 1.5, 2", 3), None)  # bools: numpy converts them
-    np.testing.assert_array_equal(mixed.inputs[0].array, np.array([1.0, 1.5, 2.0], np.float32))
+def test_json_data_holds_values_of_its_datatype_only() -> None:
+    """v2 JSON types: numbers for FP, integers for INT, booleans for BOOL; nothing is coerced."""
     flags = decode_request(_json_body("BOOL", "true, false", 2), None)
     np.testing.assert_array_equal(flags.inputs[0].array, np.array([True, False]))
     assert decode_request(_json_body("FP32", "1, 2", 2), None).inputs[0].array.dtype == np.float32
-    with pytest.raises(ApiError, match="not an array of FP32"):
+    nested = decode_request(_json_body("INT8", "[1, 2], [3, -4]", 4), None)  # nested: read in row-major order
+    np.testing.assert_array_equal(nested.inputs[0].array, np.array([1, 2, 3, -4], np.int8))
+    for datatype, values, shown in [
+        ("FP32", "true, 1.5, 2", "true"),
+        ("FP32", '"1", 2, 3', '"1"'),
+        ("FP32", "null, 2, 3", "null"),
+        ("FP32", "[1, {}], 2", "{}"),
+        ("INT32", "1, 2.5, 3", "2.5"),
+        ("BOOL", "true, 1, false", "1"),
+    ]:
+        with pytest.raises(ApiError, match=re.escape(f"holds {shown}, which is not a {datatype} value")):
+            decode_request(_json_body(datatype, values, 3), None)
+    with pytest.raises(ApiError, match="holds 3 values"):
         decode_request(
             orjson.dumps({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2], [3]]}]}),
             None,
@@ -115,7 +128,7 @@ def test_json_data_that_is_not_all_plain_numbers_still_converts() -> None:
         (
             b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": ["a", "b"]}]}',
             None,
-            "not an array of FP32",
+            'holds "a", which is not a FP32 value',
         ),
         (
             b'{"inputs": [{"name": "x", "shape": [2], "datatype": "INT8", "data": [1, 300]}]}',

@@ -1,0 +1,33 @@
+"""ASGI middleware: while the server drains (after the first SIGTERM/SIGINT), every response carries
+``Connection: close``, so keep-alive clients open a new connection for their next request instead of
+reusing one the server is about to close (which could lose a request already on the wire)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Message = MutableMapping[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Message, Callable[[], Awaitable[Message]], Send], Awaitable[None]]
+
+
+class DrainingConnections:
+    """Adds ``Connection: close`` to responses started while ``manager.draining`` is true."""
+
+    def __init__(self, app: ASGIApp, manager: Any) -> None:
+        self.app = app
+        self.manager = manager
+
+    async def __call__(self, scope: Message, receive: Callable[[], Awaitable[Message]], send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        manager = self.manager
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start" and manager.draining:
+                message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
+            await send(message)
+
+        await self.app(scope, receive, send_closing)

@@ -1,0 +1,233 @@
+"""The one inference pipeline: decode -> validate -> admit -> batch -> run -> unbatch -> encode.
+
+Every inference goes through :func:`run`: the v2 ``infer`` route (:func:`infer_http`, JSON or binary tensors),
+the image route (:func:`classify_http`) and any front end that already holds numpy tensors (:func:`infer`,
+for gRPC). Each step is one function here or one call into the module that owns it:
+
+1. admit     :func:`admit`: look the model version up and take an :class:`~service.batching.Admission` on its
+             batcher *before* the body is read, so the batcher knows a request is on its way and a swap or
+             unload waits for it; a request that meets a batcher being retired looks the model up again and
+             lands on the new version (or gets 503 with Retry-After when there is none).
+2. decode    :mod:`service.body` reads the body under the size limit; :mod:`service.protocol` decodes v2
+             JSON/binary tensors; :mod:`service.images` decodes images off the event loop.
+3. validate  :func:`validate_input` and :func:`check_outputs`: one input of the model's name, datatype and
+             shape, finite values, known outputs; all before any work is queued.
+4. batch, run, unbatch: :meth:`~service.batching.Admission.infer` (the batcher merges, runs off the loop and
+             hands each request its own rows).
+5. encode    :func:`build_outputs` + :func:`~service.protocol.encode_response` (v2) or :func:`top_k` (images).
+
+Errors are :class:`~service.errors.ApiError` (answered with their status); anything else is a bug and goes
+to :func:`service.errors.error_response`, the one error policy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.batching import Admission, Retired
+from service.body import read_body, read_images
+from service.errors import ApiError, bad_request, unavailable
+from service.images import decode_images, softmax
+from service.manager import ModelManager, Served
+from service.model import ModelVersion
+from service.protocol import (
+    DATATYPES,
+    InferRequest,
+    InputTensor,
+    OutputTensor,
+    RequestedOutput,
+    classify,
+    decode_request,
+    encode_response,
+    label,
+    top_k,
+)
+from service.settings import Settings
+
+V2_OF_DTYPE = {dtype: name for name, dtype in DATATYPES.items()}
+
+
+@dataclass
+class InferResult:
+    """What a v2 inference answers, before it is encoded for a transport."""
+
+    model_name: str
+    model_version: str
+    id: str | None
+    outputs: list[OutputTensor]
+
+
+# ---- 1. admit -------------------------------------------------------------------------------------------------
+def admit(manager: ModelManager, model: str, version: str | None) -> tuple[Served, Admission]:
+    """The served version and this request's admission on its batcher (one retry across a hot swap)."""
+    for _ in range(2):
+        served = manager.get(model, version)
+        try:
+            return served, served.batcher.admit()
+        except Retired:
+            continue  # swapped or unloaded meanwhile: the manager now names the new version, or none
+    raise unavailable(f"model {model!r} is being replaced or is stopping; retry", 1)
+
+
+# ---- 3. validate ----------------------------------------------------------------------------------------------
+def validate_input(request: InferRequest, model: ModelVersion, allow_non_finite: bool) -> np.ndarray:
+    """The one input tensor the model takes, checked for name, datatype, shape and finite values."""
+    if len(request.inputs) != 1:
+        names = [t.name for t in request.inputs]
+        raise bad_request(f"model {model.name!r} takes exactly one input {model.input_name!r}, got {names}")
+    tensor = request.inputs[0]
+    if tensor.name != model.input_name:
+        raise bad_request(f"model {model.name!r} has no input {tensor.name!r}; its input is {model.input_name!r}")
+    if tensor.datatype != model.input_datatype:
+        raise bad_request(f"input {tensor.name!r}: datatype {tensor.datatype}, expected {model.input_datatype}")
+    if len(tensor.shape) != len(model.sample_shape) + 1 or tuple(tensor.shape[1:]) != model.sample_shape:
+        expected = [-1, *model.sample_shape]
+        raise bad_request(f"input {tensor.name!r}: shape {list(tensor.shape)}, expected {expected} (-1: batch size)")
+    if tensor.shape[0] < 1:
+        raise bad_request(f"input {tensor.name!r}: the batch axis must hold at least one sample")
+    x = tensor.array
+    if not allow_non_finite and x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise bad_request(f"input {tensor.name!r} holds NaN or Inf values (allowed with BNFOLD_ALLOW_NON_FINITE)")
+    return x
+
+
+def check_outputs(request: InferRequest, model: ModelVersion) -> None:
+    """Every requested output exists (checked before the run, not after)."""
+    for out in request.outputs or []:
+        if out.name != model.output_name:
+            raise bad_request(f"model {model.name!r} has no output {out.name!r}; its output is {model.output_name!r}")
+
+
+# ---- 2-4. decode/validate -> batch -> run -> unbatch ----------------------------------------------------------
+async def run(
+    served: Served, admission: Admission, request: InferRequest, settings: Settings, timeout_s: float | None = None
+) -> InferResult:
+    """Validate a decoded request, run it through the batcher and build its outputs.
+
+    ``timeout_s``: a shorter wait than ``settings.request_timeout_s`` (a gRPC deadline), if any.
+    """
+    m = served.model
+    try:
+        x = validate_input(request, m, settings.allow_non_finite)
+        check_outputs(request, m)
+    except ApiError:
+        served.batcher.metrics.count("bad_request")
+        raise
+    timeout = settings.request_timeout_s if timeout_s is None else min(timeout_s, settings.request_timeout_s)
+    logits = await admission.infer(x, timeout)  # counts its own refusals and timeouts
+    return InferResult(m.name, str(m.version), request.id, build_outputs(request, m, logits))
+
+
+# ---- 5. encode ------------------------------------------------------------------------------------------------
+def build_outputs(request: InferRequest, model: ModelVersion, logits: np.ndarray) -> list[OutputTensor]:
+    """The requested outputs (all of them when none is named), classification applied where asked."""
+    wanted = request.outputs or [RequestedOutput(model.output_name, None, 0)]
+    outputs = []
+    for out in wanted:
+        binary = request.binary_output if out.binary is None else out.binary
+        if out.class_count:
+            outputs.append(OutputTensor(out.name, "BYTES", classify(logits, out.class_count, model.labels), binary))
+        else:
+            outputs.append(OutputTensor(out.name, model.output_datatype, logits, binary))
+    return outputs
+
+
+def _done(served: Served, started: float) -> None:
+    served.batcher.metrics.count("success")
+    served.batcher.metrics.request_seconds.observe(time.perf_counter() - started)
+
+
+# ---- front ends -----------------------------------------------------------------------------------------------
+async def infer(
+    manager: ModelManager,
+    model_name: str,
+    version: str | None,
+    inputs: Mapping[str, np.ndarray],
+    outputs: list[RequestedOutput] | None = None,
+    *,
+    request_id: str | None = None,
+    binary_output: bool = False,
+) -> InferResult:
+    """Inference on numpy tensors (front ends without a wire format of their own): the same steps as HTTP."""
+    tensors = []
+    for name, array in inputs.items():
+        datatype = V2_OF_DTYPE.get(array.dtype.newbyteorder("<"))
+        if datatype is None:
+            raise bad_request(f"input {name!r}: numpy dtype {array.dtype} has no v2 datatype")
+        tensors.append(InputTensor(name, datatype, tuple(array.shape), array))
+    request = InferRequest(request_id, tensors, outputs, binary_output)
+    return await infer_decoded(manager, model_name, version, lambda: request)
+
+
+async def infer_decoded(
+    manager: ModelManager,
+    model_name: str,
+    version: str | None,
+    decode: Callable[[], InferRequest],
+    timeout_s: float | None = None,
+) -> InferResult:
+    """A transport that decodes its own requests (gRPC): admit -> ``decode()`` -> run, counted as over HTTP."""
+    started = time.perf_counter()
+    served, admission = admit(manager, model_name, version)
+    with admission:
+        try:
+            request = decode()
+        except ApiError:
+            served.batcher.metrics.count("bad_request")
+            raise
+        result = await run(served, admission, request, manager.settings, timeout_s)
+    _done(served, started)
+    return result
+
+
+async def infer_http(
+    manager: ModelManager, model: str, version: str | None, headers: Mapping[str, str], chunks: AsyncIterator[bytes]
+) -> tuple[bytes, dict[str, str]]:
+    """A v2 HTTP inference: body chunks in (``headers`` with lower-case names), response body and headers out."""
+    started = time.perf_counter()
+    settings = manager.settings
+    served, admission = admit(manager, model, version)
+    with admission:
+        try:
+            body = await read_body(headers, chunks, settings.max_body_bytes)
+            request = decode_request(body, headers.get("inference-header-content-length"))
+        except ApiError:
+            served.batcher.metrics.count("bad_request")
+            raise
+        result = await run(served, admission, request, settings)
+    encoded = encode_response(result.model_name, result.model_version, result.id, result.outputs)
+    _done(served, started)
+    return encoded
+
+
+async def classify_http(
+    manager: ModelManager, model: str, headers: Mapping[str, str], chunks: AsyncIterator[bytes], k: int
+) -> dict[str, Any]:
+    """Images in (multipart ``file`` fields or a raw PNG/JPEG body), the top ``k`` classes of each out."""
+    started = time.perf_counter()
+    settings = manager.settings
+    served, admission = admit(manager, model, None)
+    m = served.model
+    with admission:
+        try:
+            images = await read_images(headers, chunks, settings.max_body_bytes)
+            x = await decode_images(images, m, settings.max_image_pixels)
+        except ApiError:
+            served.batcher.metrics.count("bad_request")
+            raise
+        logits = await admission.infer(x, settings.request_timeout_s)
+    probs = softmax(logits.astype(np.float64))
+    predictions = [
+        {
+            "filename": name,
+            "top": [{"label": label(m.labels, i), "index": int(i), "probability": float(row[i])} for i in indices],
+        }
+        for (name, _), row, indices in zip(images, probs, top_k(probs, k), strict=True)
+    ]
+    _done(served, started)
+    return {"model_name": m.name, "model_version": str(m.version), "predictions": predictions}

@@ -1,0 +1,138 @@
+"""Issue 10 defects 4 and 5: the body limit holds for a chunked multipart upload (read no further than the limit,
+memory flat), and a large image is decoded off the event loop (health checks keep answering)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from tests.service.conftest import make_client
+
+LIMIT = 1024 * 1024
+UPLOAD = 200 * 1024 * 1024
+CHUNK = 64 * 1024
+BOUNDARY = b"bnfoldboundary"
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+async def _chunked_multipart(sent: list[int]) -> AsyncIterator[bytes]:
+    """A 200 MB multipart body made on the fly (never held whole), counting what the app pulled."""
+    yield b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
+    yield b"Content-Type: image/png\r\n\r\n"
+    block = b"\x00" * CHUNK
+    for _ in range(UPLOAD // CHUNK):
+        sent[0] += CHUNK
+        yield block
+    yield b"\r\n--" + BOUNDARY + b"--\r\n"
+
+
+async def _post_stream(app: Any, path: str, headers: list[tuple[bytes, bytes]], body: AsyncIterator[bytes]) -> Any:
+    """POST a streamed body straight to the ASGI app, as a chunked request (no Content-Length)."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"transfer-encoding", b"chunked"), *headers],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    iterator = body.__aiter__()
+    answer: dict[str, Any] = {"body": b""}
+
+    async def receive() -> dict[str, Any]:
+        try:
+            return {"type": "http.request", "body": await iterator.__anext__(), "more_body": True}
+        except StopAsyncIteration:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            answer["body"] += message.get("body", b"")
+
+    await app(scope, receive, send)
+    return answer
+
+
+def test_chunked_multipart_upload_over_the_limit_is_413_read_no_further_memory_flat(model_repo: Path) -> None:
+    with make_client(model_repo, max_body_bytes=LIMIT) as c:
+        sent = [0]
+        before = _rss_bytes()
+        content_type = (b"content-type", b"multipart/form-data; boundary=" + BOUNDARY)
+        answer = c.portal.call(  # type: ignore[union-attr]
+            _post_stream, c.app, "/v1/models/digits/classify", [content_type], _chunked_multipart(sent)
+        )
+        growth = _rss_bytes() - before
+    assert answer["status"] == 413, answer
+    assert b"exceeds the limit of 1048576 bytes (BNFOLD_MAX_BODY_BYTES)" in answer["body"]
+    assert sent[0] <= LIMIT + 2 * CHUNK, f"the app read {sent[0]} bytes of a body over a {LIMIT}-byte limit"
+    assert growth < 20 * 1024 * 1024, f"RSS grew by {growth / 2**20:.1f} MB"
+
+
+@pytest.fixture(scope="module")
+def huge_png() -> bytes:
+    """7000x7000 pixels (under the default pixel budget) in a few hundred KB."""
+    buf = io.BytesIO()
+    img = Image.linear_gradient("L").resize((7000, 7000))
+    img.save(buf, format="PNG", compress_level=9)
+    return buf.getvalue()
+
+
+async def _classify_while_probing(app: Any, png: bytes) -> tuple[int, float, int]:
+    """(status of the classify request, the longest event-loop stall while it ran in s, probes made)."""
+
+    async def one_chunk() -> AsyncIterator[bytes]:
+        yield png
+
+    task = asyncio.create_task(
+        _post_stream(app, "/v1/models/digits/classify", [(b"content-type", b"image/png")], one_chunk())
+    )
+    worst, probes = 0.0, 0
+    while not task.done():
+        started = time.perf_counter()
+        await asyncio.sleep(0.002)
+        worst = max(worst, time.perf_counter() - started - 0.002)
+        probes += 1
+    return (await task)["status"], worst, probes
+
+
+def test_large_image_decodes_off_the_event_loop(model_repo: Path, huge_png: bytes) -> None:
+    with make_client(model_repo) as c:
+        small = io.BytesIO()
+        Image.new("L", (8, 8)).save(small, format="PNG")
+        warm = c.post("/v1/models/digits/classify", content=small.getvalue(), headers={"Content-Type": "image/png"})
+        assert warm.status_code == 200  # first use: Pillow's plugins load, the decode threads start
+        status, worst, probes = c.portal.call(_classify_while_probing, c.app, huge_png)  # type: ignore[union-attr]
+        assert status == 200
+        assert probes > 20, "the decode was too quick to tell"
+        assert worst < 0.05, f"the event loop stalled for {worst * 1000:.0f} ms while the image decoded"
+        assert c.get("/v2/health/live").status_code == 200
+
+
+def test_pixel_budget_is_checked_from_the_header(model_repo: Path, huge_png: bytes) -> None:
+    with make_client(model_repo, max_image_pixels=1_000_000) as c:
+        started = time.perf_counter()
+        r = c.post("/v1/models/digits/classify", content=huge_png, headers={"Content-Type": "image/png"})
+        assert r.status_code == 413 and "7000x7000 pixels exceeds the limit of 1000000 pixels" in r.json()["error"]
+        assert "BNFOLD_MAX_IMAGE_PIXELS" in r.json()["error"]
+        assert time.perf_counter() - started < 0.5, "refused only after decoding"
