@@ -212,9 +212,9 @@ def lower(bn: BnAffine, editor: GraphEditor) -> str:
     assert x is not None  # read_bn checked the inputs
     if bn.per_channel:
         rank = editor.rank(x) or editor.rank(bn.node.outputs[0])
-        if rank is None:
+        if rank is None or rank < 2:
             raise ExportError(
-                f"BatchNormalization {bn.label!r}: its input's rank is unknown (shape inference failed), so it "
+                f"BatchNormalization {bn.label!r}: its input's rank is unknown (none given, none inferred), so it "
                 "can neither fold nor be lowered; give the graph input a shape"
             )
         shape: tuple[int, ...] = (bn.channels, *([1] * (rank - 2)))

@@ -252,3 +252,57 @@ def test_a_sample_fills_each_rows_difference(how: str, monkeypatch: pytest.Monke
         assert all(0 < r < 1e-5 for r in rel), rel
     else:  # the first row (Conv + BN, folded into the Conv) is the broken one
         assert rel[0] > 1e-3, rel
+
+
+@pytest.mark.parametrize("bn_first", [False, True], ids=["gemm-bn", "bn-gemm"])
+def test_gemm_without_c_gets_one(bn_first: bool) -> None:
+    """Gemm's C is optional from opset 11: a fold either way must add it (the shift has to live somewhere)."""
+    rng = np.random.default_rng(15)
+    gemm = "Gemm <alpha = 0.25, transB = 1>"
+    body = (
+        f"b = BatchNormalization (x, s_g, s_b, s_m, s_v)\ny = {gemm} (b, w)"
+        if bn_first
+        else f"c = {gemm} (x, w)\ny = BatchNormalization (c, s_g, s_b, s_m, s_v)"
+    )
+    channels = 5 if bn_first else 4
+    original = model(
+        body, 13, "float[3,5] x", "float[3,4] y", w=rng.normal(size=(4, 5)), **bn_stats(rng, channels, "s")
+    )
+    folded, report = fold_onnx(original)
+    assert [r.action for r in report.rows] == [FOLD_NEXT if bn_first else FOLD_PREV]
+    assert [len(n.input) for n in folded.graph.node] == [3]
+    assert judge(original, folded, rng.normal(size=(3, 5)).astype(np.float32)).ok
+
+
+def test_lowering_without_a_known_rank_is_refused() -> None:
+    rng = np.random.default_rng(16)
+    original = model(
+        "y = BatchNormalization (x, s_g, s_b, s_m, s_v)", 15, "float x", "float y", **bn_stats(rng, 3, "s")
+    )
+    with pytest.raises(ExportError, match=r"'y': its input's rank is unknown"):
+        fold_onnx(original)
+
+
+def test_batchnorm_inside_a_subgraph_is_refused() -> None:
+    rng = np.random.default_rng(17)
+    stats = {k: numpy_helper.from_array(v.astype(np.float32), k) for k, v in bn_stats(rng, 3, "s").items()}
+    branch = onnx.helper.make_graph(
+        [onnx.helper.make_node("BatchNormalization", ["x", *stats], ["t"], name="inner_bn")],
+        "branch",
+        [],
+        [onnx.helper.make_tensor_value_info("t", onnx.TensorProto.FLOAT, [2, 3])],
+        list(stats.values()),
+    )
+    node = onnx.helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)
+    graph = onnx.helper.make_graph(
+        [node],
+        "g",
+        [
+            onnx.helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, []),
+            onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3]),
+        ],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])],
+    )
+    original = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 15)], ir_version=8)
+    with pytest.raises(ExportError, match=r"'inner_bn' is inside a subgraph"):
+        fold_onnx(original)
