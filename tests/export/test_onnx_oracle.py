@@ -121,3 +121,26 @@ def test_maxpool_agrees_with_onnxruntime(name: str) -> None:
     got = onnx_float64_oracle(m)(x)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_run_time_failure_of_onnxruntime_falls_back_to_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    m = model(
+        "y = Gemm <transB = 1> (x, w, b)",
+        15,
+        "float[2,4] x",
+        "float[2,3] y",
+        w=rng.normal(size=(3, 4)),
+        b=rng.normal(size=3),
+    )
+    oracle = onnx_float64_oracle(m)
+    x = rng.normal(size=(2, 4)).astype(np.float32)
+    expected = oracle(x)
+    assert oracle.engine == "onnxruntime"
+
+    def fail(*args: object) -> None:
+        raise RuntimeError("no kernel today")
+
+    monkeypatch.setattr(oracle._session, "run", fail)
+    np.testing.assert_allclose(oracle(x), expected, rtol=1e-14)
+    assert oracle.engine == "onnx.reference"
