@@ -27,6 +27,7 @@ from export.fold_math import scale_shift
 
 BN_OP = "BatchNormalization"
 FIRST_OPSET = 7
+PASS_THROUGH = ("Identity", "Transpose")  # ops a constant is read through
 
 
 def node_label(node: ir.Node) -> str:
@@ -36,12 +37,17 @@ def node_label(node: ir.Node) -> str:
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
-    """The value's array if it is a constant no caller can override: an initializer or a Constant node,
-    possibly behind Identity nodes (torch's exporter puts one before each deduplicated initializer)."""
-    while value is not None and (producer := value.producer()) is not None and producer.op_type == "Identity":
-        value = producer.inputs[0]
+    """The value's array if it is a constant no caller can override: an initializer or a Constant node, possibly
+    behind Identity or Transpose nodes (torch's exporter reads deduplicated initializers through Identity, and
+    without constant folding a Linear weight through Transpose)."""
     if value is None or value.is_graph_input():
         return None
+    producer = value.producer()
+    if producer is not None and producer.domain == "" and producer.op_type in PASS_THROUGH:
+        inner = constant_array(producer.inputs[0] if producer.inputs else None)
+        if inner is None or producer.op_type == "Identity":
+            return inner
+        return np.transpose(inner, producer.attributes.get_ints("perm", None))
     tensor = ir.convenience.get_const_tensor(value)
     return None if tensor is None else np.asarray(tensor.numpy())
 

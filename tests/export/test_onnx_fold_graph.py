@@ -94,6 +94,17 @@ def test_constants_behind_identity_nodes_fold_and_orphans_are_dropped() -> None:
     assert judge(original, folded, x).ok
 
 
+def test_a_weight_behind_transpose_folds() -> None:
+    """torch's exporter without constant folding writes Linear as MatMul(x, Transpose(W))."""
+    rng = np.random.default_rng(18)
+    body = "wt = Transpose <perm = [1, 0]> (w)\nc = MatMul (x, wt)\ny = BatchNormalization (c, s_g, s_b, s_m, s_v)"
+    original = model(body, 15, "float[4,5] x", "float[4,7] y", w=rng.normal(size=(7, 5)), **bn_stats(rng, 7, "s"))
+    folded, report = fold_onnx(original)
+    assert [r.action for r in report.rows] == [FOLD_PREV]
+    assert [n.op_type for n in folded.graph.node] == ["Gemm"], "the Transpose, now unused, is dropped"
+    assert judge(original, folded, rng.normal(size=(4, 5)).astype(np.float32)).ok
+
+
 def test_opset7_spatial0_per_element_statistics_are_lowered() -> None:
     rng = np.random.default_rng(4)
     body = "y = BatchNormalization <spatial = 0> (x, s_g, s_b, s_m, s_v)"
