@@ -317,3 +317,11 @@ def test_batchnorm_inside_a_subgraph_is_refused() -> None:
     original = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 15)], ir_version=8)
     with pytest.raises(ExportError, match=r"'inner_bn' is inside a subgraph"):
         fold_onnx(original)
+
+
+def test_opsets_before_7_are_refused() -> None:
+    rng = np.random.default_rng(19)
+    body = "y = BatchNormalization <is_test = 1> (x, s_g, s_b, s_m, s_v)"
+    original = model(body, 6, "float[2,3] x", "float[2,3] y", **bn_stats(rng, 3, "s"))
+    with pytest.raises(ExportError, match=r"'y' is at opset 6; bnfold reads opsets 7 to 15"):
+        fold_onnx(original)
