@@ -80,6 +80,7 @@ class BnAffine:
     s: np.ndarray
     t: np.ndarray
     label: str
+    dtype: ir.DataType  # the scale's type: what a lowered Mul/Add uses when x's type is not recorded
 
     @property
     def per_channel(self) -> bool:
@@ -101,15 +102,22 @@ def read_bn(node: ir.Node, opset: int) -> BnAffine:
     consumed = [v.name for v in node.outputs[1:] if v is not None and (v.uses() or v.is_graph_output())]
     if consumed:
         raise ExportError(f"BatchNormalization {label!r}: extra outputs {consumed} are consumed; cannot fold")
-    arrays = [constant_array(v) for v in node.inputs[1:5]]
-    names = ("scale", "B", "mean", "var")
-    for name, value, array in zip(names, node.inputs[1:5], arrays, strict=False):
-        if array is None:
-            shown = value.name if value is not None else "missing"
-            raise ExportError(f"BatchNormalization {label!r}: input {name} ({shown}) is not a constant initializer")
-    if len(arrays) < 4:
-        raise ExportError(f"BatchNormalization {label!r} has {len(node.inputs)} inputs; expected 5")
+    arrays = _statistics(node, label)
     eps = node.attributes.get_float("epsilon", 1e-5)
     gamma, beta, mean, var = (torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in arrays)
     s, t = scale_shift(gamma, beta, mean, var, eps)
-    return BnAffine(node, s.numpy(), t.numpy(), label)
+    return BnAffine(node, s.numpy(), t.numpy(), label, ir.DataType.from_numpy(arrays[0].dtype))
+
+
+def _statistics(node: ir.Node, label: str) -> list[np.ndarray]:
+    """scale, B, mean, var as arrays; ExportError when one is missing or not a constant."""
+    if len(node.inputs) < 5:
+        raise ExportError(f"BatchNormalization {label!r} has {len(node.inputs)} inputs; expected 5")
+    arrays = []
+    for name, value in zip(("scale", "B", "mean", "var"), node.inputs[1:5], strict=True):
+        array = constant_array(value)
+        if array is None:
+            shown = value.name if value is not None else "missing"
+            raise ExportError(f"BatchNormalization {label!r}: input {name} ({shown}) is not a constant initializer")
+        arrays.append(array)
+    return arrays

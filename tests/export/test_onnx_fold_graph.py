@@ -325,3 +325,16 @@ def test_opsets_before_7_are_refused() -> None:
     original = model(body, 6, "float[2,3] x", "float[2,3] y", **bn_stats(rng, 3, "s"))
     with pytest.raises(ExportError, match=r"'y' is at opset 6; bnfold reads opsets 7 to 15"):
         fold_onnx(original)
+
+
+def test_float16_graphs_get_float16_weights() -> None:
+    """The float64 result is cast once to the weight's own type, also when the weight sits behind an Identity."""
+    rng = np.random.default_rng(20)
+    body = "wi = Identity (w)\nc = Conv (x, wi)\ny = BatchNormalization (c, s_g, s_b, s_m, s_v)"
+    inits = {"w": rng.normal(size=(5, 3, 1, 1)), **bn_stats(rng, 5, "s")}
+    original = model(body, 15, "float16[2,3,4,4] x", "float16[2,5,4,4] y", np.float16, **inits)
+    folded, report = fold_onnx(original)
+    assert [r.action for r in report.rows] == [FOLD_PREV]
+    onnx.checker.check_model(folded, full_check=True)  # type inference: a float32 weight in a float16 Conv fails
+    assert {t.data_type for t in folded.graph.initializer} == {onnx.TensorProto.FLOAT16}
+    assert judge(original, folded, rng.normal(size=(2, 3, 4, 4)).astype(np.float16)).ok
