@@ -2,7 +2,8 @@
 
 Measures, for a ResNet-20 (3x32x32, BN folded) exported by bnfold:
   1. in-process ONNX Runtime throughput at batch 1, 16 and its best batch;
-  2. the server under 16 concurrent clients, 1 sample per request, binary v2 and JSON v2 (samples/s);
+  2. the server under 16 concurrent clients, 1 sample per request, binary v2 and JSON v2 (samples/s), and
+     binary v2 over gRPC (tritonclient.grpc, raw tensor contents) against binary v2 over HTTP, interleaved;
   3. one client at a time: median latency of a binary request vs a direct ``session.run`` at batch 1, from a
      Python http.client and (with --loadgen wrk) from one wrk connection, interleaved with direct runs;
   4. server memory (RSS) over a sustained run: mean of the first minute vs the last minute.
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,17 @@ def request_body(binary: bool) -> tuple[bytes, dict[str, str]]:
     return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
 
 
+def run_threads(target: Callable[[int], None], clients: int) -> float:
+    """Run ``target(i)`` for i < ``clients``, each in its own thread; the seconds until all have ended."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
+
+
 def load(port: int, binary: bool, clients: int, seconds: float) -> tuple[float, int]:
     """Samples/s over ``seconds`` with ``clients`` keep-alive connections; returns (rate, errors)."""
     body, headers = request_body(binary)
@@ -117,13 +130,33 @@ def load(port: int, binary: bool, clients: int, seconds: float) -> tuple[float, 
                 errors[i] += 1
         conn.close()
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(counts) / (time.perf_counter() - start), sum(errors)
+    elapsed = run_threads(client, clients)  # before summing: the threads fill the counts
+    return sum(counts) / elapsed, sum(errors)
+
+
+def load_grpc(port: int, clients: int, seconds: float) -> tuple[float, int]:
+    """As :func:`load`, over gRPC: one tritonclient.grpc client (its own channel) per thread, raw contents."""
+    import tritonclient.grpc as grpcclient
+
+    x = np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    counts = [0] * clients
+    errors = [0] * clients
+    stop = time.perf_counter() + seconds
+
+    def client(i: int) -> None:
+        c = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        inp = grpcclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        while time.perf_counter() < stop:
+            try:
+                c.infer("resnet20", [inp])
+                counts[i] += 1
+            except Exception:
+                errors[i] += 1
+        c.close()
+
+    elapsed = run_threads(client, clients)  # before summing: the threads fill the counts
+    return sum(counts) / elapsed, sum(errors)
 
 
 def run_wrk(port: int, binary: bool, clients: int, seconds: float, workdir: Path, *flags: str) -> str:
@@ -239,9 +272,10 @@ def main() -> int:
         results["ort_samples_per_s"] = {str(b): round(v) for b, v in batches.items()}
         best = max(batches.values())
         results["ort_latency_ms_batch1"] = ort_latency(path, 2000) * 1e3
-        port = free_port()
+        port, grpc_port = free_port(), free_port()
         server = subprocess.Popen(
-            [sys.executable, "-m", "service", "--repository", tmp, "--port", str(port), "--log-level", "warning"]
+            [sys.executable, "-m", "service", "--repository", tmp, "--port", str(port), "--log-level", "warning"],
+            env={**os.environ, "BNFOLD_GRPC_PORT": str(grpc_port)},
         )
         try:
             for _ in range(200):
@@ -264,6 +298,14 @@ def main() -> int:
             results["server_binary_samples_per_s"] = round(binary)
             results["server_json_samples_per_s"] = round(js)
             results["errors"] = err_b + err_j
+            # gRPC vs HTTP, binary v2, 16 Python clients each, in three interleaved rounds (machine drift hits both)
+            rounds = [
+                (load(port, True, 16, args.seconds / 3), load_grpc(grpc_port, 16, args.seconds / 3)) for _ in range(3)
+            ]
+            results["grpc_vs_http_rounds_samples_per_s"] = [[round(h[0]), round(g[0])] for h, g in rounds]
+            results["server_grpc_samples_per_s"] = round(statistics.median(g[0] for _, g in rounds))
+            results["grpc_vs_http_binary"] = statistics.median(g[0] / h[0] for h, g in rounds)
+            results["errors"] += sum(h[1] + g[1] for h, g in rounds)
             results["binary_vs_best_ort"] = binary / best
             results["server_latency_ms_batch1"] = server_latency(port, 2000) * 1e3
             results["latency_overhead_ms"] = results["server_latency_ms_batch1"] - results["ort_latency_ms_batch1"]

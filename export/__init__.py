@@ -1,26 +1,49 @@
 """bnfold's export stage: fold BatchNorm into the weights, emit verified ONNX, write a model repository.
 
-``fold_batchnorm`` returns a module with no BatchNorm left; ``export_onnx`` folds, exports, checks and
-verifies numerically; ``export_checkpoint`` does all of it from a training checkpoint into a Triton-layout
-model repository.
+The public API:
+
+- ``fold_batchnorm(module, example_inputs) -> (GraphModule, FoldReport)``: a torch module with no BatchNorm;
+- ``fold_onnx(model_proto) -> (ModelProto, FoldReport)``: an ONNX graph with no BatchNormalization;
+- ``export_onnx(module, example_inputs, path, ...) -> ExportReport``: fold, export, verify against float64;
+- ``export_job(job, repository, name)``: any ``ExportJob`` (``job_from_checkpoint``, ``job_from_torch``,
+  ``job_from_onnx``) -> the next verified version in a Triton-layout repository, as one transaction;
+- ``export_checkpoint(checkpoint, repository, name)``: the same from a bnfold training checkpoint;
+- ``write_model(repository, name, onnx_file, labels)``: add any ONNX classifier with its metadata as a version.
+
+Names are imported on first use, so ``import export`` stays cheap.
 """
 
-from export.errors import ExportError, VerificationError
-from export.fold import fold_batchnorm
-from export.onnx_files import check_onnx_input, load_onnx, save_onnx
-from export.onnx_fold import fold_onnx
-from export.onnx_oracle import onnx_float64_oracle
-from export.report import FoldReport, FoldRow
+from __future__ import annotations
 
-__all__ = [
-    "ExportError",
-    "FoldReport",
-    "FoldRow",
-    "VerificationError",
-    "check_onnx_input",
-    "fold_batchnorm",
-    "fold_onnx",
-    "load_onnx",
-    "onnx_float64_oracle",
-    "save_onnx",
-]
+import importlib
+from typing import Any
+
+from export.errors import ExportError, VerificationError
+
+_PUBLIC = {
+    "fold_batchnorm": "export.fold",
+    "fold_onnx": "export.onnx_fold",
+    "export_onnx": "export.onnx_export",
+    "export_onnx_graph": "export.onnx_input",
+    "export_job": "export.pipeline",
+    "export_checkpoint": "export.pipeline",
+    "VersionWritten": "export.pipeline",
+    "ExportJob": "export.job",
+    "job_from_checkpoint": "export.source_checkpoint",
+    "job_from_torch": "export.source_torch",
+    "TorchSource": "export.source_torch",
+    "job_from_onnx": "export.source_onnx",
+    "OnnxSource": "export.source_onnx",
+    "write_model": "export.repository",
+    "FoldReport": "export.report",
+    "FoldRow": "export.report",
+    "ExportReport": "export.report",
+}
+
+__all__ = ["ExportError", "VerificationError", *_PUBLIC]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'export' has no attribute {name!r}")

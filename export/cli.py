@@ -1,4 +1,8 @@
-"""``bnfold-export`` (also ``python -m export``): checkpoint -> verified ONNX -> model repository."""
+"""``bnfold-export`` (also ``python -m export``): a model -> verified ONNX with no BatchNorm -> model repository.
+
+Three sources, one pipeline (``export.pipeline``): a bnfold checkpoint (``--checkpoint``), any PyTorch model
+(``--torch PACKAGE.MODULE:FACTORY --weights FILE --input-shape C,H,W``) or any ONNX file (``--onnx``).
+"""
 
 from __future__ import annotations
 
@@ -8,54 +12,123 @@ import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from training.errors import BnfoldError
 from training.logs import configure_logging
 
+if TYPE_CHECKING:
+    from export.job import ExportJob
+
 QUIET_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export", "torch._export")
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected C,H,W (positive integers), got {text!r}") from None
+    if not shape or any(v < 1 for v in shape):
+        raise argparse.ArgumentTypeError(f"expected C,H,W (positive integers), got {text!r}")
+    return shape
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bnfold-export",
-        description="Fold every BatchNorm of a checkpoint into its weights, export ONNX, verify it numerically "
-        "and add it as a new version to a Triton-layout model repository.",
-        epilog="example:\n  bnfold-export --checkpoint runs/demo --repository model_repository --name digits",
+        description="Fold every BatchNorm of a model into its weights, export ONNX, verify it against a float64 run "
+        "of the original and add it as a new version to a Triton-layout model repository.",
+        epilog="examples:\n  bnfold-export --checkpoint runs/demo --repository model_repository --name digits\n"
+        "  bnfold-export --torch torchvision.models:resnet50 --weights resnet50.safetensors --input-shape 3,224,224\n"
+        "  bnfold-export --onnx model.onnx --images val/ --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", type=Path, required=True, help="run directory or checkpoint directory")
-    p.add_argument("--repository", type=Path, default=Path("model_repository"), help="model repository root")
-    p.add_argument("--name", help="model name in the repository (default <model>-<dataset>)")
-    p.add_argument("--max-batch-size", type=int, default=64, help="config.pbtxt max_batch_size (default 64)")
-    p.add_argument("--max-queue-delay-us", type=int, default=500, help="dynamic batching delay (default 500)")
-    p.add_argument("--fp16", action="store_true", help="export the half-precision variant (<name>-fp16)")
-    p.add_argument("--data-dir", type=Path, help="where the checkpoint's dataset lives now, if it moved")
+    src = p.add_argument_group("source (exactly one)").add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="a bnfold run directory or checkpoint directory")
+    src.add_argument("--torch", metavar="PACKAGE.MODULE:FACTORY", help="a factory that returns the nn.Module")
+    src.add_argument("--onnx", type=Path, metavar="FILE", help="an ONNX file from any exporter")
+    t = p.add_argument_group("models from elsewhere (--torch, --onnx)")
+    t.add_argument("--factory-arg", action="append", default=[], metavar="KEY=VALUE", help="factory keyword (JSON)")
+    t.add_argument("--weights", type=Path, help="safetensors, or a state dict saved with torch.save (--torch)")
+    t.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="one input's shape (--torch)")
+    t.add_argument("--labels", type=Path, metavar="FILE", help="class labels, one per line, in output order")
+    t.add_argument("--mean", type=_floats, help="per-channel input mean the model expects, e.g. 0.485,0.456,0.406")
+    t.add_argument("--std", type=_floats, help="per-channel input std the model expects, e.g. 0.229,0.224,0.225")
+    t.add_argument("--images", type=Path, metavar="DIR", help="real inputs: <DIR>/<class>/<image> (or flat)")
+    t.add_argument("--recalibrate", type=Path, metavar="DIR", help="recompute BN statistics by Algorithm 2 (--torch)")
+    t.add_argument("--recalibrate-batch-size", type=int, default=32, help="mini-batch size m for it (default 32)")
+    r = p.add_argument_group("repository")
+    r.add_argument("--repository", type=Path, default=Path("model_repository"), help="model repository root")
+    r.add_argument("--name", help="model name in the repository (default from the source)")
+    r.add_argument("--max-batch-size", type=int, default=64, help="config.pbtxt max_batch_size (default 64)")
+    r.add_argument("--max-queue-delay-us", type=int, default=500, help="dynamic batching delay (default 500)")
+    r.add_argument("--fp16", action="store_true", help="export the half-precision variant as <name>-fp16")
+    r.add_argument("--data-dir", type=Path, help="where the checkpoint's dataset lives now, if it moved")
     p.add_argument("--json", action="store_true", help="print the export report as JSON instead of tables")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 
+def _job(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ExportJob:
+    """The export job for whichever source was named (imports torch and onnx only once they are needed)."""
+    if args.checkpoint is not None:
+        from export.source_checkpoint import job_from_checkpoint
+
+        return job_from_checkpoint(args.checkpoint, args.data_dir)
+    if args.torch is not None:
+        if args.weights is None or args.input_shape is None:
+            parser.error("--torch needs --weights FILE and --input-shape C,H,W")
+        from export.source_torch import TorchSource, job_from_torch, parse_factory_args
+
+        return job_from_torch(
+            TorchSource(
+                args.torch,
+                args.weights,
+                args.input_shape,
+                parse_factory_args(args.factory_arg),
+                args.labels,
+                args.mean,
+                args.std,
+                args.images,
+                args.recalibrate,
+                args.recalibrate_batch_size,
+            )
+        )
+    if args.recalibrate is not None:
+        parser.error("--recalibrate needs a PyTorch model (--torch): an ONNX graph has no training mode to run")
+    from export.source_onnx import OnnxSource, job_from_onnx
+
+    return job_from_onnx(OnnxSource(args.onnx, args.labels, args.mean, args.std, args.images))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     configure_logging(args.verbose)
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.export internals, not the user's concern
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     try:
-        from export.checkpoint_export import export_checkpoint
+        from export.pipeline import export_job
 
-        written = export_checkpoint(
-            args.checkpoint,
+        written = export_job(
+            _job(args, parser),
             args.repository,
             args.name,
+            precision="float16" if args.fp16 else "float32",
             max_batch_size=args.max_batch_size,
             max_queue_delay_us=args.max_queue_delay_us,
-            fp16=args.fp16,
-            data_dir=args.data_dir,
         )
     except BnfoldError as exc:
-        print(f"bnfold-export: error: {exc}", file=sys.stderr)
-        print("bnfold-export: the model repository was left unchanged", file=sys.stderr)
+        message = " ".join(str(exc).split())  # always one line
+        print(f"bnfold-export: error: {message} (the model repository was left unchanged)", file=sys.stderr)
         return 2
     report = written.report
     if args.json:
@@ -63,12 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(report.fold.table())
         print()
-        print(f"verification ({report.precision}):")
+        print(f"verification ({report.precision}; {report.tolerance.to_dict()['rule']}):")
         print(report.verification_table())
         print()
+    nodes, bn = sum(report.nodes.values()), report.nodes.get("BatchNormalization", 0)
     print(
-        f"wrote {written.path / 'model.onnx'} (version {written.version}, {sum(report.nodes.values())} ONNX nodes, "
-        "0 BatchNormalization)"
+        f"wrote {written.path / 'model.onnx'} (version {written.version}, {nodes} ONNX nodes, {bn} BatchNormalization)"
     )
     return 0
 

@@ -30,7 +30,14 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from export.errors import ExportError
-from export.fold_math import ScaleShift, assign, bn_scale_shift, fold_into_following, fold_into_preceding
+from export.fold_math import (
+    ScaleShift,
+    assign,
+    bn_scale_shift,
+    fold_into_following,
+    fold_into_preceding,
+    population_scale_shift,
+)
 from export.report import FoldReport, FoldRow
 
 logger = logging.getLogger(__name__)
@@ -232,36 +239,28 @@ def _functional_bn(gm: fx.GraphModule, node: fx.Node) -> tuple[torch.Tensor, tor
     mean, var = const("running_mean"), const("running_var")
     if mean is None or var is None:
         raise ExportError(f"functional batch_norm at node {node.name} has no running statistics to fold")
-    mean64, var64 = mean.double(), var.double()
-    weight, bias = const("weight"), const("bias")
-    gamma = weight.double() if weight is not None else torch.ones_like(mean64)
-    beta = bias.double() if bias is not None else torch.zeros_like(mean64)
-    s = gamma / torch.sqrt(var64 + float(args.get("eps", 1e-5)))
-    return s, beta - mean64 * s, mean.dtype
+    s, t = population_scale_shift(mean, var, const("weight"), const("bias"), float(args.get("eps", 1e-5)))
+    return s, t, mean.dtype
 
 
-def fold_batchnorm(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> tuple[nn.Module, FoldReport]:
-    """Return an eval-mode copy of ``model`` with every BatchNorm folded or lowered, and a report.
-
-    The original is untouched. Population (running) statistics are used whatever mode ``model`` is in.
-    Raises :class:`ExportError` for a BN with ``track_running_stats=False`` or an untraceable model.
-    """
-    _refuse_untracked(model)
+def _trace(model: nn.Module) -> fx.GraphModule:
+    """An eval-mode, gradient-free copy of ``model`` traced by torch.fx (the original is never touched)."""
     work = copy.deepcopy(model).eval()
     for p in work.parameters():
         p.requires_grad_(False)
     try:
-        gm = fx.symbolic_trace(work)
+        return fx.symbolic_trace(work)
     except Exception as exc:  # fx raises many types (TraceError, TypeError, NotImplementedError, ...)
         raise ExportError(
             f"{type(model).__name__} cannot be traced by torch.fx ({type(exc).__name__}: {exc}); "
             "fold_batchnorm needs a model without data-dependent control flow in forward()"
         ) from exc
-    recorder = _Recorder(gm)
-    with torch.no_grad():
-        recorder.run(*example_inputs)
-    folder = _Folder(gm, recorder.values)
 
+
+def _fold_all(folder: _Folder) -> None:
+    """Every BN module into its preceding layer where possible, else its following layer, else lowered;
+    then every functional batch_norm call lowered."""
+    gm = folder.gm
     bn_nodes = [(n, m) for n in gm.graph.nodes if isinstance(m := folder.module(n), _BatchNorm)]
     names = {
         n: str(n.target) + (f" (call {i + 1})" if folder.sites[n.target] > 1 else "")
@@ -286,6 +285,20 @@ def fold_batchnorm(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
         s, t, dtype = _functional_bn(gm, node)
         folder.lower(node, s, t, dtype, f"functional:{node.name}", None, "functional batch_norm call")
 
+
+def fold_batchnorm(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> tuple[nn.Module, FoldReport]:
+    """Return an eval-mode copy of ``model`` with every BatchNorm folded or lowered, and a report.
+
+    The original is untouched. Population (running) statistics are used whatever mode ``model`` is in.
+    Raises :class:`ExportError` for a BN with ``track_running_stats=False`` or an untraceable model.
+    """
+    _refuse_untracked(model)
+    gm = _trace(model)
+    recorder = _Recorder(gm)
+    with torch.no_grad():
+        recorder.run(*example_inputs)
+    folder = _Folder(gm, recorder.values)
+    _fold_all(folder)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()

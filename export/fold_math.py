@@ -41,11 +41,17 @@ def bn_scale_shift(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """(s, t) in float64 such that BN in eval mode is ``x * s + t`` per channel."""
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("BatchNorm without running statistics has no population statistics to fold")
-    mean = bn.running_mean.detach().to(F64)
-    var = bn.running_var.detach().to(F64)
-    gamma = bn.weight.detach().to(F64) if bn.weight is not None else torch.ones_like(mean)
-    beta = bn.bias.detach().to(F64) if bn.bias is not None else torch.zeros_like(mean)
-    return scale_shift(gamma, beta, mean, var, bn.eps)
+    return population_scale_shift(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+
+
+def population_scale_shift(
+    mean: torch.Tensor, var: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scale_shift`` on stored tensors of any dtype; gamma/beta None (affine=False) mean 1 and 0."""
+    mean64, var64 = mean.detach().to(F64), var.detach().to(F64)
+    gamma64 = gamma.detach().to(F64) if gamma is not None else torch.ones_like(mean64)
+    beta64 = beta.detach().to(F64) if beta is not None else torch.zeros_like(mean64)
+    return scale_shift(gamma64, beta64, mean64, var64, eps)
 
 
 def scale_shift(

@@ -42,8 +42,8 @@ import onnx_ir as ir
 
 from export.errors import ExportError
 from export.onnx_bn import BN_OP, BnAffine, node_label, opset_of, read_bn
+from export.onnx_edit import GraphEditor, inferred_ranks
 from export.onnx_fold_rules import fold_following, fold_preceding, lower, why_not_following, why_not_preceding
-from export.onnx_graph import GraphEditor, inferred_ranks
 from export.onnx_measure import measure_rows
 from export.report import FoldReport, FoldRow
 

@@ -18,7 +18,7 @@ import torch
 from export.errors import ExportError
 from export.fold_math import following_weight_bias, preceding_weight_bias
 from export.onnx_bn import BnAffine, constant_array, node_label
-from export.onnx_graph import GraphEditor, make_node
+from export.onnx_edit import GraphEditor, make_node
 
 PRECEDING_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 FOLLOWING_OPS = ("Conv", "Gemm")

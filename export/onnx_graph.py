@@ -1,106 +1,59 @@
-"""Graph edits the ONNX fold needs, on onnx-ir: fresh initializers, one node replacing several, value ranks.
-
-Every edit is copy-on-write: a changed weight becomes a NEW initializer under a new name, so an initializer that
-other nodes share is never edited in place; the old one is dropped only once nothing uses it.
-"""
+"""Small facts about ONNX graphs that every export path needs: op counts, metadata, "no BatchNormalization"."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
+import json
+from typing import Any
 
-import numpy as np
-import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
+import onnx
 
-logger = logging.getLogger(__name__)
-
-ORPHAN_OPS = ("Constant", "Identity", "Transpose")  # producers of constants, dropped once nothing reads them
+from export.errors import ExportError, VerificationError
 
 
-class GraphEditor:
-    """Owns one graph's edits: unique names, new constants, node replacement, dropping orphaned constants."""
+def count_ops(model: onnx.ModelProto) -> dict[str, int]:
+    """Op types in the main graph, its subgraphs and its local functions, with counts."""
+    counts: dict[str, int] = {}
 
-    def __init__(self, model: ir.Model, ranks: dict[str, int]) -> None:
-        self.model = model
-        self.graph = model.graph
-        self.ranks = ranks
-        self._names = {v.name for v in _all_values(self.graph) if v.name}
+    def walk(nodes: Any) -> None:
+        for node in nodes:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g.node)
+                for g in attr.graphs:
+                    walk(g.node)
 
-    def unique(self, base: str) -> str:
-        """``base``, or ``base_1``, ``base_2``, ... whichever no value in the graph has yet."""
-        name, i = base, 0
-        while name in self._names:
-            i += 1
-            name = f"{base}_{i}"
-        self._names.add(name)
-        return name
-
-    def constant(self, array: np.ndarray, dtype: ir.DataType, base: str) -> ir.Value:
-        """A new initializer holding float64 ``array`` cast once to ``dtype``."""
-        name = self.unique(base)
-        value = ir.Value(name=name, const_value=ir.tensor(array.astype(dtype.numpy()), name=name))
-        self.graph.register_initializer(value)
-        return value
-
-    def rank(self, value: ir.Value) -> int | None:
-        """The value's rank, from its own shape or from shape inference; None when unknown."""
-        if value.shape is not None:
-            return len(value.shape)
-        return self.ranks.get(value.name or "")
-
-    def replace(self, old_nodes: Sequence[ir.Node], new_nodes: Sequence[ir.Node], old_out: ir.Value) -> None:
-        """Put ``new_nodes`` where ``old_nodes`` were; the last new node's output takes over ``old_out``.
-
-        It keeps ``old_out``'s name (so a graph output keeps its name), type and shape; constants the old nodes
-        read and nothing else uses are dropped.
-        """
-        new_out = new_nodes[-1].outputs[0]
-        new_out.name, new_out.type, new_out.shape = old_out.name, old_out.type, old_out.shape
-        anchor = old_nodes[-1]
-        read = [v for node in old_nodes for v in node.inputs if v is not None]
-        self.graph.insert_before(anchor, new_nodes)
-        ir.convenience.replace_all_uses_with(old_out, new_out, replace_graph_outputs=True)
-        old_out.name = None
-        self.graph.remove(old_nodes, safe=True)
-        for value in read:
-            self._drop_if_orphan(value)
-
-    def _drop_if_orphan(self, value: ir.Value) -> None:
-        if value.uses() or value.is_graph_output() or value.is_graph_input():
-            return
-        if value.is_initializer() and value.name is not None and value.name in self.graph.initializers:
-            self.graph.initializers.pop(value.name)
-            return
-        producer = value.producer()
-        if producer is not None and producer.op_type in ORPHAN_OPS and producer.graph is self.graph:
-            inputs = [v for v in producer.inputs if v is not None]
-            self.graph.remove(producer, safe=True)
-            for source in inputs:  # an Identity's or Transpose's own constant may now be an orphan too
-                self._drop_if_orphan(source)
+    walk(model.graph.node)
+    for fn in model.functions:
+        walk(fn.node)
+    return dict(sorted(counts.items()))
 
 
-def _all_values(graph: ir.Graph) -> list[ir.Value]:
-    values = [*graph.inputs, *graph.initializers.values()]
-    for node in ir.traversal.RecursiveGraphIterator(graph):
-        values.extend(v for v in node.outputs if v is not None)
-    return values
+def require_no_batchnorm(model: onnx.ModelProto) -> dict[str, int]:
+    """The graph's op counts; raises VerificationError if any BatchNormalization is left anywhere in it."""
+    ops = count_ops(model)
+    if ops.get("BatchNormalization", 0):
+        raise VerificationError(f"bnfold bug: {ops['BatchNormalization']} BatchNormalization node(s) left in the graph")
+    return ops
 
 
-def inferred_ranks(model_copy: ir.Model) -> dict[str, int]:
-    """Value name -> rank from ONNX shape inference on a throwaway copy (the model to fold is not touched)."""
-    try:
-        ShapeInferencePass(check_type=False, strict_mode=False)(model_copy)
-    except Exception as exc:  # inference is a hint; the folds that need a rank refuse without it
-        logger.warning("ONNX shape inference failed (%s); folds that need a rank will lower instead", exc)
-        return {}
-    ranks: dict[str, int] = {}
-    for value in _all_values(model_copy.graph):
-        if value.name and value.shape is not None:
-            ranks[value.name] = len(value.shape)
-    return ranks
+def add_metadata(model: onnx.ModelProto, metadata: dict[str, Any]) -> None:
+    """Set ONNX metadata_props, every value JSON-encoded (existing keys are replaced)."""
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update({key: json.dumps(value) for key, value in metadata.items()})
+    del model.metadata_props[:]
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
 
 
-def make_node(op_type: str, inputs: Sequence[ir.Value | None], attrs: Sequence[ir.Attr], name: str | None) -> ir.Node:
-    """A default-domain node with one output."""
-    return ir.Node("", op_type, inputs, attributes=list(attrs), num_outputs=1, name=name)
+def graph_io(model: onnx.ModelProto) -> tuple[str, str, tuple[int, ...]]:
+    """(input name, output name, one sample's static shape) of a single-input classifier graph."""
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    dims = inputs[0].type.tensor_type.shape.dim[1:]
+    if not all(d.HasField("dim_value") for d in dims):
+        raise ExportError(
+            f"ONNX input {inputs[0].name!r} has a symbolic dimension beyond the batch axis; fix its shape"
+        )
+    return inputs[0].name, model.graph.output[0].name, tuple(int(d.dim_value) for d in dims)

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from export.errors import VerificationError
+
+if TYPE_CHECKING:
+    from export.verify import Check, Tolerance
 
 
 @dataclass
@@ -40,9 +48,6 @@ class FoldReport:
     def to_dict(self) -> dict[str, Any]:
         return {"rows": [asdict(r) for r in self.rows], "totals": self.totals}
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
     def summary(self) -> str:
         """One line: how many BN layers were folded and lowered."""
         t = self.totals
@@ -61,3 +66,57 @@ class FoldReport:
         lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip() for row in [head, *body]]
         lines.insert(1, "-" * max(len(line) for line in lines))
         return "\n".join([*lines, self.summary()])
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote and every figure that proved it."""
+
+    path: Path
+    fold: FoldReport
+    checks: list[Check]
+    tolerance: Tolerance
+    opset: int = 0
+    nodes: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step (fold, oracle, export, verify)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def precision(self) -> str:
+        return self.tolerance.name
+
+    def require_passed(self) -> None:
+        """Raise VerificationError naming every failed check."""
+        if not self.passed:
+            failed = "; ".join(c.line() for c in self.checks if not c.passed)
+            raise VerificationError(f"verification failed, nothing written: {failed}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "fold": self.fold.to_dict(),
+            "verification": [c.to_dict() for c in self.checks],
+            "precision": self.precision,
+            "tolerance": self.tolerance.to_dict(),
+            "warnings": self.warnings,
+            "opset": self.opset,
+            "onnx_ops": self.nodes,
+            "timings_s": self.timings,
+        }
+
+    def verification_table(self) -> str:
+        return "\n".join(c.line() for c in self.checks)
+
+
+@contextlib.contextmanager
+def stopwatch(timings: dict[str, float], step: str) -> Iterator[None]:
+    """Add the wall time of the block to ``timings[step]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[step] = timings.get(step, 0.0) + time.perf_counter() - start

@@ -5,14 +5,20 @@
     <repository>/<name>/<version>/model.onnx
     <repository>/<name>/<version>/export_report.json
 
-Versions count up from 1. A version is built in a hidden ``.v<pid>-*.partial`` directory (Triton ignores
-non-numeric folders) and renamed to its number only when complete, so no reader ever sees half of one.
-Stale partial directories of processes that no longer run are removed by the next export.
+    <repository>/<name>/<version>/config.pbtxt   and labels.txt: the same files as the version had them
+
+Versions count up from 1. Each export is one transaction (``new_version``): the model folder is staged as a
+hidden hard-linked copy ``<repository>/.<name>.<pid>-*.partial``, the new version and the shared files are
+written into it, and it replaces ``<name>`` in one atomic rename. No reader ever sees half of an export.
+Staging folders of processes that no longer run are removed by the next export.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
+import json
 import logging
 import os
 import re
@@ -21,6 +27,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from export.errors import ExportError
 from training.atomic import fsync_dir, public_mode, write_bytes_atomic
@@ -28,7 +35,7 @@ from training.atomic import fsync_dir, public_mode, write_bytes_atomic
 logger = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-PARTIAL_RE = re.compile(r"^\.v(\d+)-.*\.partial$")
+PARTIAL_RE = re.compile(r"^\.(.+)\.(\d+)-[^.]*\.partial$")
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 
 
@@ -96,42 +103,149 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_partials(model_dir: Path) -> None:
-    """Delete partial version folders left by exports that were killed."""
-    if not model_dir.is_dir():
-        return
-    for p in model_dir.iterdir():
-        m = PARTIAL_RE.match(p.name)
-        if m and not _pid_alive(int(m.group(1))):
-            logger.info("removing %s, left by an interrupted export", p)
-            shutil.rmtree(p, ignore_errors=True)
+def remove_stale_partials(repository: Path) -> list[Path]:
+    """Delete the staging folders of exports that were killed (their process no longer runs); return them."""
+    stale = [
+        p
+        for p in (repository.iterdir() if repository.is_dir() else [])
+        if (m := PARTIAL_RE.match(p.name)) and not _pid_alive(int(m.group(2)))
+    ]
+    for p in stale:
+        logger.info("removing %s, left by an interrupted export", p)
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
 
 
 @contextlib.contextmanager
-def new_version(repository: Path, name: str) -> Iterator[tuple[Path, int]]:
-    """Yield (staging folder, version number); on success the folder becomes ``<name>/<version>``."""
-    model_dir = repository / check_model_name(name)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(model_dir)
-    staging = Path(tempfile.mkdtemp(prefix=f".v{os.getpid()}-", suffix=".partial", dir=model_dir))
-    public_mode(staging, directory=True)
+def _repository_lock(repository: Path) -> Iterator[None]:
+    """One export at a time per repository: an exclusive flock on the repository folder itself (no lock file)."""
+    repository.mkdir(parents=True, exist_ok=True)
+    fd = os.open(repository, os.O_RDONLY)
     try:
-        version = (existing_versions(model_dir) or [0])[-1] + 1
-        yield staging, version
-        for child in staging.iterdir():
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Copy ``src`` into the existing ``dst`` as hard links (no data copied; old files are never written)."""
+    for child in src.iterdir():
+        if child.name.startswith("."):
+            continue  # leftovers of older bnfold versions' staging are not carried over
+        if child.is_dir():
+            shutil.copytree(child, dst / child.name, copy_function=os.link)
+        else:
+            os.link(child, dst / child.name)
+
+
+def _swap_in(stage: Path, model_dir: Path) -> None:
+    """Make ``stage`` the model folder in one atomic step; the old folder ends up at ``stage``'s path."""
+    if not model_dir.exists():
+        os.rename(stage, model_dir)
+    elif _rename_exchange(stage, model_dir):
+        shutil.rmtree(stage, ignore_errors=True)
+    else:  # no RENAME_EXCHANGE here (not Linux, or the filesystem refuses it): two renames
+        old = stage.with_name(stage.name + ".old")
+        os.rename(model_dir, old)
+        os.rename(stage, model_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(model_dir.parent)
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths with Linux's renameat2(RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    errno = ctypes.get_errno()
+    if errno in (38, 22, 95):  # ENOSYS, EINVAL, EOPNOTSUPP: the kernel or filesystem lacks it
+        return False
+    raise OSError(errno, os.strerror(errno), str(b))
+
+
+def _write_model_files(folder: Path, config_text: str | None, labels: list[str] | None) -> None:
+    if labels is not None:
+        write_bytes_atomic(folder / "labels.txt", ("\n".join(labels) + "\n").encode())
+    if config_text is not None:
+        write_bytes_atomic(folder / "config.pbtxt", config_text.encode())
+
+
+def _fsync_tree(root: Path) -> None:
+    for child in root.rglob("*"):
+        if child.is_file():
             with open(child, "rb") as f:
                 os.fsync(f.fileno())
-        final = model_dir / str(version)
-        if final.exists():
-            raise ExportError(f"version folder {final} appeared during the export; run it again")
-        os.rename(staging, final)
-        fsync_dir(model_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+
+@contextlib.contextmanager
+def new_version(
+    repository: Path, name: str, config_text: str | None = None, labels: list[str] | None = None
+) -> Iterator[tuple[Path, int]]:
+    """Yield (version folder to fill, version number); on success the version appears, all at once.
+
+    One transaction: the new version, ``config.pbtxt`` and ``labels.txt`` (also copied into the version
+    folder, so a version holds everything a server needs) become visible together, or not at all. The model
+    folder is staged as a hard-linked copy beside it and swapped in with one atomic rename; a failure, an
+    exception or a refused verification leaves the repository byte for byte as it was, folders included.
+    A killed export leaves only a hidden staging folder, which the next export removes.
+    """
+    model_dir = repository / check_model_name(name)
+    with _repository_lock(repository):
+        remove_stale_partials(repository)
+        stage = Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}-", suffix=".partial", dir=repository))
+        try:
+            public_mode(stage, directory=True)
+            if model_dir.is_dir():
+                _link_tree(model_dir, stage)
+            version = max(existing_versions(stage), default=0) + 1
+            version_dir = stage / str(version)
+            version_dir.mkdir()
+            public_mode(version_dir, directory=True)
+            yield version_dir, version
+            _write_model_files(version_dir, config_text, labels)
+            _write_model_files(stage, config_text, labels)
+            _fsync_tree(version_dir)
+            _swap_in(stage, model_dir)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
 
 
 def write_model_files(model_dir: Path, config_text: str, labels: list[str]) -> None:
-    """Replace config.pbtxt and labels.txt atomically."""
-    write_bytes_atomic(model_dir / "labels.txt", ("\n".join(labels) + "\n").encode())
-    write_bytes_atomic(model_dir / "config.pbtxt", config_text.encode())
+    """Replace config.pbtxt and labels.txt in place, each atomically (outside a version transaction)."""
+    _write_model_files(model_dir, config_text, labels)
+
+
+def write_model(
+    repository: Path,
+    name: str,
+    onnx_file: Path,
+    labels: list[str],
+    *,
+    report: dict[str, Any] | None = None,
+    max_batch_size: int = 64,
+    max_queue_delay_us: int = 500,
+) -> tuple[Path, int]:
+    """Add any single-input ONNX classifier (and its report) as the next version of ``name``, as one transaction.
+
+    ``config.pbtxt`` is written from the graph's own input and output names and shape. Returns the model
+    folder and the new version number.
+    """
+    import onnx
+
+    from export.onnx_graph import graph_io
+
+    input_name, output_name, shape = graph_io(onnx.load(str(onnx_file), load_external_data=False))
+    inputs, outputs = [TensorSpec(input_name, "float32", shape)], [TensorSpec(output_name, "float32", (len(labels),))]
+    config = render_config(name, inputs, outputs, max_batch_size, max_queue_delay_us)
+    with new_version(repository, name, config, labels) as (version_dir, version):
+        shutil.copyfile(onnx_file, version_dir / "model.onnx")
+        if report is not None:
+            write_bytes_atomic(version_dir / "export_report.json", (json.dumps(report, indent=2) + "\n").encode())
+    return repository / name, version

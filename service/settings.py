@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     repository: Path = Field(Path("model_repository"), description="model repository root (Triton layout)")
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 in containers)")
     port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int = Field(0, ge=0, le=65535, description="gRPC (v2 GRPCInferenceService) port; 0: no gRPC")
     providers: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when it is actually usable, else CPU"
     )

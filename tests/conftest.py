@@ -25,7 +25,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def model_repo(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository holding ``digits`` version 1, exported from ``tiny_run`` by the real exporter."""
-    from export.checkpoint_export import export_checkpoint
+    from export import export_checkpoint
 
     repo = tmp_path_factory.mktemp("repo")
     export_checkpoint(tiny_run, repo, name="digits", max_batch_size=16)

@@ -8,8 +8,10 @@ A checkpoint is a directory ``<run>/checkpoints/step-NNNNNNN/`` holding
   layout and normalisation, BN statistics mode), metrics, dataset, seed, versions, time, the resume state,
   and the sha256 of both tensor files.
 
-It is built in a temporary directory and renamed into place, then ``<run>/checkpoints/latest`` (a symlink)
-is switched to it atomically, so a crash never leaves a half-written checkpoint or a dangling ``latest``.
+It is built in a hidden staging folder ``<run>/checkpoints/.step-NNNNNNN.<random>.partial`` and renamed into
+place, then ``<run>/checkpoints/latest`` (a symlink) is switched to it atomically, so a crash never leaves a
+half-written checkpoint or a dangling ``latest``. A kill during the write can leave the staging folder;
+:func:`partial_checkpoints` finds it for the next run to remove.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import logging
 import platform
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +153,7 @@ def save_checkpoint(
             files[STATE_FILE] = sha256_file(tmp / STATE_FILE)
             doc["optimizer"] = rest
         doc["versions"] = library_versions()
-        doc["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        doc["created"] = datetime.now(UTC).isoformat(timespec="seconds")
         doc["files"] = files
         write_json_atomic(tmp / META_FILE, doc)
     point_symlink(root / "latest", final.name)
@@ -166,6 +168,12 @@ def _prune(root: Path, keep: int) -> None:
     for old in steps[:-keep]:
         if old.name != latest:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def partial_checkpoints(run_dir: Path) -> list[Path]:
+    """The staging folders of checkpoint writes that never finished in ``run_dir`` (see the module docstring)."""
+    root = run_dir / "checkpoints"
+    return sorted(p for p in root.glob(".step-*.partial") if p.is_dir()) if root.is_dir() else []
 
 
 def resolve_checkpoint_dir(path: Path) -> Path:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -83,12 +84,57 @@ def recalibrate_bn(
     for name, bn in layers.items():
         if not bn.track_running_stats or bn.running_mean is None:
             raise ValueError(f"BN layer {name!r} has track_running_stats=False: it keeps no population statistics")
-    was_training = {name: m.training for name, m in model.named_modules()}
-    saved = {
-        name: (bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())  # type: ignore[union-attr]
-        for name, bn in layers.items()
-    }
+    saved = {name: _Statistics.of(bn) for name, bn in layers.items()}
     accumulators = {name: _Accumulator() for name in layers}
+    used = _forward_training_form(model, layers, accumulators, batches, num_batches)
+    if used == 0:
+        raise ValueError("recalibrate_bn received no batches")
+    report: dict[str, dict[str, float]] = {}
+    for name, bn in layers.items():
+        acc = accumulators[name]
+        if acc.mean_sum is None or acc.var_sum is None:
+            saved[name].restore(bn)  # the layer was not reached (an unused branch): keep what it had
+            continue
+        report[name] = _store(bn, acc.mean_sum / acc.batches, acc.var_sum / acc.batches, saved[name])
+        report[name]["batches"] = float(acc.batches)
+    logger.info("recalibrated %d BN layers over %d mini-batches (Algorithm 2)", len(report), used)
+    return report
+
+
+@dataclass(frozen=True)
+class _Statistics:
+    """A copy of one BN layer's running statistics and counter."""
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    tracked: torch.Tensor
+
+    @staticmethod
+    def of(bn: _BatchNorm) -> _Statistics:
+        assert bn.running_mean is not None and bn.running_var is not None and bn.num_batches_tracked is not None
+        return _Statistics(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
+
+    def restore(self, bn: _BatchNorm) -> None:
+        """Put this copy back into ``bn``."""
+        self.store(bn, self.mean, self.var)
+
+    def store(self, bn: _BatchNorm, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Write ``mean`` and ``var`` (in the layer's dtype) and this copy's counter into ``bn``."""
+        bn.running_mean.copy_(mean.to(self.mean.dtype))  # type: ignore[union-attr]
+        bn.running_var.copy_(var.to(self.var.dtype))  # type: ignore[union-attr]
+        bn.num_batches_tracked.copy_(self.tracked)  # type: ignore[union-attr]
+
+
+def _forward_training_form(
+    model: nn.Module,
+    layers: dict[str, _BatchNorm],
+    accumulators: dict[str, _Accumulator],
+    batches: Iterable[Any],
+    num_batches: int | None,
+) -> int:
+    """Run up to ``num_batches`` batches through ``model`` with only its BN layers in training mode, each
+    layer's input going to its accumulator; restore every module's mode. Returns the batches run."""
+    was_training = {name: m.training for name, m in model.named_modules()}
     handles = [bn.register_forward_pre_hook(accumulators[name]) for name, bn in layers.items()]
     model.eval()
     for bn in layers.values():
@@ -98,36 +144,21 @@ def recalibrate_bn(
         for batch in batches:
             if num_batches is not None and used >= num_batches:
                 break
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(x)
+            model(batch[0] if isinstance(batch, (tuple, list)) else batch)
             used += 1
     finally:
         for handle in handles:
             handle.remove()
         for name, module in model.named_modules():
             module.train(was_training[name])
-    if used == 0:
-        raise ValueError("recalibrate_bn received no batches")
-    report: dict[str, dict[str, float]] = {}
-    for name, bn in layers.items():
-        acc = accumulators[name]
-        old_mean, old_var, tracked = saved[name]
-        if acc.batches == 0 or acc.mean_sum is None or acc.var_sum is None:
-            # the layer was not reached (an unused branch): keep what it had
-            bn.running_mean.copy_(old_mean)  # type: ignore[union-attr]
-            bn.running_var.copy_(old_var)  # type: ignore[union-attr]
-            bn.num_batches_tracked.copy_(tracked)  # type: ignore[union-attr]
-            continue
-        new_mean = acc.mean_sum / acc.batches
-        new_var = acc.var_sum / acc.batches
-        bn.running_mean.copy_(new_mean.to(old_mean.dtype))  # type: ignore[union-attr]
-        bn.running_var.copy_(new_var.to(old_var.dtype))  # type: ignore[union-attr]
-        bn.num_batches_tracked.copy_(tracked)  # type: ignore[union-attr]
-        rel = (new_var - old_var.double()).abs() / old_var.double().clamp_min(1e-12)
-        report[name] = {
-            "max_abs_mean_change": float((new_mean - old_mean.double()).abs().max()),
-            "max_rel_var_change": float(rel.max()),
-            "batches": float(acc.batches),
-        }
-    logger.info("recalibrated %d BN layers over %d mini-batches (Algorithm 2)", len(report), used)
-    return report
+    return used
+
+
+def _store(bn: _BatchNorm, mean: torch.Tensor, var: torch.Tensor, old: _Statistics) -> dict[str, float]:
+    """Make (mean, var) the layer's population statistics, keeping its counter; report how far they moved."""
+    old.store(bn, mean, var)
+    rel = (var - old.var.double()).abs() / old.var.double().clamp_min(1e-12)
+    return {
+        "max_abs_mean_change": float((mean - old.mean.double()).abs().max()),
+        "max_rel_var_change": float(rel.max()),
+    }

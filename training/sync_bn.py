@@ -6,8 +6,12 @@ would on the concatenated batch:
 
     N = sum_r n_r,   mean = sum_r sum_i x_ri / N,   var = sum_r sum_i (x_ri - mean)^2 / N   (two passes)
 
-The reductions run in float64 through ``torch.distributed.nn.functional.all_reduce``, which is
-differentiable (its backward all-reduces the gradients), so the backward pass is synchronised too. Running
+The reductions run in float64 through :class:`AllReduceSum`, a differentiable sum over processes on the
+public ``dist.all_reduce``. Every rank r computes the same y = sum_s x_s and its own loss L_r(y); the job's
+objective is sum_r L_r, so d(sum_r L_r)/dx_s = sum_r dL_r/dy: the backward all-reduces the gradient, and the
+backward pass is synchronised too. (It replaces the deprecated ``torch.distributed.nn.functional.all_reduce``,
+whose backward is the same; torch's suggested ``_functional_collectives`` is private and has autograd only in
+recent releases.) Running
 statistics follow torch's rule: EMA with ``momentum`` (or a cumulative average when ``momentum`` is None) of
 the mean and of the unbiased variance ``var * N / (N - 1)``. In eval mode, or without a process group of
 more than one process, it is plain BatchNorm.
@@ -16,14 +20,39 @@ more than one process, it is plain BatchNorm.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.nn.functional import all_reduce
 from torch.nn.modules.batchnorm import _BatchNorm
 
 PLAIN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+
+
+class AllReduceSum(torch.autograd.Function):
+    """y = sum over the default group's processes of x, on every process; the backward sums the gradients alike.
+
+    Every process must call it, in the same order, with tensors of the same shape and dtype.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        total = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+
+def all_reduce(x: torch.Tensor) -> torch.Tensor:
+    """Differentiable sum of ``x`` over every process (see :class:`AllReduceSum`)."""
+    out: torch.Tensor = AllReduceSum.apply(x)
+    return out
 
 
 class SyncBatchNorm(_BatchNorm):

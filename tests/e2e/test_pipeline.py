@@ -34,7 +34,8 @@ def _run(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every path under ``root``, folders included (a folder maps to b"")."""
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"" for p in sorted(root.rglob("*"))}
 
 
 @pytest.mark.slow
@@ -106,6 +107,20 @@ def test_failed_export_never_replaces_the_good_model(tmp_path: Path, tiny_run: P
     proc = _run("export.sh", env)
     assert proc.returncode != 0 and "left unchanged" in proc.stderr
     assert _snapshot(models) == before
+
+
+def test_the_compose_export_job_with_fp16_writes_its_own_model(tmp_path: Path, tiny_run: Path) -> None:
+    data, models = tmp_path / "data", tmp_path / "models"
+    (data / "runs").mkdir(parents=True)
+    os.symlink(tiny_run, data / "runs" / "digits")
+    assert _run("export.sh", _container_env("export", data, models)).returncode == 0
+    before = _snapshot(models / "digits")
+    env = {**_container_env("export", data, models), "BNFOLD_EXPORT_ARGS": "--fp16"}
+    proc = _run("export.sh", env)  # what compose runs: --name "$BNFOLD_MODEL_NAME" --fp16
+    assert proc.returncode == 0, proc.stderr
+    assert _snapshot(models / "digits") == before  # digits keeps serving its float32 version
+    assert (models / "digits-fp16" / "1" / "model.onnx").is_file()
+    assert "float16" in (models / "digits-fp16" / "1" / "export_report.json").read_text()
 
 
 def test_serve_refuses_an_empty_repository(tmp_path: Path) -> None:

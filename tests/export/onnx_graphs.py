@@ -1,13 +1,10 @@
 """Small ONNX graphs in ONNX's textual syntax, and the float32-vs-float64 rule the ONNX fold is judged by.
 
-The rule (the lead's verify.py states the same): with ``ref`` the original graph run in float64,
-``d(a) = max |a - ref|``, a folded output passes when ``d(folded) <= 2 * d(original) + 1e-6 * max |ref|``:
-the fold may add at most float32's own error again, never an error float32 rounding cannot explain.
+Graphs are judged by export.verify's rule: the folded graph's distance from the original graph's float64
+oracle may be at most twice the float32 original's own, plus 2^-20 of the output scale.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -15,9 +12,9 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from export.onnx_oracle import onnx_float64_oracle
+from export.verify import Check, Reference, against_oracle
 
 FOLD_PREV, FOLD_NEXT, LOWER = "folded-into-preceding", "folded-into-following", "lowered-to-scale-shift"
-FACTOR, FLOOR = 2.0, 1e-6
 IR_VERSION = 8  # onnxruntime 1.31 reads IR versions up to 11; onnx's default may be newer
 
 
@@ -62,25 +59,7 @@ def count_ops(proto: onnx.ModelProto, op_type: str) -> int:
     return sum(node.op_type == op_type for node in proto.graph.node)
 
 
-@dataclass
-class Verdict:
-    """Distances of the original and the folded float32 outputs from the float64 oracle."""
-
-    original: float
-    folded: float
-    scale: float
-
-    @property
-    def ok(self) -> bool:
-        return self.folded <= FACTOR * self.original + FLOOR * self.scale
-
-    def __str__(self) -> str:
-        return f"folded {self.folded:.3e} vs original {self.original:.3e} (scale {self.scale:.3e})"
-
-
-def judge(original: onnx.ModelProto, folded: onnx.ModelProto, x: np.ndarray) -> Verdict:
-    """Compare both float32 graphs with the ORIGINAL graph's float64 oracle on input ``x``."""
-    ref = onnx_float64_oracle(original)(x)
-    d_orig = float(np.abs(run(original, x) - ref).max())
-    d_fold = float(np.abs(run(folded, x) - ref).max())
-    return Verdict(d_orig, d_fold, float(np.abs(ref).max()))
+def judge(original: onnx.ModelProto, folded: onnx.ModelProto, x: np.ndarray) -> Check:
+    """The folded graph on ``x``, judged by export.verify's rule against the ORIGINAL graph's float64 oracle."""
+    ref = Reference("random", x, onnx_float64_oracle(original)(x).astype(np.float64), run(original, x))
+    return against_oracle("folded graph", run(folded, x), ref)

@@ -16,7 +16,7 @@ import onnx
 import pytest
 from google.protobuf import text_format
 
-from export.checkpoint_export import export_checkpoint
+from export import export_checkpoint
 from export.errors import ExportError
 from export.verify import ort_session
 from training.checkpoint import load_checkpoint
@@ -35,11 +35,10 @@ MODEL_OPTIONS = {
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    """Every file under ``root`` (hidden ones included) with its sha256."""
+    """Every path under ``root``, folders and hidden entries included: a file's sha256, or "folder"."""
     return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
         for p in sorted(root.rglob("*"))
-        if p.is_file()
     }
 
 
@@ -100,6 +99,12 @@ def test_config_pbtxt_parses_with_tritons_schema(checkpoints: dict[str, Path], t
     assert config.dynamic_batching.max_queue_delay_microseconds == 500
     assert (repo / "digits" / "labels.txt").read_text().split() == [str(i) for i in range(10)]
     assert sorted(p.name for p in (repo / "digits").iterdir()) == ["1", "2", "config.pbtxt", "labels.txt"]
+    assert sorted(p.name for p in (repo / "digits" / "2").iterdir()) == [
+        "config.pbtxt",
+        "export_report.json",
+        "labels.txt",
+        "model.onnx",
+    ]
     mode = (repo / "digits" / "2" / "model.onnx").stat().st_mode
     assert mode & 0o044 == 0o044, "the repository must be readable by the serving container's user"
 
@@ -144,7 +149,7 @@ def test_killed_export_leaves_no_partial_version(checkpoints: dict[str, Path], t
     before = _snapshot(repo)
     proc = _cli("--checkpoint", str(checkpoints["convnet"]), "--repository", str(repo), "--name", "digits")
     deadline = time.monotonic() + 120
-    while not any(p.name.endswith(".partial") for p in (repo / "digits").iterdir()):
+    while not any(p.name.endswith(".partial") for p in repo.iterdir()):
         assert proc.poll() is None and time.monotonic() < deadline, "export ended before it could be interrupted"
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
@@ -164,7 +169,9 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
     proc = _cli("--checkpoint", str(tmp_path / "nope"), "--repository", str(tmp_path / "repo"))
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
-    assert "does not exist" in err and "left unchanged" in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("bnfold-export: error: ") and "does not exist" in err and "left unchanged" in err
+    assert list(tmp_path.iterdir()) == []  # not even the repository folder
 
 
 def test_exported_model_matches_checkpoint_in_numpy(checkpoints: dict[str, Path], tmp_path: Path) -> None:
@@ -177,3 +184,57 @@ def test_exported_model_matches_checkpoint_in_numpy(checkpoints: dict[str, Path]
         expected = model(x).numpy()
     got = ort_session(written.path / "model.onnx").run(None, {"input": x.numpy()})[0]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+class _Killed(BaseException):
+    """Stands for the process dying at that point (BaseException, as KeyboardInterrupt or SystemExit would be)."""
+
+
+KILL_POINTS = {
+    "while exporting, before any file is written": ("export.pipeline", "_emit", 0),
+    "between files: after model.onnx, before export_report.json": ("export.pipeline", "write_json_atomic", 0),
+    "between the shared files: labels.txt written, config.pbtxt not": ("export.repository", "write_bytes_atomic", 3),
+    "at the atomic swap": ("export.repository", "_swap_in", 0),
+}
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+@pytest.mark.parametrize("new_name", [False, True], ids=["existing-name", "new-name"])
+def test_an_export_interrupted_anywhere_leaves_the_repository_byte_for_byte(
+    point: str, new_name: bool, checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    repo = tmp_path / "repo"
+    export_checkpoint(checkpoints["mlp"], repo, name="m")
+    before = _snapshot(repo)
+    module_name, attr, calls_before = KILL_POINTS[point]
+    module = importlib.import_module(module_name)
+    real, seen = getattr(module, attr), []
+
+    def dies_there(*args: object, **kwargs: object) -> object:
+        seen.append(attr)
+        if len(seen) > calls_before:
+            raise _Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, attr, dies_there)
+    with pytest.raises(_Killed):
+        export_checkpoint(checkpoints["mlp"], repo, name="n" if new_name else "m", max_batch_size=7)
+    assert _snapshot(repo) == before
+    monkeypatch.undo()
+    written = export_checkpoint(checkpoints["mlp"], repo, name="m", max_batch_size=7)  # after: all of it at once
+    assert written.version == 2 and "max_batch_size: 7" in (repo / "m" / "config.pbtxt").read_text()
+    assert (repo / "m" / "config.pbtxt").read_bytes() == (repo / "m" / "2" / "config.pbtxt").read_bytes()
+    assert {k: v for k, v in _snapshot(repo).items() if k.startswith("m/1")} == {
+        k: v for k, v in before.items() if k.startswith("m/1")
+    }
+
+
+def test_fp16_gets_its_own_name_whatever_name_says(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    export_checkpoint(checkpoints["convnet"], repo, name="digits")
+    before = _snapshot(repo / "digits")
+    written = export_checkpoint(checkpoints["convnet"], repo, name="digits", fp16=True)
+    assert written.model_dir == repo / "digits-fp16" and written.version == 1
+    assert _snapshot(repo / "digits") == before  # digits still serves its float32 version 1, untouched

@@ -113,4 +113,4 @@ def test_fold_removes_bn_and_matches_the_float64_oracle(name: str, opset: int) -
     assert [i.name for i in folded.graph.input] == [i.name for i in original.graph.input]
     assert (folded.ir_version, list(folded.opset_import)) == (original.ir_version, list(original.opset_import))
     verdict = judge(original, folded, x)
-    assert verdict.ok, f"{name} at opset {opset}: {verdict}"
+    assert verdict.passed, f"{name} at opset {opset}: {verdict.line()}"

@@ -36,7 +36,7 @@ def test_shared_weight_is_copied_and_the_other_conv_keeps_it(opset: int) -> None
     assert _weight_of(folded, "c2") == "w"
     np.testing.assert_array_equal(weights["w"], _initializers(original)["w"])
     assert _weight_of(folded, "b1") != "w"
-    assert judge(original, folded, rng.normal(size=(2, 3, 4, 4)).astype(np.float32)).ok
+    assert judge(original, folded, rng.normal(size=(2, 3, 4, 4)).astype(np.float32)).passed
 
 
 def test_two_convs_sharing_a_weight_each_with_its_own_bn_get_their_own_weights() -> None:
@@ -52,7 +52,7 @@ def test_two_convs_sharing_a_weight_each_with_its_own_bn_get_their_own_weights()
     w1, w2 = _weight_of(folded, "b1"), _weight_of(folded, "b2")
     assert len({w1, w2, "w"}) == 3
     assert "w" not in _initializers(folded), "the old weight, now unused, is dropped"
-    assert judge(original, folded, rng.normal(size=(2, 3, 4, 4)).astype(np.float32)).ok
+    assert judge(original, folded, rng.normal(size=(2, 3, 4, 4)).astype(np.float32)).passed
 
 
 @pytest.mark.parametrize("pads", [0, 1], ids=["folded", "lowered"])
@@ -68,7 +68,7 @@ def test_bn_output_that_is_a_graph_output_keeps_its_name(pads: int) -> None:
     assert [r.action for r in report.rows] == [LOWER if pads else FOLD_PREV]
     assert [o.name for o in folded.graph.output] == ["y"]
     assert any("y" in n.output for n in folded.graph.node)
-    assert judge(original, folded, rng.normal(size=(2, 3, 4, 4)).astype(np.float32)).ok
+    assert judge(original, folded, rng.normal(size=(2, 3, 4, 4)).astype(np.float32)).passed
 
 
 def test_constants_behind_identity_nodes_fold_and_orphans_are_dropped() -> None:
@@ -91,7 +91,7 @@ def test_constants_behind_identity_nodes_fold_and_orphans_are_dropped() -> None:
     assert [n.output[0] for n in folded.graph.node if n.op_type == "Identity"] == ["gi", "k"], "gi is still read"
     assert "w" not in _initializers(folded)
     x = rng.normal(size=(2, 3, 4, 4)).astype(np.float32)
-    assert judge(original, folded, x).ok
+    assert judge(original, folded, x).passed
 
 
 def test_a_weight_behind_transpose_folds() -> None:
@@ -102,7 +102,7 @@ def test_a_weight_behind_transpose_folds() -> None:
     folded, report = fold_onnx(original)
     assert [r.action for r in report.rows] == [FOLD_PREV]
     assert [n.op_type for n in folded.graph.node] == ["Gemm"], "the Transpose, now unused, is dropped"
-    assert judge(original, folded, rng.normal(size=(4, 5)).astype(np.float32)).ok
+    assert judge(original, folded, rng.normal(size=(4, 5)).astype(np.float32)).passed
 
 
 def test_opset7_spatial0_per_element_statistics_are_lowered() -> None:
@@ -113,7 +113,7 @@ def test_opset7_spatial0_per_element_statistics_are_lowered() -> None:
     assert [r.action for r in report.rows] == [LOWER]
     assert "spatial=0" in report.rows[0].reason
     assert count_ops(folded, BN) == 0
-    assert judge(original, folded, rng.normal(size=(2, 3, 4, 4)).astype(np.float32)).ok
+    assert judge(original, folded, rng.normal(size=(2, 3, 4, 4)).astype(np.float32)).passed
 
 
 def test_opset7_spatial1_conv_folds() -> None:
@@ -123,7 +123,7 @@ def test_opset7_spatial1_conv_folds() -> None:
     original = model(body, 7, "float[2,3,5,5] x", "float[2,4,5,5] y", **inits)
     folded, report = fold_onnx(original)
     assert [r.action for r in report.rows] == [FOLD_PREV]
-    assert judge(original, folded, rng.normal(size=(2, 3, 5, 5)).astype(np.float32)).ok
+    assert judge(original, folded, rng.normal(size=(2, 3, 5, 5)).astype(np.float32)).passed
 
 
 def test_training_mode_is_refused_with_the_reason() -> None:
@@ -158,7 +158,7 @@ def test_unused_extra_outputs_in_inference_mode_are_dropped() -> None:
     body = "y = BatchNormalization (x, s_g, s_b, s_m, s_v)"  # the same BN without the extra outputs
     reference = model(body, 15, "float[2,3] x", "float[2,3] y", **_initializers(original))
     x = np.random.default_rng(9).normal(size=(2, 3)).astype(np.float32)
-    assert judge(reference, folded, x).ok
+    assert judge(reference, folded, x).passed
 
 
 def test_consumed_extra_outputs_are_refused() -> None:
@@ -247,9 +247,9 @@ def test_wrong_folds_of_a_deep_graph_are_caught(how: str, monkeypatch: pytest.Mo
     verdict = judge(original, folded, rng.normal(size=(2, 4, 8, 8)).astype(np.float32))
     if how == "correct":
         assert [r.action for r in report.rows] == [FOLD_PREV, LOWER, FOLD_PREV, FOLD_NEXT]
-        assert verdict.ok, verdict
+        assert verdict.passed, verdict.line()
     else:
-        assert not verdict.ok, f"{how} went unnoticed: {verdict}"
+        assert not verdict.passed, f"{how} went unnoticed: {verdict.line()}"
 
 
 @pytest.mark.parametrize("how", ["correct", "one-channel-scale-dropped"])
@@ -282,7 +282,7 @@ def test_gemm_without_c_gets_one(bn_first: bool) -> None:
     folded, report = fold_onnx(original)
     assert [r.action for r in report.rows] == [FOLD_NEXT if bn_first else FOLD_PREV]
     assert [len(n.input) for n in folded.graph.node] == [3]
-    assert judge(original, folded, rng.normal(size=(3, 5)).astype(np.float32)).ok
+    assert judge(original, folded, rng.normal(size=(3, 5)).astype(np.float32)).passed
 
 
 def test_lowering_without_a_known_rank_is_refused() -> None:
@@ -337,4 +337,4 @@ def test_float16_graphs_get_float16_weights() -> None:
     assert [r.action for r in report.rows] == [FOLD_PREV]
     onnx.checker.check_model(folded, full_check=True)  # type inference: a float32 weight in a float16 Conv fails
     assert {t.data_type for t in folded.graph.initializer} == {onnx.TensorProto.FLOAT16}
-    assert judge(original, folded, rng.normal(size=(2, 3, 4, 4)).astype(np.float16)).ok
+    assert judge(original, folded, rng.normal(size=(2, 3, 4, 4)).astype(np.float16)).passed

@@ -43,7 +43,7 @@ def test_external_data_round_trip(tmp_path: Path) -> None:
     assert count_ops(reloaded, BN) == 0
     x = rng.normal(size=(1, 8, 6, 6)).astype(np.float32)
     np.testing.assert_array_equal(run(reloaded, x), run(folded, x))
-    assert judge(original, reloaded, x).ok
+    assert judge(original, reloaded, x).passed
 
 
 def test_small_models_are_saved_whole_unless_asked(tmp_path: Path) -> None:
@@ -133,4 +133,4 @@ def test_graph_from_torch_exporter_that_keeps_batchnorm(dynamo: bool) -> None:
     onnx.checker.check_model(folded)
     x = np.random.default_rng(6).normal(size=(2, 3, 6, 6)).astype(np.float32)
     verdict = judge(exported, folded, x)
-    assert verdict.ok, verdict
+    assert verdict.passed, verdict.line()

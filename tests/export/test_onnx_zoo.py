@@ -28,4 +28,4 @@ def test_zoo_through_onnx(case: Case) -> None:
     assert count_ops(folded, "BatchNormalization") == 0
     assert tuple(row.action for row in report.rows) == case.actions
     verdict = judge(exported, folded, x.numpy())
-    assert verdict.ok, verdict
+    assert verdict.passed, verdict.line()

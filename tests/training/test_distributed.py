@@ -90,6 +90,22 @@ def test_sync_batchnorm_matches_single_process_on_the_concatenated_batch(tmp_pat
             assert not torch.allclose(ranks[0][key], reference[key], rtol=1e-6, atol=1e-6), key
 
 
+def _one_step_recording_warnings(rank: int, world: int, port: int, out: str) -> None:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _one_step(rank, world, port, True, out)
+    Path(out, f"warnings{rank}.txt").write_text("".join(f"{w.category.__name__}: {w.message}\n" for w in caught))
+
+
+def test_sync_batchnorm_uses_no_deprecated_api(tmp_path: Path) -> None:
+    mp.spawn(_one_step_recording_warnings, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        caught = (tmp_path / f"warnings{rank}.txt").read_text()
+        assert "deprecated" not in caught.lower() and "FutureWarning" not in caught, caught
+
+
 def _torchrun(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """torchrun with 2 processes; each rank's stderr goes to cwd/logs/.../<rank>/stderr.log."""
     cmd = [

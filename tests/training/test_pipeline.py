@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -122,8 +123,11 @@ def test_resume_with_mismatched_weights_is_refused(tiny_run: Path, tmp_path: Pat
         )
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "training", *args], capture_output=True, text=True, cwd=cwd)
+def _cli(*args: str, cwd: Path, env: dict[str, Path] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, **{k: str(v) for k, v in (env or {}).items()}}
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args], capture_output=True, text=True, cwd=cwd, env=environ
+    )
 
 
 @pytest.mark.parametrize(
@@ -144,12 +148,28 @@ def test_cli_errors_are_one_readable_line(tmp_path: Path, args: list[str], messa
     assert "Traceback" not in proc.stderr
 
 
-def test_cli_dry_run_and_toml_config(tmp_path: Path) -> None:
+def _tree(root: Path) -> dict[str, tuple[str, int, int]]:
+    """Every path under ``root``, folders included: (kind, size, mtime in ns)."""
+    listing = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        kind = "link" if p.is_symlink() else "dir" if p.is_dir() else "file"
+        listing[str(p.relative_to(root))] = (kind, st.st_size if kind == "file" else 0, st.st_mtime_ns)
+    return listing
+
+
+def test_cli_dry_run_touches_no_file_and_reads_toml_config(tmp_path: Path) -> None:
     (tmp_path / "run.toml").write_text('model = "mlp"\nbatch_size = 32\n[model_options]\nhidden = 20\n')
-    proc = _cli("--config", "run.toml", "--dry-run", "--out", "dry", cwd=tmp_path)
+    # caches that a library could fill go under tmp_path too (torch's own $TMPDIR/torchinductor_<user> stays out)
+    env = {name: tmp_path / name.lower() for name in ("HOME", "XDG_CACHE_HOME", "MPLCONFIGDIR")}
+    for folder in env.values():
+        folder.mkdir()
+    before = _tree(tmp_path)
+    proc = _cli("--config", "run.toml", "--dry-run", "--out", "runs/dry", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "dry run" in proc.stderr
-    assert not (tmp_path / "dry" / "checkpoints").exists()
+    assert "dry run" in proc.stderr and "model mlp" not in proc.stderr
+    assert "training mlp on digits" in proc.stderr  # the TOML file was read
+    assert _tree(tmp_path) == before  # not even the run folder (or its parent) was made
     help_text = _cli("--help", cwd=tmp_path).stdout
     assert "--recalibrate-batches" in help_text and "examples:" in help_text
 

@@ -1,0 +1,60 @@
+"""``ExportJob``: everything the export pipeline needs about one model, whatever it came from.
+
+A source (a bnfold checkpoint, a PyTorch factory with weights, an ONNX file) produces a job; the pipeline
+(``export.pipeline``) turns any job into a verified model version. Inputs are float32 NCHW and already
+normalised the way the model expects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from torch import nn
+
+from export.errors import ExportError
+
+
+@dataclass
+class ExportJob:
+    """One model to fold, verify and write, with the data that proves it and the metadata that describes it."""
+
+    name: str  # default model name in the repository
+    model: nn.Module | onnx.ModelProto
+    input_shape: tuple[int, ...]  # one sample, without the batch axis
+    labels: list[str]
+    normalization: dict[str, list[float]] | None = None  # {"mean": [...], "std": [...]}, or None
+    samples: np.ndarray | None = None  # real inputs for the numerical checks
+    validation_x: np.ndarray | None = None  # a whole validation split: top-1 agreement (and int8's gate)
+    validation_y: np.ndarray | None = None
+    calibration: np.ndarray | None = None  # real inputs for int8 calibration (a training split)
+    input_name: str = "input"
+    output_name: str = "logits"
+    metadata: dict[str, Any] = field(default_factory=dict)  # bnfold.* ONNX metadata of the source
+    report: dict[str, Any] = field(default_factory=dict)  # extra export_report.json sections
+
+    @property
+    def input_meta(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": self.input_name, "shape": list(self.input_shape), "layout": "NCHW"}
+        if self.normalization is not None:
+            meta["normalization"] = self.normalization
+        return meta
+
+    def example(self) -> np.ndarray:
+        """Two inputs to trace the model with: real ones when the job has them."""
+        if self.samples is not None and len(self.samples) >= 2:
+            return self.samples[:2]
+        return np.random.default_rng(0).standard_normal((2, *self.input_shape)).astype(np.float32)
+
+
+VARIANTS = ("float32", "float16", "int8")
+VARIANT_SUFFIX = {"float32": "", "float16": "-fp16", "int8": "-int8"}
+
+
+def variant_name(name: str, variant: str) -> str:
+    """The repository name of a variant: ``X``, ``X-fp16``, ``X-int8``. A variant never replaces ``X``."""
+    if variant not in VARIANT_SUFFIX:
+        raise ExportError(f"unknown precision {variant!r}; expected one of {', '.join(VARIANTS)}")
+    return name + VARIANT_SUFFIX[variant]

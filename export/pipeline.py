@@ -1,0 +1,136 @@
+"""A model's path through export, in one place: job -> fold -> export -> verify -> write.
+
+    source (checkpoint, torch factory, ONNX file) -> ExportJob     export.source_{checkpoint,torch,onnx}
+    fold every BatchNorm                        -> export.fold / export.onnx_fold
+    emit ONNX, check, verify against float64    -> export.onnx_export / export.onnx_input, export.verify
+    write one version, as one transaction       -> export.repository.new_version
+
+A failure at any step raises an ExportError naming the cause and leaves the repository exactly as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from export.errors import ExportError
+from export.job import ExportJob, variant_name
+from export.onnx_export import export_onnx
+from export.report import ExportReport
+from export.repository import TensorSpec, check_model_name, new_version, render_config
+from training.atomic import write_json_atomic
+from training.checkpoint import library_versions
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class VersionWritten:
+    """Where the new version went and the report that proved it."""
+
+    model_dir: Path
+    version: int
+    report: ExportReport
+
+    @property
+    def path(self) -> Path:
+        return self.model_dir / str(self.version)
+
+
+def _config(job: ExportJob, name: str, max_batch_size: int, max_queue_delay_us: int) -> str:
+    if max_batch_size < 1:
+        raise ExportError(f"--max-batch-size must be at least 1, got {max_batch_size}")
+    inputs = [TensorSpec(job.input_name, "float32", job.input_shape)]
+    outputs = [TensorSpec(job.output_name, "float32", (len(job.labels),))]
+    return render_config(name, inputs, outputs, max_batch_size, max_queue_delay_us)
+
+
+def _metadata(job: ExportJob, name: str, version: int, precision: str) -> dict[str, Any]:
+    model = {**job.metadata.get("bnfold.model", {}), "version": version, "repository_name": name}
+    return {
+        **job.metadata,
+        "bnfold.model": model,
+        "bnfold.labels": job.labels,
+        "bnfold.input": job.input_meta,
+        "bnfold.output": {"name": job.output_name, "kind": "logits", "classes": len(job.labels)},
+        "bnfold.versions": library_versions(),
+        "bnfold.precision": precision,
+    }
+
+
+def _emit(job: ExportJob, path: Path, metadata: dict[str, Any], precision: str) -> ExportReport:
+    """Fold, export and verify ``job.model`` into ``path`` (nothing there unless every check passes)."""
+    as_tensor = (lambda a: torch.from_numpy(a)) if isinstance(job.model, torch.nn.Module) else (lambda a: a)
+    common: dict[str, Any] = {
+        "metadata": metadata,
+        "samples": as_tensor(job.samples) if job.samples is not None else None,
+        "validation": as_tensor(job.validation_x) if job.validation_x is not None else None,
+    }
+    if isinstance(job.model, onnx.ModelProto):
+        from export.onnx_input import export_onnx_graph
+
+        if precision != "float32":
+            raise ExportError(f"a {precision} variant needs a PyTorch model; an ONNX input exports float32 only")
+        return export_onnx_graph(job.model, path, **common)
+    example = (torch.from_numpy(job.example()),)
+    fp16 = precision == "float16"
+    return export_onnx(
+        job.model, example, path, input_name=job.input_name, output_name=job.output_name, fp16=fp16, **common
+    )
+
+
+def export_job(
+    job: ExportJob,
+    repository: Path,
+    name: str | None = None,
+    *,
+    precision: str = "float32",
+    max_batch_size: int = 64,
+    max_queue_delay_us: int = 500,
+) -> VersionWritten:
+    """Fold, export and verify ``job``, then add it as the next version of its model in ``repository``.
+
+    ``precision`` "float16" writes ``<name>-fp16``: a variant never becomes a version of ``<name>`` itself.
+    """
+    name = check_model_name(variant_name(name or job.name, precision))
+    config = _config(job, name, max_batch_size, max_queue_delay_us)
+    with new_version(repository, name, config, job.labels) as (version_dir, version):
+        metadata = _metadata(job, name, version, precision)
+        report = _emit(job, version_dir / "model.onnx", metadata, precision)
+        report.path = Path(name) / str(version) / "model.onnx"
+        document = {
+            **report.to_dict(),
+            "model": metadata["bnfold.model"],
+            "labels": job.labels,
+            "input": job.input_meta,
+            **job.report,
+            "export_versions": library_versions(),
+        }
+        write_json_atomic(version_dir / "export_report.json", document)
+    logger.info("wrote %s version %d", repository / name, version)
+    return VersionWritten(repository / name, version, report)
+
+
+def export_checkpoint(
+    checkpoint: Path,
+    repository: Path,
+    name: str | None = None,
+    *,
+    max_batch_size: int = 64,
+    max_queue_delay_us: int = 500,
+    fp16: bool = False,
+    data_dir: Path | None = None,
+) -> VersionWritten:
+    """A bnfold training checkpoint -> the next verified version of ``name`` (``<name>-fp16`` with ``fp16``)."""
+    from export.source_checkpoint import job_from_checkpoint
+
+    job = job_from_checkpoint(checkpoint, data_dir)
+    precision = "float16" if fp16 else "float32"
+    return export_job(
+        job, repository, name, precision=precision, max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us
+    )

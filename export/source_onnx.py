@@ -1,0 +1,67 @@
+"""An ONNX file from any exporter as an export job: read (with external data), checked, with the user's data."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from export.errors import ExportError
+from export.images import load_images
+from export.job import ExportJob
+from export.onnx_files import check_onnx_input, load_onnx
+from export.onnx_graph import graph_io
+from export.source_torch import resolve_labels
+from export.verify import ort_session, session_runner
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class OnnxSource:
+    """What the user named for ``bnfold-export --onnx``."""
+
+    path: Path
+    labels_file: Path | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    images: Path | None = None
+
+
+def _classes(model: onnx.ModelProto, input_name: str, output_name: str, shape: tuple[int, ...]) -> int:
+    """The number of logits, from one run of the original graph (symbolic output shapes are common)."""
+    run = session_runner(ort_session(model.SerializeToString(), "disable_all"), input_name, output_name)
+    out = run(np.zeros((2, *shape), dtype=np.float32))
+    if out.ndim != 2:
+        raise ExportError(f"ONNX output {output_name!r} has shape {out.shape}; a classifier returns (N, classes)")
+    return int(out.shape[1])
+
+
+def job_from_onnx(source: OnnxSource) -> ExportJob:
+    """The file's graph, its I/O names and shape, and the user's labels and images, as an export job."""
+    model = load_onnx(source.path)
+    check_onnx_input(model, source.path)
+    input_name, output_name, shape = graph_io(model)
+    images = load_images(source.images, shape, source.mean, source.std) if source.images else None
+    labels = resolve_labels(source.labels_file, _classes(model, input_name, output_name, shape), images)
+    labelled = images is not None and images.y is not None
+    return ExportJob(
+        name=source.path.stem,
+        model=model,
+        input_shape=shape,
+        labels=labels,
+        normalization={"mean": source.mean, "std": source.std} if source.mean and source.std else None,
+        samples=images.x if images is not None else None,
+        validation_x=images.x if labelled and images is not None else None,
+        validation_y=images.y if images is not None else None,
+        calibration=images.x if images is not None else None,
+        input_name=input_name,
+        output_name=output_name,
+        metadata={"bnfold.model": {"name": source.path.stem, "source_onnx": str(source.path)}},
+        report={
+            "provenance": {"onnx": str(source.path), "producer": f"{model.producer_name} {model.producer_version}"}
+        },
+    )
