@@ -27,6 +27,7 @@ from export.fold_math import scale_shift
 
 BN_OP = "BatchNormalization"
 FIRST_OPSET = 7
+PASS_THROUGH = ("Identity", "Transpose")  # ops a constant is read through
 
 
 def node_label(node: ir.Node) -> str:
@@ -36,12 +37,17 @@ def node_label(node: ir.Node) -> str:
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
-    """The value's array if it is a constant no caller can override: an initializer or a Constant node,
-    possibly behind Identity nodes (torch's exporter puts one before each deduplicated initializer)."""
-    while value is not None and (producer := value.producer()) is not None and producer.op_type == "Identity":
-        value = producer.inputs[0]
+    """The value's array if it is a constant no caller can override: an initializer or a Constant node, possibly
+    behind Identity or Transpose nodes (torch's exporter reads deduplicated initializers through Identity, and
+    without constant folding a Linear weight through Transpose)."""
     if value is None or value.is_graph_input():
         return None
+    producer = value.producer()
+    if producer is not None and producer.domain == "" and producer.op_type in PASS_THROUGH:
+        inner = constant_array(producer.inputs[0] if producer.inputs else None)
+        if inner is None or producer.op_type == "Identity":
+            return inner
+        return np.transpose(inner, producer.attributes.get_ints("perm", None))
     tensor = ir.convenience.get_const_tensor(value)
     return None if tensor is None else np.asarray(tensor.numpy())
 
@@ -74,6 +80,7 @@ class BnAffine:
     s: np.ndarray
     t: np.ndarray
     label: str
+    dtype: ir.DataType  # the scale's type: what a lowered Mul/Add uses when x's type is not recorded
 
     @property
     def per_channel(self) -> bool:
@@ -95,15 +102,22 @@ def read_bn(node: ir.Node, opset: int) -> BnAffine:
     consumed = [v.name for v in node.outputs[1:] if v is not None and (v.uses() or v.is_graph_output())]
     if consumed:
         raise ExportError(f"BatchNormalization {label!r}: extra outputs {consumed} are consumed; cannot fold")
-    arrays = [constant_array(v) for v in node.inputs[1:5]]
-    names = ("scale", "B", "mean", "var")
-    for name, value, array in zip(names, node.inputs[1:5], arrays, strict=False):
-        if array is None:
-            shown = value.name if value is not None else "missing"
-            raise ExportError(f"BatchNormalization {label!r}: input {name} ({shown}) is not a constant initializer")
-    if len(arrays) < 4:
-        raise ExportError(f"BatchNormalization {label!r} has {len(node.inputs)} inputs; expected 5")
+    arrays = _statistics(node, label)
     eps = node.attributes.get_float("epsilon", 1e-5)
     gamma, beta, mean, var = (torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in arrays)
     s, t = scale_shift(gamma, beta, mean, var, eps)
-    return BnAffine(node, s.numpy(), t.numpy(), label)
+    return BnAffine(node, s.numpy(), t.numpy(), label, ir.DataType.from_numpy(arrays[0].dtype))
+
+
+def _statistics(node: ir.Node, label: str) -> list[np.ndarray]:
+    """scale, B, mean, var as arrays; ExportError when one is missing or not a constant."""
+    if len(node.inputs) < 5:
+        raise ExportError(f"BatchNormalization {label!r} has {len(node.inputs)} inputs; expected 5")
+    arrays = []
+    for name, value in zip(("scale", "B", "mean", "var"), node.inputs[1:5], strict=True):
+        array = constant_array(value)
+        if array is None:
+            shown = value.name if value is not None else "missing"
+            raise ExportError(f"BatchNormalization {label!r}: input {name} ({shown}) is not a constant initializer")
+        arrays.append(array)
+    return arrays

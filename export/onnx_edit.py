@@ -15,6 +15,8 @@ from onnx_ir.passes.common import ShapeInferencePass
 
 logger = logging.getLogger(__name__)
 
+ORPHAN_OPS = ("Constant", "Identity", "Transpose")  # producers of constants, dropped once nothing reads them
+
 
 class GraphEditor:
     """Owns one graph's edits: unique names, new constants, node replacement, dropping orphaned constants."""
@@ -71,10 +73,10 @@ class GraphEditor:
             self.graph.initializers.pop(value.name)
             return
         producer = value.producer()
-        if producer is not None and producer.op_type in ("Constant", "Identity") and producer.graph is self.graph:
+        if producer is not None and producer.op_type in ORPHAN_OPS and producer.graph is self.graph:
             inputs = [v for v in producer.inputs if v is not None]
             self.graph.remove(producer, safe=True)
-            for source in inputs:  # an Identity's own constant may now be an orphan too
+            for source in inputs:  # an Identity's or Transpose's own constant may now be an orphan too
                 self._drop_if_orphan(source)
 
 

@@ -187,7 +187,7 @@ def _emit(
 ) -> str:
     """One new node (fresh weight and bias initializers) standing in for ``old_nodes``."""
     node = layer.node
-    dtype = _dtype(node.inputs[1])
+    dtype = ir.DataType.from_numpy(layer.weight.dtype)  # cast once, to the weight's own type
     base = node.name or node_label(node)
     weight_value = editor.constant(weight, dtype, f"{base}_bnfold_weight")
     bias_value = editor.constant(bias, dtype, f"{base}_bnfold_bias")
@@ -196,11 +196,6 @@ def _emit(
     new = make_node(op, [x, weight_value, bias_value], list(attrs.values()), node.name)
     editor.replace(old_nodes, [new], old_out)
     return node_label(new)
-
-
-def _dtype(value: ir.Value | None) -> ir.DataType:
-    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
-    return tensor.dtype if tensor is not None else ir.DataType.FLOAT
 
 
 # ---- BN lowered to Mul + Add -----------------------------------------------------------------------------
@@ -212,15 +207,15 @@ def lower(bn: BnAffine, editor: GraphEditor) -> str:
     assert x is not None  # read_bn checked the inputs
     if bn.per_channel:
         rank = editor.rank(x) or editor.rank(bn.node.outputs[0])
-        if rank is None:
+        if rank is None or rank < 2:
             raise ExportError(
-                f"BatchNormalization {bn.label!r}: its input's rank is unknown (shape inference failed), so it "
+                f"BatchNormalization {bn.label!r}: its input's rank is unknown (none given, none inferred), so it "
                 "can neither fold nor be lowered; give the graph input a shape"
             )
         shape: tuple[int, ...] = (bn.channels, *([1] * (rank - 2)))
     else:
         shape = bn.s.shape  # spatial=0: [C, D1, ...] broadcasts against [N, C, D1, ...]
-    dtype = x.dtype if x.dtype is not None else _dtype(bn.node.inputs[1])
+    dtype = x.dtype if x.dtype is not None else bn.dtype
     scale = editor.constant(bn.s.reshape(shape), dtype, f"{bn.label}_bnfold_scale")
     shift = editor.constant(bn.t.reshape(shape), dtype, f"{bn.label}_bnfold_shift")
     mul = make_node("Mul", [x, scale], [], f"{bn.label}_bnfold_mul")

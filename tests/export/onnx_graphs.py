@@ -18,12 +18,14 @@ FOLD_PREV, FOLD_NEXT, LOWER = "folded-into-preceding", "folded-into-following", 
 IR_VERSION = 8  # onnxruntime 1.31 reads IR versions up to 11; onnx's default may be newer
 
 
-def model(body: str, opset: int, inputs: str, outputs: str, **initializers: np.ndarray) -> onnx.ModelProto:
-    """A model from textual ``body`` lines, with float32 initializers (ints stay int64)."""
+def model(
+    body: str, opset: int, inputs: str, outputs: str, float_type: type = np.float32, **initializers: np.ndarray
+) -> onnx.ModelProto:
+    """A model from textual ``body`` lines, with ``float_type`` initializers (ints stay int64)."""
     text = f'<ir_version: {IR_VERSION}, opset_import: ["" : {opset}]>\ng ({inputs}) => ({outputs}) {{\n{body}\n}}'
     proto = onnx.parser.parse_model(text)
     for name, array in initializers.items():
-        dtype = np.int64 if np.issubdtype(array.dtype, np.integer) else np.float32
+        dtype = np.int64 if np.issubdtype(array.dtype, np.integer) else float_type
         proto.graph.initializer.append(numpy_helper.from_array(array.astype(dtype), name))
     onnx.checker.check_model(proto)
     return proto

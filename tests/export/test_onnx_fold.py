@@ -110,5 +110,7 @@ def test_fold_removes_bn_and_matches_the_float64_oracle(name: str, opset: int) -
     assert [row.action for row in report.rows] == actions
     onnx.checker.check_model(folded, full_check=True)
     assert [o.name for o in folded.graph.output] == [o.name for o in original.graph.output]
+    assert [i.name for i in folded.graph.input] == [i.name for i in original.graph.input]
+    assert (folded.ir_version, list(folded.opset_import)) == (original.ir_version, list(original.opset_import))
     verdict = judge(original, folded, x)
     assert verdict.passed, f"{name} at opset {opset}: {verdict.line()}"

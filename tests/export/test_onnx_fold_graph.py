@@ -94,6 +94,17 @@ def test_constants_behind_identity_nodes_fold_and_orphans_are_dropped() -> None:
     assert judge(original, folded, x).passed
 
 
+def test_a_weight_behind_transpose_folds() -> None:
+    """torch's exporter without constant folding writes Linear as MatMul(x, Transpose(W))."""
+    rng = np.random.default_rng(18)
+    body = "wt = Transpose <perm = [1, 0]> (w)\nc = MatMul (x, wt)\ny = BatchNormalization (c, s_g, s_b, s_m, s_v)"
+    original = model(body, 15, "float[4,5] x", "float[4,7] y", w=rng.normal(size=(7, 5)), **bn_stats(rng, 7, "s"))
+    folded, report = fold_onnx(original)
+    assert [r.action for r in report.rows] == [FOLD_PREV]
+    assert [n.op_type for n in folded.graph.node] == ["Gemm"], "the Transpose, now unused, is dropped"
+    assert judge(original, folded, rng.normal(size=(4, 5)).astype(np.float32)).passed
+
+
 def test_opset7_spatial0_per_element_statistics_are_lowered() -> None:
     rng = np.random.default_rng(4)
     body = "y = BatchNormalization <spatial = 0> (x, s_g, s_b, s_m, s_v)"
@@ -252,3 +263,78 @@ def test_a_sample_fills_each_rows_difference(how: str, monkeypatch: pytest.Monke
         assert all(0 < r < 1e-5 for r in rel), rel
     else:  # the first row (Conv + BN, folded into the Conv) is the broken one
         assert rel[0] > 1e-3, rel
+
+
+@pytest.mark.parametrize("bn_first", [False, True], ids=["gemm-bn", "bn-gemm"])
+def test_gemm_without_c_gets_one(bn_first: bool) -> None:
+    """Gemm's C is optional from opset 11: a fold either way must add it (the shift has to live somewhere)."""
+    rng = np.random.default_rng(15)
+    gemm = "Gemm <alpha = 0.25, transB = 1>"
+    body = (
+        f"b = BatchNormalization (x, s_g, s_b, s_m, s_v)\ny = {gemm} (b, w)"
+        if bn_first
+        else f"c = {gemm} (x, w)\ny = BatchNormalization (c, s_g, s_b, s_m, s_v)"
+    )
+    channels = 5 if bn_first else 4
+    original = model(
+        body, 13, "float[3,5] x", "float[3,4] y", w=rng.normal(size=(4, 5)), **bn_stats(rng, channels, "s")
+    )
+    folded, report = fold_onnx(original)
+    assert [r.action for r in report.rows] == [FOLD_NEXT if bn_first else FOLD_PREV]
+    assert [len(n.input) for n in folded.graph.node] == [3]
+    assert judge(original, folded, rng.normal(size=(3, 5)).astype(np.float32)).passed
+
+
+def test_lowering_without_a_known_rank_is_refused() -> None:
+    rng = np.random.default_rng(16)
+    original = model(
+        "y = BatchNormalization (x, s_g, s_b, s_m, s_v)", 15, "float x", "float y", **bn_stats(rng, 3, "s")
+    )
+    with pytest.raises(ExportError, match=r"'y': its input's rank is unknown"):
+        fold_onnx(original)
+
+
+def test_batchnorm_inside_a_subgraph_is_refused() -> None:
+    rng = np.random.default_rng(17)
+    stats = {k: numpy_helper.from_array(v.astype(np.float32), k) for k, v in bn_stats(rng, 3, "s").items()}
+    branch = onnx.helper.make_graph(
+        [onnx.helper.make_node("BatchNormalization", ["x", *stats], ["t"], name="inner_bn")],
+        "branch",
+        [],
+        [onnx.helper.make_tensor_value_info("t", onnx.TensorProto.FLOAT, [2, 3])],
+        list(stats.values()),
+    )
+    node = onnx.helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)
+    graph = onnx.helper.make_graph(
+        [node],
+        "g",
+        [
+            onnx.helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, []),
+            onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3]),
+        ],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])],
+    )
+    original = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 15)], ir_version=8)
+    with pytest.raises(ExportError, match=r"'inner_bn' is inside a subgraph"):
+        fold_onnx(original)
+
+
+def test_opsets_before_7_are_refused() -> None:
+    rng = np.random.default_rng(19)
+    body = "y = BatchNormalization <is_test = 1> (x, s_g, s_b, s_m, s_v)"
+    original = model(body, 6, "float[2,3] x", "float[2,3] y", **bn_stats(rng, 3, "s"))
+    with pytest.raises(ExportError, match=r"'y' is at opset 6; bnfold reads opsets 7 to 15"):
+        fold_onnx(original)
+
+
+def test_float16_graphs_get_float16_weights() -> None:
+    """The float64 result is cast once to the weight's own type, also when the weight sits behind an Identity."""
+    rng = np.random.default_rng(20)
+    body = "wi = Identity (w)\nc = Conv (x, wi)\ny = BatchNormalization (c, s_g, s_b, s_m, s_v)"
+    inits = {"w": rng.normal(size=(5, 3, 1, 1)), **bn_stats(rng, 5, "s")}
+    original = model(body, 15, "float16[2,3,4,4] x", "float16[2,5,4,4] y", np.float16, **inits)
+    folded, report = fold_onnx(original)
+    assert [r.action for r in report.rows] == [FOLD_PREV]
+    onnx.checker.check_model(folded, full_check=True)  # type inference: a float32 weight in a float16 Conv fails
+    assert {t.data_type for t in folded.graph.initializer} == {onnx.TensorProto.FLOAT16}
+    assert judge(original, folded, rng.normal(size=(2, 3, 4, 4)).astype(np.float16)).passed

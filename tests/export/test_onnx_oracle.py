@@ -107,11 +107,16 @@ POOLS = {
     "maxpool-ceil-dilated": "MaxPool <kernel_shape = [2, 3], ceil_mode = 1, strides = [2, 2], dilations = [2, 1]>",
     "maxpool-asym-pads": "MaxPool <kernel_shape = [3, 3], pads = [0, 1, 2, 1]>",  # the reference's own loop
     "maxpool-same-upper": 'MaxPool <kernel_shape = [2, 2], auto_pad = "SAME_UPPER", strides = [2, 2]>',
+    "avgpool-pads-counted": "AveragePool <kernel_shape = [3, 3], pads = [1, 1, 1, 1], count_include_pad = 1>",
+    "avgpool-pads-not-counted": "AveragePool <kernel_shape = [3, 3], pads = [1, 1, 1, 1], strides = [2, 1]>",
+    "avgpool-asym-pads": "AveragePool <kernel_shape = [3, 2], pads = [0, 1, 2, 1]>",
+    "avgpool-ceil": "AveragePool <kernel_shape = [2, 2], strides = [2, 2], ceil_mode = 1>",  # the reference's own
+    "avgpool-same-upper": 'AveragePool <kernel_shape = [3, 3], auto_pad = "SAME_UPPER", strides = [2, 2]>',
 }
 
 
 @pytest.mark.parametrize("name", list(POOLS))
-def test_maxpool_agrees_with_onnxruntime(name: str) -> None:
+def test_pooling_agrees_with_onnxruntime(name: str) -> None:
     rng = np.random.default_rng(len(name))
     m = model(
         f"c = Conv (x, w)\ny = {POOLS[name]} (c)", 15, "float[2,3,9,8] x", "float y", w=rng.normal(size=(3, 3, 1, 1))
@@ -121,3 +126,26 @@ def test_maxpool_agrees_with_onnxruntime(name: str) -> None:
     got = onnx_float64_oracle(m)(x)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_run_time_failure_of_onnxruntime_falls_back_to_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    m = model(
+        "y = Gemm <transB = 1> (x, w, b)",
+        15,
+        "float[2,4] x",
+        "float[2,3] y",
+        w=rng.normal(size=(3, 4)),
+        b=rng.normal(size=3),
+    )
+    oracle = onnx_float64_oracle(m)
+    x = rng.normal(size=(2, 4)).astype(np.float32)
+    expected = oracle(x)
+    assert oracle.engine == "onnxruntime"
+
+    def fail(*args: object) -> None:
+        raise RuntimeError("no kernel today")
+
+    monkeypatch.setattr(oracle._session, "run", fail)
+    np.testing.assert_allclose(oracle(x), expected, rtol=1e-14)
+    assert oracle.engine == "onnx.reference"
