@@ -229,6 +229,8 @@ class Batcher:
                     break
                 if head.abandoned:
                     self._items.popleft()
+                    if not batch and not self._items:
+                        break  # only requests that gave up were queued: back to idle, not a wait while "running"
                     continue
                 if samples + head.x.shape[0] > self.max_batch:
                     break  # it starts the next batch

@@ -4,6 +4,7 @@ batch runs form the next batch, every request gets exactly its own rows, and sto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from dataclasses import dataclass, field
 
@@ -101,3 +102,29 @@ def test_a_failing_run_fails_its_requests_and_the_next_one_succeeds() -> None:
     error, out = asyncio.run(scenario())
     assert error == "boom"
     np.testing.assert_array_equal(out, np.full((1, 2), 2, np.float32))
+
+
+def test_stop_returns_when_every_queued_request_has_timed_out() -> None:
+    """A queue that holds only requests that gave up must leave the worker idle, so stop() returns."""
+
+    async def scenario() -> tuple[list[int], float]:
+        model = FakeModel()
+        batcher = _batcher(model)
+        batcher.start()
+        x = np.ones((1, 2), np.float32)
+        running = asyncio.create_task(batcher.infer(x, 10))  # occupies the model until released
+        assert await asyncio.to_thread(model.started.wait, 2)
+        queued = [asyncio.create_task(batcher.infer(x, 0.05)) for _ in range(3)]  # they will give up first
+        for task in queued:
+            with contextlib.suppress(Exception):
+                await task
+        model.release.set()  # the worker now finds only abandoned requests in its queue
+        await running
+        await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.wait_for(batcher.stop(), 5)
+        return model.batches, loop.time() - started
+
+    batches, seconds = asyncio.run(scenario())
+    assert batches == [1] and seconds < 1
