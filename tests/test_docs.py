@@ -1,27 +1,132 @@
-"""The README tells the truth about settings and commands."""
+"""The README tells the truth: its settings table, every flag it names, the CLI reference and its
+troubleshooting messages are checked against the code, not against substrings of themselves."""
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
 
 from service.settings import Settings
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
 
 
-def test_every_service_setting_is_documented() -> None:
-    for name in Settings.model_fields:
-        assert f"`BNFOLD_{name.upper()}`" in README, f"BNFOLD_{name.upper()} is missing from the README"
+def _reference() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("cli_reference", ROOT / "scripts" / "cli_reference.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_the_two_commands_are_documented() -> None:
-    assert "make demo" in README and "make test" in README
+def section(heading: str) -> str:
+    """The README text under ``heading`` (e.g. "### Configuration") up to the next heading of its level or above."""
+    level = heading.split()[0]
+    start = README.index(f"\n{heading}\n")
+    rest = README[start + len(heading) + 2 :]
+    ends = [m.start() for m in re.finditer(rf"^#{{1,{len(level)}}} ", rest, re.MULTILINE)]
+    return rest[: ends[0]] if ends else rest
+
+
+def table(text: str) -> list[list[str]]:
+    """The rows of the first Markdown table in ``text``, header and separator left out."""
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[2:]]
+
+
+def _default_matches(default: Any, cell: str) -> bool:
+    text = cell.strip("`")
+    if default is None:
+        return cell.startswith(("unset", "from config.pbtxt"))
+    if isinstance(default, bool):
+        return text == str(default).lower()
+    if isinstance(default, int | float):
+        try:
+            return float(text) == float(default)
+        except ValueError:
+            return False
+    return text == str(default)
+
+
+def test_the_settings_table_is_every_setting_with_its_default() -> None:
+    rows = {cells[0].strip("`"): cells[1] for cells in table(section("### Configuration"))}
+    assert set(rows) == {f"BNFOLD_{name.upper()}" for name in Settings.model_fields}
+    for name, field in Settings.model_fields.items():
+        cell = rows[f"BNFOLD_{name.upper()}"]
+        assert _default_matches(field.default, cell), f"BNFOLD_{name.upper()}: code {field.default!r}, README {cell}"
+
+
+def test_the_cli_reference_is_generated_from_the_four_parsers() -> None:
+    reference = _reference()
+    assert (ROOT / "docs" / "cli.md").read_text() == reference.render(), (
+        "docs/cli.md is out of date: run .venv/bin/python scripts/cli_reference.py"
+    )
+
+
+OTHER_TOOLS = {  # flags the README names that belong to other programs: torchrun, kubectl, docker compose,
+    "--nproc-per-node", "--nnodes", "--rdzv-backend", "--rdzv-endpoint", "--rdzv-id", "--from-literal",  # tritonserver,
+    "--scale", "--model-repository", "--seconds", "--soak", "--loadgen", "--json", "--help", "--check",  # benchmarks
+}  # fmt: skip
+
+
+def test_every_flag_the_readme_names_exists() -> None:
+    parsers = _reference().commands()
+    real = {flag for p in parsers.values() for action in p._actions for flag in action.option_strings}
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", README))
+    assert named - real - OTHER_TOOLS == set(), "the README names flags no command has"
+    # the benchmark flags it names are the benchmarks' own
+    bench = (ROOT / "benchmarks" / "serve_bench.py").read_text()
+    assert all(f'"{flag}"' in bench for flag in ("--seconds", "--soak", "--loadgen"))
+
+
+# Each troubleshooting row, and the literal part of its message that the code must contain.
+TROUBLESHOOTING = {
+    "bnfold-train: error: run directory ... already holds checkpoints": "already holds checkpoints",
+    "the loss became non-finite at step N": "the loss became non-finite at step",
+    "bnfold-export: error: ... track_running_stats=False: it always normalises ...": (
+        "track_running_stats=False: it always normalises"
+    ),
+    "bnfold-export: error: ... cannot rebuild the checkpoint's dataset": "cannot rebuild the checkpoint's dataset",
+    "verification failed, nothing written": "verification failed, nothing written",
+    "model repository ... holds no model": "holds no model",
+    "input 'input': shape [...], expected [-1, 1, 8, 8]": ", expected ",
+    "... exceeds the limit of N bytes (BNFOLD_MAX_BODY_BYTES)": "exceeds the limit of",
+    "x.png is not a PNG or JPEG image": "is not a PNG or JPEG image",
+    "internal server error (request id ...)": "internal server error (request id",
+    "queue is full": "queue is full",
+    "execution provider: CPU (CUDA is not usable on this machine)": "execution provider: CPU (CUDA is not usable",
+}
+
+
+def _source() -> str:
+    return "\n".join(p.read_text() for pkg in ("training", "export", "service") for p in (ROOT / pkg).rglob("*.py"))
+
+
+@pytest.mark.parametrize("message", list(TROUBLESHOOTING))
+def test_each_troubleshooting_message_is_one_the_code_prints(message: str) -> None:
+    fragment = TROUBLESHOOTING[message]
+    assert fragment in message and fragment in _source(), f"{fragment!r} is not in the code"
+
+
+def test_the_troubleshooting_table_is_exactly_the_checked_messages() -> None:
+    rows = [re.search(r"`([^`]*)`", cells[0]) for cells in table(section("## Troubleshooting"))]
+    assert [m.group(1) for m in rows if m] == list(TROUBLESHOOTING)
+
+
+def test_the_two_commands_and_the_python_floor_are_stated() -> None:
+    assert "make demo" in section("## The two commands") and "make test" in section("## The two commands")
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    floor = re.search(r'requires-python = ">=(\d+\.\d+)"', pyproject)
+    assert floor and f"Python {floor.group(1)}+" in README
 
 
 def test_compose_variables_are_documented() -> None:
-    import re
-
-    compose = (Path(__file__).resolve().parents[1] / "docker-compose.yml").read_text()
-    compose += (Path(__file__).resolve().parents[1] / "docker-compose.gpu.yml").read_text()
+    compose = (ROOT / "docker-compose.yml").read_text() + (ROOT / "docker-compose.gpu.yml").read_text()
     for var in set(re.findall(r"\$\{(\w+)", compose)):
-        assert var in README, f"{var} (docker-compose) is missing from the README"
+        assert f"`{var}`" in README, f"{var} (docker-compose) is missing from the README"
