@@ -25,6 +25,7 @@ from training.loop import evaluate, train_step
 from training.models import build_model
 
 Tick = Callable[[int], None]
+Timing = dict[str, float]  # "wall" and "cpu" seconds
 DEFAULT_SEEDS = 5
 
 
@@ -154,8 +155,12 @@ def make(name: str, data: Dataset, seed: int, **options: Any) -> nn.Module:
     return build_model(name, num_classes=data.num_classes, in_channels=c, image_size=h, **options)
 
 
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """``fn()`` and the seconds it took."""
-    started = time.perf_counter()
+def timed(fn: Callable[[], Any]) -> tuple[Any, Timing]:
+    """``fn()`` and the seconds it took: wall-clock, and CPU time of this process.
+
+    With one torch thread, CPU seconds are what the run would take on an otherwise idle core, so they give
+    an estimate of the unloaded time even when other work shares the machine.
+    """
+    wall, cpu = time.perf_counter(), time.process_time()
     result = fn()
-    return result, time.perf_counter() - started
+    return result, {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from training.data import Dataset
-from training.experiments.common import Settings, Tick
+from training.experiments.common import Settings, Tick, Timing
 from training.experiments.verdicts import ClaimSpec, Findings, judge
 
 Result = dict[str, Any]  # one seed's raw measurements, JSON-able
@@ -27,7 +27,7 @@ class Section:
     seeds: list[int]
     results: list[Result]
     findings: list[Findings]
-    seconds: list[float] = field(default_factory=list)
+    seconds: list[Timing] = field(default_factory=list)  # per seed
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class Experiment:
     plot: Callable[[Any, list[Result], Path], None]
 
     def summarize(
-        self, settings: Settings, plan: Any, results: list[Result], seconds: list[float], plan_record: dict[str, Any]
+        self, settings: Settings, plan: Any, results: list[Result], seconds: list[Timing], plan_record: dict[str, Any]
     ) -> Section:
         """Judge every claim across seeds, draw the figure and assemble the section."""
         findings = [self.findings(plan, r) for r in results]

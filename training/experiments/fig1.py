@@ -18,7 +18,7 @@ from torch import nn
 
 from training.data import Dataset
 from training.experiments import plots
-from training.experiments.common import Settings, Tick, best, make, padded, steps_to, train_curve
+from training.experiments.common import Settings, Tick, best, eval_steps, make, padded, steps_to, train_curve
 from training.experiments.experiment import Experiment, Result
 from training.experiments.markdown import pm, table
 from training.experiments.verdicts import ClaimSpec, Findings
@@ -43,7 +43,7 @@ class Plan:
 
 def plan(settings: Settings, data: Dataset) -> Plan:
     if settings.quick:
-        return Plan(steps=60, every=10)
+        return Plan(steps=40, every=10)
     if settings.dataset == "mnist":
         return Plan(steps=50_000, every=1000)  # the paper's Figure 1 runs 50k steps of 60 images
     return Plan(steps=6000, every=100)
@@ -111,8 +111,10 @@ def claims(p: Plan) -> list[ClaimSpec]:
             "4.1: with BN the network reaches higher test accuracy, faster",
             "Figure 1(a): BN curve above the baseline throughout 50k steps on MNIST",
             lambda f: f["best_bn"] >= f["best_plain"] and f["steps_bn"] <= f["steps_plain"],
-            lambda f: f"best {f['best_bn']:.4f} vs {f['best_plain']:.4f}; the no-BN best reached at step "
-            f"{f['steps_bn']:.0f} with BN vs {f['steps_plain']:.0f} without",
+            lambda f: (
+                f"best {f['best_bn']:.4f} vs {f['best_plain']:.4f}; the no-BN best reached at step "
+                f"{f['steps_bn']:.0f} with BN vs {f['steps_plain']:.0f} without"
+            ),
             ("best_bn", "best_plain", "steps_bn", "steps_plain"),
         ),
         ClaimSpec(
@@ -147,7 +149,7 @@ KEYS = (("best", ".4f"), ("to90", ".0f"), ("steps", ".0f"), ("drift", ".2f"))
 
 def plot(p: Plan, results: list[Result], path: Path) -> None:
     fig, axes = plots.figure(3)
-    first = results[0]["curves"]["with BN"]["steps"]
+    first = eval_steps(p.steps, p.every)
     for name in NAMES.values():
         rows = [padded(r["curves"][name]["val_acc"], len(first)) for r in results]
         plots.band(axes[0], first, rows, name)

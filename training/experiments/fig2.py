@@ -52,7 +52,7 @@ class Plan:
 
 def plan(settings: Settings, data: Dataset) -> Plan:
     if settings.quick:
-        return Plan(steps=20, every=10)
+        return Plan(steps=10, every=5)
     if settings.dataset == "mnist":
         return Plan(steps=3000, every=100)
     return Plan(steps=1500, every=25)
@@ -104,8 +104,18 @@ def claims(p: Plan) -> list[ClaimSpec]:
 
     chance = 1.0 / 10 + CHANCE_MARGIN
     return [
-        fewer("BN-Baseline", BASELINE, "4.2: BN-Baseline reaches the baseline's best accuracy in fewer steps", "13.3M vs 31.0M steps (2.3x fewer)"),
-        fewer("BN-x5", BASELINE, "4.2: a 5x higher rate with BN needs far fewer steps than the baseline", "2.1M vs 31.0M steps (14.8x fewer)"),
+        fewer(
+            "BN-Baseline",
+            BASELINE,
+            "4.2: BN-Baseline reaches the baseline's best accuracy in fewer steps",
+            "13.3M vs 31.0M steps (2.3x fewer)",
+        ),
+        fewer(
+            "BN-x5",
+            BASELINE,
+            "4.2: a 5x higher rate with BN needs far fewer steps than the baseline",
+            "2.1M vs 31.0M steps (14.8x fewer)",
+        ),
         fewer("BN-x5", "BN-Baseline", "4.2: ... and fewer than BN at the baseline rate", "2.1M vs 13.3M steps"),
         ClaimSpec(
             "4.2: BN-x30 reaches a higher best accuracy than BN-x5",

@@ -15,7 +15,7 @@ import numpy as np
 BAND = "line: mean over seeds; band: min to max over seeds"
 
 
-def band(ax: Any, x: Sequence[float], rows: Sequence[Sequence[float]], label: str, **style: Any) -> None:
+def band(ax: Any, x: Sequence[float], rows: Sequence[Any], label: str, **style: Any) -> None:
     """Plot the mean of ``rows`` (one row per seed, all as long as ``x``) with a min-max band."""
     v = np.asarray(rows, dtype=np.float64)  # (seeds, len(x))
     (line,) = ax.plot(x, v.mean(axis=0), label=label, **style)

@@ -33,6 +33,7 @@ def make_record(settings: Settings, sections: list[Section], provenance: dict[st
         },
         "rule": rule_text(settings.seeds),
         "wall_seconds": round(wall, 1),
+        "cpu_seconds": round(sum(t["cpu"] for s in sections for t in s.seconds), 1),
         "sections": [asdict(s) for s in sections],
     }
 
@@ -41,6 +42,7 @@ def _header(record: dict[str, Any]) -> list[str]:
     s, p = record["settings"], record["provenance"]
     mode = "quick mode (seconds; for tests, not for conclusions)" if s["quick"] else "default mode"
     libs = ", ".join(f"{k} {v}" for k, v in p["versions"].items())
+    wall, cpu = record["wall_seconds"], record["cpu_seconds"]
     commit = f"`{p['commit']}`" + (" with uncommitted changes" if p["dirty"] else "") if p["commit"] else "unknown"
     return [
         "# Batch Normalization, reproduced in miniature",
@@ -48,7 +50,8 @@ def _header(record: dict[str, Any]) -> list[str]:
         f"Ran in {mode} on {s['dataset']} with {len(s['seeds'])} seeds ({', '.join(map(str, s['seeds']))}; the "
         f"validation split is fixed by seed {s['split_seed']}, the seeds vary initialisation and batch order). "
         f"Produced from commit {commit}; {libs}. Machine: {p['machine']}, {p['workers']} worker process(es) of "
-        f"{p['threads_per_run']} torch thread; {record['wall_seconds']:.0f} s wall-clock, finished {p['finished']}. "
+        f"{p['threads_per_run']} torch thread; {wall:.0f} s wall-clock and {cpu:.0f} s of CPU in the runs (on idle "
+        f"cores about {cpu / p['workers']:.0f} s wall-clock), finished {p['finished']}. "
         f"Every seed's numbers and every configuration are in `{{json}}`. Nothing was tuned to agree with the "
         "paper: where ours differs, the table says so.",
         "",
@@ -74,14 +77,22 @@ def _claims(record: dict[str, Any]) -> list[str]:
         for c in claims
     ]
     spread = [
-        [name, f"{q['mean']:.4g}", f"{q['std']:.3g}", f"{q['min']:.4g} - {q['max']:.4g}", ", ".join(f"{v:.4g}" for v in q["values"])]
+        [
+            name,
+            f"{q['mean']:.4g}",
+            f"{q['std']:.3g}",
+            f"{q['min']:.4g} - {q['max']:.4g}",
+            ", ".join(f"{v:.4g}" for v in q["values"]),
+        ]
         for name, q in {k: v for c in claims for k, v in c["quantities"].items()}.items()
     ]
     return [
         "",
         "## The paper's claims and ours",
         "",
-        table(["claim", "whose", "paper", "ours (mean over seeds)", "holds in seeds", "holds for mean", "verdict"], rows),
+        table(
+            ["claim", "whose", "paper", "ours (mean over seeds)", "holds in seeds", "holds for mean", "verdict"], rows
+        ),
         "",
         "The numbers behind each claim, across seeds (sd: sample standard deviation):",
         "",
@@ -96,8 +107,12 @@ def render(record: dict[str, Any], figures: str = "") -> str:
     for s in record["sections"]:
         parts += ["", f"## {s['title']}", "", s["body"], ""]
         parts += [f"![{Path(f).stem}]({prefix}{f})" for f in s["figures"]]
-        secs = s["seconds"]
-        parts += ["", f"_Took {sum(secs):.0f} s of compute ({min(secs):.0f} to {max(secs):.0f} s per seed)._"]
+        cpu = [t["cpu"] for t in s["seconds"]]
+        wall = sum(t["wall"] for t in s["seconds"])
+        parts += [
+            "",
+            f"_Took {sum(cpu):.0f} s of CPU ({min(cpu):.0f} to {max(cpu):.0f} s per seed), {wall:.0f} s wall-clock._",
+        ]
     return "\n".join(parts) + "\n"
 
 

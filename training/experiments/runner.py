@@ -15,7 +15,7 @@ from dataclasses import asdict
 from typing import Any
 
 from training.experiments import fig1, fig2, popstats
-from training.experiments.common import Settings, Tick, one_thread, timed
+from training.experiments.common import Settings, Tick, Timing, one_thread, timed
 from training.experiments.experiment import Experiment, Result, Section
 from training.progress import progress_bar
 
@@ -45,7 +45,13 @@ class Progress:
         if now - self.logged >= LOG_EVERY_S and done:
             self.logged = now
             left = (now - self.started) * (self.total - done) / done
-            logger.info("%d/%d steps (%.0f%%), about %.0f min %02.0f s left", done, self.total, 100 * done / self.total, *divmod(left, 60))
+            logger.info(
+                "%d/%d steps (%.0f%%), about %.0f min %02.0f s left",
+                done,
+                self.total,
+                100 * done / self.total,
+                *divmod(left, 60),
+            )
 
     def close(self) -> None:
         self.bar.close()
@@ -61,19 +67,19 @@ def _worker_tick(k: int) -> None:
         _counter.value += k
 
 
-def run_one(settings: Settings, key: str, plan: Any, seed: int, tick: Tick | None = None) -> tuple[Result, float]:
-    """One seed of one experiment, with one torch thread; its result and the seconds it took."""
+def run_one(settings: Settings, key: str, plan: Any, seed: int, tick: Tick | None = None) -> tuple[Result, Timing]:
+    """One seed of one experiment, with one torch thread; its result and the seconds it took (wall, CPU)."""
     data = settings.load()
     with one_thread():
         result, seconds = timed(lambda: EXPERIMENTS[key].run_seed(plan, data, seed, tick))
     return result, seconds
 
 
-def _pooled(settings: Settings, runs: list[tuple[str, Any, int]], progress: Progress) -> list[tuple[Result, float]]:
+def _pooled(settings: Settings, runs: list[tuple[str, Any, int]], progress: Progress) -> list[tuple[Result, Timing]]:
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's thread pools
     counter = ctx.Value("q", 0)
     with ProcessPoolExecutor(settings.jobs, mp_context=ctx, initializer=_init_worker, initargs=(counter,)) as pool:
-        futures: list[Future[tuple[Result, float]]] = [
+        futures: list[Future[tuple[Result, Timing]]] = [
             pool.submit(run_one, settings, key, plan, seed, _worker_tick) for key, plan, seed in runs
         ]
         pending = set(futures)

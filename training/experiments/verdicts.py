@@ -110,7 +110,12 @@ def judge(spec: ClaimSpec, per_seed: Sequence[Findings]) -> dict[str, Any]:
     if spec.paired is not None:
         a, b = ([f[key] for f in per_seed] for key in spec.paired)
         p = paired_p(a, b)
-        record["paired"] = {"a": spec.paired[0], "b": spec.paired[1], "difference": summary(np.subtract(a, b)), "p": p}
+        record["paired"] = {
+            "a": spec.paired[0],
+            "b": spec.paired[1],
+            "difference": summary(np.subtract(a, b).tolist()),
+            "p": p,
+        }
         differs = not agrees and p < ALPHA
     else:
         differs = not mean_holds and n - sum(seeds_hold) >= k
