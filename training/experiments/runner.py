@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in (fig1.EXPERIMENT, fig2.EXPERIMENT, popstats.EXPERIMENT)}
 LOG_EVERY_S = 30.0
+MIN_FRACTION = 0.02  # no estimate before 2% of the steps are done: the first steps include start-up
 _counter: Any = None  # in a worker: the shared step counter
 
 
@@ -42,7 +43,7 @@ class Progress:
         self.bar.update(done - self.done)
         self.done = done
         now = time.monotonic()
-        if now - self.logged >= LOG_EVERY_S and done:
+        if now - self.logged >= LOG_EVERY_S and done >= MIN_FRACTION * self.total:
             self.logged = now
             left = (now - self.started) * (self.total - done) / done
             logger.info(
