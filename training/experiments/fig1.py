@@ -83,11 +83,19 @@ def run_seed(p: Plan, data: Dataset, seed: int, tick: Tick | None) -> Result:
     return {"curves": curves}
 
 
+def _relative(curve: dict[str, Any]) -> np.ndarray:
+    """The sigmoid input's percentiles (records, 3), centred on the first median, in units of the first spread.
+
+    Each seed's tracked unit sits at its own place, so only this relative scale is comparable across seeds.
+    """
+    pct = np.asarray(curve["percentiles"])
+    return (pct - pct[0, 1]) / max(float(pct[0, 2] - pct[0, 0]), 1e-6)
+
+
 def _drift(curve: dict[str, Any]) -> float:
     """How far the sigmoid input's percentiles moved over training, in units of their initial spread."""
-    pct = np.asarray(curve["percentiles"])  # (records, 3)
-    spread = max(float(pct[0, 2] - pct[0, 0]), 1e-6)
-    return float(np.abs(pct - pct[0]).max() / spread)
+    rel = _relative(curve)
+    return float(np.abs(rel - rel[0]).max())
 
 
 def findings(p: Plan, result: Result) -> Findings:
@@ -140,7 +148,8 @@ def body(p: Plan, results: list[Result], settings: Settings) -> str:
         f"deviation over {len(results)} seeds; a run that never reaches a target counts as {p.never} steps.\n\n"
         + table(header, rows)
         + "\n\n_Drift: the largest move of the 15/50/85th percentiles from their first value, in units of "
-        "their first 15-85 spread._"
+        "their first 15-85 spread. Figure 1(b, c) shows the percentiles on that relative scale (first median 0, "
+        "first 15-85 spread 1), since each seed's tracked unit sits at its own place._"
     )
 
 
@@ -156,11 +165,12 @@ def plot(p: Plan, results: list[Result], path: Path) -> None:
     axes[0].set(xlabel="training step", ylabel="validation accuracy", title="(a) accuracy")
     axes[0].legend()
     for ax, (use_bn, name) in zip(axes[1:], NAMES.items(), strict=True):
-        pct = [np.asarray(r["curves"][name]["percentiles"]) for r in results]
+        pct = [_relative(r["curves"][name]) for r in results]
         n = min(len(x) for x in pct)
         for i, q in enumerate(PERCENTILES):
             plots.band(ax, first[:n], [x[:n, i] for x in pct], f"{q}th percentile")
-        ax.set(xlabel="training step", ylabel="input to one sigmoid", title=f"({'c' if use_bn else 'b'}) {name}")
+        ax.set(xlabel="training step", ylabel="input to one sigmoid (relative)")
+        ax.set_title(f"({'c' if use_bn else 'b'}) {name}")
         ax.legend()
     plots.save(fig, path, len(results))
 
