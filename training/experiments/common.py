@@ -49,6 +49,19 @@ class Settings:
         return _load(self.dataset, self.data_dir, self.seed)
 
 
+@dataclass(frozen=True)
+class CurvePlan:
+    """Train for ``steps``, evaluating every ``every`` steps."""
+
+    steps: int
+    every: int
+
+    @property
+    def never(self) -> int:
+        """The step count recorded for a target never reached: one evaluation past the end."""
+        return self.steps + self.every
+
+
 @functools.lru_cache(maxsize=2)
 def _load(dataset: str, data_dir: Path | None, seed: int) -> Dataset:
     return load_dataset(dataset, data_dir=data_dir, seed=seed)

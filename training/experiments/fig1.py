@@ -18,7 +18,7 @@ from torch import nn
 
 from training.data import Dataset
 from training.experiments import plots
-from training.experiments.common import Settings, Tick, best, eval_steps, make, padded, steps_to, train_curve
+from training.experiments.common import CurvePlan, Settings, Tick, best, eval_steps, make, padded, steps_to, train_curve
 from training.experiments.experiment import Experiment, Result
 from training.experiments.markdown import pm, table
 from training.experiments.verdicts import ClaimSpec, Findings
@@ -28,17 +28,12 @@ NAMES = {False: "without BN", True: "with BN"}
 
 
 @dataclass(frozen=True)
-class Plan:
-    steps: int
-    every: int
+class Plan(CurvePlan):
+    """Figure 1's run: the MLP for ``steps`` mini-batches of ``batch_size`` at rate ``lr``."""
+
     batch_size: int = 60
     lr: float = 0.05
     probe: int = 60  # validation samples whose sigmoid inputs are tracked
-
-    @property
-    def never(self) -> int:
-        """The step count recorded for "never reached": one evaluation past the end."""
-        return self.steps + self.every
 
 
 def plan(settings: Settings, data: Dataset) -> Plan:

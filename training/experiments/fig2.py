@@ -12,7 +12,7 @@ from pathlib import Path
 
 from training.data import Dataset
 from training.experiments import plots
-from training.experiments.common import Settings, Tick, best, eval_steps, make, padded, steps_to, train_curve
+from training.experiments.common import CurvePlan, Settings, Tick, best, eval_steps, make, padded, steps_to, train_curve
 from training.experiments.experiment import Experiment, Result
 from training.experiments.markdown import pm, table
 from training.experiments.verdicts import ClaimSpec, Findings
@@ -38,16 +38,12 @@ CHANCE_MARGIN = 0.05  # "trains" means a best accuracy above chance + this
 
 
 @dataclass(frozen=True)
-class Plan:
-    steps: int
-    every: int
+class Plan(CurvePlan):
+    """Figure 2's runs: each variant for ``steps`` mini-batches of ``batch_size`` at a multiple of ``base_lr``."""
+
     batch_size: int = 32
     base_lr: float = 0.01
     widths: list[int] = field(default_factory=lambda: [16, 32, 64])
-
-    @property
-    def never(self) -> int:
-        return self.steps + self.every
 
 
 def plan(settings: Settings, data: Dataset) -> Plan:

@@ -77,6 +77,8 @@ class Trackers:
 
 @dataclass(frozen=True)
 class Plan:
+    """One network per batch size in ``sizes``, each trained on the same number of ``samples``."""
+
     sizes: list[int]
     samples: int  # training samples seen at every batch size
     base_lr: float = 0.05  # at batch 64; scaled linearly with the batch size
