@@ -51,13 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     configure_logging()
     from training.experiments.common import Settings
-    from training.experiments.provenance import provenance
+    from training.experiments.provenance import finished, provenance
     from training.experiments.report import copy_to_docs, make_record, write_report
     from training.experiments.runner import run_experiments
 
     settings = Settings(args.out, args.quick, args.dataset, args.data_dir, args.seed, args.seeds, args.jobs)
     args.out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+    started, source = time.perf_counter(), provenance(args.jobs)  # the code as it is when the runs start
     try:
         sections = run_experiments(settings, args.only or list(EXPERIMENTS))
     except BnfoldError as exc:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     wall = time.perf_counter() - started
     logging.getLogger("training.experiments").info("all experiments done in %.0f s", wall)
-    report = write_report(args.out, make_record(settings, sections, provenance(args.jobs), wall))
+    report = write_report(args.out, make_record(settings, sections, {**source, "finished": finished()}, wall))
     print(f"report: {report}")
     if args.docs:
         print(f"copied to {copy_to_docs(args.out, args.docs)}")

@@ -39,13 +39,18 @@ def versions() -> dict[str, str]:
     return found
 
 
+def finished() -> str:
+    """Now, in UTC, to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def provenance(workers: int) -> dict[str, object]:
-    """Everything the report states about where and with what it ran."""
+    """Everything the report states about where and with what it ran (take it before the runs start)."""
     return {
         **commit(),
         "versions": versions(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}",
         "workers": workers,
         "threads_per_run": 1,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": finished(),
     }
