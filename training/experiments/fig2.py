@@ -85,7 +85,8 @@ def findings(p: Plan, result: Result) -> Findings:
 
 def _fewer(f: Findings, a: str, b: str) -> str:
     ratio = f[f"steps {b}"] / f[f"steps {a}"]
-    return f"{f[f'steps {a}']:.0f} vs {f[f'steps {b}']:.0f} steps ({ratio:.1f}x fewer)"
+    than = f"{ratio:.1f}x fewer" if ratio >= 1 else f"{1 / ratio:.1f}x more"
+    return f"{f[f'steps {a}']:.0f} vs {f[f'steps {b}']:.0f} steps ({than})"
 
 
 def claims(p: Plan) -> list[ClaimSpec]:
@@ -143,7 +144,7 @@ def body(p: Plan, results: list[Result], settings: Settings) -> str:
                 name,
                 f"{p.base_lr * mult:g}",
                 pm(steps, ".0f") + (f" (never in {never})" if never else ""),
-                f"{base_mean / (sum(steps) / len(steps)):.1f}x",
+                "-" if never == len(steps) else f"{base_mean / (sum(steps) / len(steps)):.1f}x",
                 pm([f[f"best {name}"] for f in found]),
                 f"diverged in {diverged} of {len(results)} seeds" if diverged else "",
                 *PAPER[name],

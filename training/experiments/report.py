@@ -111,7 +111,8 @@ def render(record: dict[str, Any], figures: str = "") -> str:
         wall = sum(t["wall"] for t in s["seconds"])
         parts += [
             "",
-            f"_Took {sum(cpu):.0f} s of CPU ({min(cpu):.0f} to {max(cpu):.0f} s per seed), {wall:.0f} s wall-clock._",
+            f"_Took {sum(cpu):.0f} s of CPU ({min(cpu):.0f} to {max(cpu):.0f} s per seed); "
+            f"{wall:.0f} s wall-clock summed over its runs._",
         ]
     return "\n".join(parts) + "\n"
 
