@@ -86,11 +86,13 @@ class Curve:
     config: dict[str, Any]
     steps: list[int] = field(default_factory=list)
     val_acc: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)  # continuous: any change to the numbers shows here
     extra: dict[str, list[Any]] = field(default_factory=dict)
     diverged_at: int | None = None
 
     def record(self) -> dict[str, Any]:
-        return {"steps": self.steps, "val_acc": self.val_acc, "diverged_at": self.diverged_at, **self.extra}
+        record = {"steps": self.steps, "val_acc": self.val_acc, "val_loss": self.val_loss}
+        return {**record, "diverged_at": self.diverged_at, **self.extra}
 
 
 def train_curve(
@@ -133,7 +135,9 @@ def train_curve(
                 return curve
             if step % eval_every == 0 or step == steps:
                 curve.steps.append(step)
-                curve.val_acc.append(evaluate(model, data.val_x, data.val_y)[1])
+                loss_value, acc = evaluate(model, data.val_x, data.val_y)
+                curve.val_acc.append(acc)
+                curve.val_loss.append(loss_value)
                 for key, value in (record(model) if record is not None else {}).items():
                     curve.extra.setdefault(key, []).append(value)
             if step >= steps:

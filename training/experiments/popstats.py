@@ -96,7 +96,7 @@ def plan(settings: Settings, data: Dataset) -> Plan:
     return Plan(sizes=[4, 8, 32, 128], samples=epochs * data.train_x.shape[0])
 
 
-def _one_size(p: Plan, data: Dataset, seed: int, b: int, tick: Tick | None) -> dict[str, float]:
+def _one_size(p: Plan, data: Dataset, seed: int, b: int, tick: Tick | None) -> dict[str, tuple[float, float]]:
     model = make("convnet", data, seed, widths=p.widths)
     trackers = Trackers(model)
     steps = max(1, p.samples // b)
@@ -106,18 +106,23 @@ def _one_size(p: Plan, data: Dataset, seed: int, b: int, tick: Tick | None) -> d
     name, bn = next(iter(batchnorm_layers(model).items()))
     if not torch.allclose(trackers.state[name][TORCH_EMA][0], bn.running_mean, atol=1e-5):  # type: ignore[arg-type]
         raise RuntimeError(f"EMA tracker for {name} disagrees with torch's running_mean at batch {b}")
-    accs: dict[str, float] = {}
+    evaluated: dict[str, tuple[float, float]] = {}  # estimator: (loss, accuracy)
     for rule in RULES:
         trackers.load(model, rule)
-        accs[rule] = evaluate(model, data.val_x, data.val_y)[1]
+        evaluated[rule] = evaluate(model, data.val_x, data.val_y)
     order = epoch_permutation(data.train_x.shape[0], seed, epoch=-1)
     recalibrate_bn(model, input_batches(data.train_x, b, torch.device("cpu"), order), p.recal_batches)
-    accs[ALG2] = evaluate(model, data.val_x, data.val_y)[1]
-    return accs
+    evaluated[ALG2] = evaluate(model, data.val_x, data.val_y)
+    return evaluated
 
 
 def run_seed(p: Plan, data: Dataset, seed: int, tick: Tick | None) -> Result:
-    return {"accuracy": {str(b): _one_size(p, data, seed, b, tick) for b in p.sizes}}
+    """Per batch size and estimator: validation accuracy, and validation loss (continuous, for the docs check)."""
+    evaluated = {str(b): _one_size(p, data, seed, b, tick) for b in p.sizes}
+    return {
+        "accuracy": {b: {e: acc for e, (_, acc) in by.items()} for b, by in evaluated.items()},
+        "loss": {b: {e: loss for e, (loss, _) in by.items()} for b, by in evaluated.items()},
+    }
 
 
 def findings(p: Plan, result: Result) -> Findings:
