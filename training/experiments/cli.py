@@ -42,7 +42,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, help="MNIST IDX files")
     p.add_argument("--seed", type=int, default=0, help="first seed; also fixes the validation split")
     p.add_argument("--seeds", type=_positive, default=5, help="how many seeds each experiment runs (default 5)")
-    p.add_argument("--jobs", type=_positive, default=os.cpu_count() or 1, help="worker processes (default: cores)")
+    p.add_argument("--jobs", type=_positive, help="worker processes (default: one per core; 1 with --quick)")
     p.add_argument("--docs", type=Path, nargs="?", const=Path("docs"), help="also copy the report to DOCS/")
     return p.parse_args(argv)
 
@@ -55,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     from training.experiments.report import copy_to_docs, make_record, write_report
     from training.experiments.runner import run_experiments
 
-    settings = Settings(args.out, args.quick, args.dataset, args.data_dir, args.seed, args.seeds, args.jobs)
+    jobs = args.jobs or (1 if args.quick else os.cpu_count() or 1)  # starting workers costs more than --quick
+    settings = Settings(args.out, args.quick, args.dataset, args.data_dir, args.seed, args.seeds, jobs)
     args.out.mkdir(parents=True, exist_ok=True)
-    started, source = time.perf_counter(), provenance(args.jobs)  # the code as it is when the runs start
+    started, source = time.perf_counter(), provenance(jobs)  # the code as it is when the runs start
     try:
         sections = run_experiments(settings, args.only or list(EXPERIMENTS))
     except BnfoldError as exc:
