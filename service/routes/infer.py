@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi.routing import APIRoute
+from starlette.routing import Match, Route
 
 from service.errors import error_response
 from service.pipeline import infer_http
@@ -108,3 +109,24 @@ def routes() -> list[AsgiRoute]:
             "/v2/models/{model}/versions/{version}/infer", infer_version, serve_infer, summary="Inference", **common
         ),
     ]
+
+
+class InferenceRoutes:
+    """ASGI middleware that hands inference requests to the router's own inference routes (:func:`routes`)
+    before FastAPI's exception middleware, exit stack and full route table. Added first, it is the innermost
+    user middleware: every middleware added after it still wraps inference; a request it does not match
+    goes on to the router (where the same routes would answer it too)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], routes: list[AsgiRoute]) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            for route in self.routes:
+                match, child = Route.matches(route, scope)
+                if match is Match.FULL:
+                    scope.update(child)
+                    await route.app(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
