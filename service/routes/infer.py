@@ -1,9 +1,12 @@
 """``POST /v2/models/{m}[/versions/{v}]/infer``: the v2 inference route, served by :mod:`service.pipeline`.
 
-The route lives in the app's router like every other route, so every middleware applies to it, but its
-handler is plain ASGI: headers and body chunks go straight to :func:`service.pipeline.infer_http`, with no
-per-request pydantic, dependency injection or response class, which together cost more than decoding a
-binary tensor. The body is read as raw bytes whatever its Content-Type (tritonclient sends none).
+The routes live in the app's router like every other route (so they are documented and routed as usual),
+but their handler is plain ASGI: headers and body chunks go straight to :func:`service.pipeline.infer_http`,
+with no per-request pydantic, dependency injection or response class, which together cost more than
+decoding a binary tensor. :class:`InferenceRoutes`, the innermost user middleware, hands matching requests to
+those same route objects before FastAPI's exception middleware and full route table: every middleware added
+to the app still wraps inference, and there is one handler, :func:`serve_infer`. The body is read as raw
+bytes whatever its Content-Type (tritonclient sends none).
 
 FastAPI documents the routes from :func:`infer_newest` / :func:`infer_version` (path parameters, response
 model) and :data:`OPENAPI_BODY`; those functions only declare signatures: :func:`serve_infer` is what runs.
