@@ -74,9 +74,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.manager = manager
-    app.router.routes.extend(infer.routes())  # first: the hot path matches before any other route is tried
+    inference = infer.routes()
+    app.router.routes[:0] = inference  # documented and routed like any route
     for module in (health, models, classify, control, metrics_route):
         app.include_router(module.router)
+    app.add_middleware(infer.InferenceRoutes, routes=inference)  # the hot path: innermost user middleware
     app.add_middleware(DrainingConnections, manager=manager)
     _add_error_handlers(app)
     generate = app.openapi

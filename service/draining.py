@@ -13,17 +13,18 @@ ASGIApp = Callable[[Message, Callable[[], Awaitable[Message]], Send], Awaitable[
 
 
 class DrainingConnections:
-    """Adds ``Connection: close`` to responses started while ``manager.draining`` is true."""
+    """Adds ``Connection: close`` to the responses of requests that start while ``manager.draining`` is true
+    (a request already running at the signal answers on a connection whose next request gets the header)."""
 
     def __init__(self, app: ASGIApp, manager: Any) -> None:
         self.app = app
         self.manager = manager
 
     async def __call__(self, scope: Message, receive: Callable[[], Awaitable[Message]], send: Send) -> None:
-        if scope["type"] != "http":
+        manager = self.manager
+        if scope["type"] != "http" or not manager.draining:  # decided when the request starts: no cost before
             await self.app(scope, receive, send)
             return
-        manager = self.manager
 
         async def send_closing(message: Message) -> None:
             if message["type"] == "http.response.start" and manager.draining:

@@ -220,6 +220,14 @@ def _load_json(raw: bytes | memoryview, small: bool) -> dict[str, Any]:
         raise
     if not isinstance(doc, simdjson.Object):
         raise bad_request("request body must be a JSON object")
+    try:
+        return _lazy_data(doc)
+    except KeyError:  # simdjson cannot look up a key holding a NUL character: read the document whole
+        loaded: dict[str, Any] = doc.as_dict()
+        return loaded
+
+
+def _lazy_data(doc: simdjson.Object) -> dict[str, Any]:
     # keys() and [key], not items(): items() converts every value (all of the data) into Python objects
     out = {key: _python(doc[key]) for key in doc if key != "inputs"}
     inputs = doc.get("inputs")

@@ -1,9 +1,12 @@
 """``POST /v2/models/{m}[/versions/{v}]/infer``: the v2 inference route, served by :mod:`service.pipeline`.
 
-The route lives in the app's router like every other route, so every middleware applies to it, but its
-handler is plain ASGI: headers and body chunks go straight to :func:`service.pipeline.infer_http`, with no
-per-request pydantic, dependency injection or response class, which together cost more than decoding a
-binary tensor. The body is read as raw bytes whatever its Content-Type (tritonclient sends none).
+The routes live in the app's router like every other route (so they are documented and routed as usual),
+but their handler is plain ASGI: headers and body chunks go straight to :func:`service.pipeline.infer_http`,
+with no per-request pydantic, dependency injection or response class, which together cost more than
+decoding a binary tensor. :class:`InferenceRoutes`, the innermost user middleware, hands matching requests to
+those same route objects before FastAPI's exception middleware and full route table: every middleware added
+to the app still wraps inference, and there is one handler, :func:`serve_infer`. The body is read as raw
+bytes whatever its Content-Type (tritonclient sends none).
 
 FastAPI documents the routes from :func:`infer_newest` / :func:`infer_version` (path parameters, response
 model) and :data:`OPENAPI_BODY`; those functions only declare signatures: :func:`serve_infer` is what runs.
@@ -15,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi.routing import APIRoute
+from starlette.routing import Match, Route
 
 from service.errors import error_response
 from service.pipeline import infer_http
@@ -108,3 +112,24 @@ def routes() -> list[AsgiRoute]:
             "/v2/models/{model}/versions/{version}/infer", infer_version, serve_infer, summary="Inference", **common
         ),
     ]
+
+
+class InferenceRoutes:
+    """ASGI middleware that hands inference requests to the router's own inference routes (:func:`routes`)
+    before FastAPI's exception middleware, exit stack and full route table. Added first, it is the innermost
+    user middleware: every middleware added after it still wraps inference; a request it does not match
+    goes on to the router (where the same routes would answer it too)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], routes: list[AsgiRoute]) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            for route in self.routes:
+                match, child = Route.matches(route, scope)
+                if match is Match.FULL:
+                    scope.update(child)
+                    await route.app(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import select
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.service.conftest import make_client
+from tests.service.conftest import ServerProcess, make_client
 
 LIMIT = 1024 * 1024
 UPLOAD = 200 * 1024 * 1024
@@ -136,3 +138,44 @@ def test_pixel_budget_is_checked_from_the_header(model_repo: Path, huge_png: byt
         assert r.status_code == 413 and "7000x7000 pixels exceeds the limit of 1000000 pixels" in r.json()["error"]
         assert "BNFOLD_MAX_IMAGE_PIXELS" in r.json()["error"]
         assert time.perf_counter() - started < 0.5, "refused only after decoding"
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def test_real_server_refuses_a_200_mb_chunked_upload_with_flat_memory(model_repo: Path) -> None:
+    """The same over loopback: a raw chunked multipart POST, 64 KB chunks made on the fly, stopped as soon as
+    the server answers; the server's RSS must not grow with what was sent."""
+    srv = ServerProcess(model_repo, "--max-body-bytes", str(LIMIT))
+    try:
+        srv.wait_ready()
+        before = _rss_mb(srv.proc.pid)
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /v1/models/digits/classify HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
+                b"Content-Type: multipart/form-data; boundary=" + BOUNDARY + b"\r\n\r\n"
+            )
+
+            def chunk(data: bytes) -> bytes:
+                return b"%x\r\n" % len(data) + data + b"\r\n"
+
+            head = b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
+            sock.sendall(chunk(head))
+            block, sent = chunk(b"\x00" * CHUNK), 0
+            while sent < UPLOAD and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(block)
+                sent += CHUNK
+            response = sock.recv(65536)
+            while not response.endswith(b"}") and (more := sock.recv(65536)):  # the body may come separately
+                response += more
+        growth = _rss_mb(srv.proc.pid) - before
+    finally:
+        srv.stop()
+    assert response.startswith(b"HTTP/1.1 413"), response[:300]
+    assert b"(BNFOLD_MAX_BODY_BYTES)" in response
+    assert sent < UPLOAD, "the server read the whole upload before answering"
+    assert growth < 20, f"server RSS grew by {growth:.1f} MB"
