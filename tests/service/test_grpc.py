@@ -279,11 +279,11 @@ def test_an_http_and_a_grpc_request_share_a_batch(slow_repo: Path) -> None:  # n
         srv.stop()
 
 
-BURST = 24  # per protocol: enough work (about 60 ms each, one at a time) to outlast the 1.5 s below
+BURST = 24  # per protocol: 48 slow requests run one at a time, far longer than the 0.6 s below
 
 
 def test_sigterm_drains_grpc_and_http_together_losing_nothing(slow_repo: Path) -> None:  # noqa: F811
-    srv = started(slow_repo)
+    srv = started(slow_repo, "--drain-delay-s", "0.3")
     try:
         x = np.random.default_rng(1).standard_normal((1, 3, 96, 96)).astype(np.float32)
         body, headers = binary_request(x)
@@ -313,8 +313,8 @@ def test_sigterm_drains_grpc_and_http_together_losing_nothing(slow_repo: Path) -
         signalled = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
         assert not client.is_server_ready() and client.is_server_live()  # readiness off, still serving
-        # drain_delay_s (1 s) later both protocols stop taking requests while the burst is still in flight
-        time.sleep(1.5)
+        # drain_delay_s (0.3 s) later both protocols stop taking requests while the burst is still in flight
+        time.sleep(0.6)
         late = srv.client()
         code, _ = status_of(lambda: late.infer("slow", [raw_input(x)], client_timeout=10))
         assert code == "UNAVAILABLE" and len(results) < 2 * BURST, "a request after the drain delay was accepted"
