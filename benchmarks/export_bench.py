@@ -1,7 +1,7 @@
 """Export benchmark: a full-size ResNet-50 (3x224x224, 1000 classes) folded, exported and verified, from a torch
 module and from an ONNX file that still holds BatchNormalization; the time of every step and check.
 
-    .venv/bin/python benchmarks/export_bench.py [--samples 16] [--out benchmarks/export_bench.json]
+    .venv/bin/python benchmarks/export_bench.py [--samples 16] [--out export_bench.json]
 
 The network is torchvision's ResNet-50 layout, written in tests/export/families.py (torchvision does not import
 on the CPU build of torch), with population statistics calibrated from random images. Figures are written
@@ -44,7 +44,7 @@ def summary(kind: str, report: ExportReport, wall: float) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=16, help="random inputs per check (default 16)")
-    p.add_argument("--out", type=Path, default=Path(__file__).with_name("export_bench.json"))
+    p.add_argument("--out", type=Path, default=Path("export_bench.json"), help="where to write the figures as JSON")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
