@@ -121,10 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.export internals, not the user's concern
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     try:
-        from export.pipeline import export_job
+        from export.pipeline import export_job  # imports torch, whose logging set-up resets its loggers' levels
+
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.ERROR)
 
         written = export_job(
             _job(args, parser),

@@ -114,9 +114,9 @@ class Check:
     def line(self) -> str:
         verdict = "ok  " if self.passed else "FAIL"
         if self.candidate is None or self.original is None:
-            return f"{verdict} {self.name:<34} samples {self.samples:>5}  {self.detail}".rstrip()
+            return f"{verdict} {self.name:<38} samples {self.samples:>5}  {self.detail}".rstrip()
         return (
-            f"{verdict} {self.name:<34} samples {self.samples:>5}  err {self.candidate.max:.2e}  "
+            f"{verdict} {self.name:<38} samples {self.samples:>5}  err {self.candidate.max:.2e}  "
             f"float32 original {self.original.max:.2e}  ratio {self.ratio:.2f}  bound {self.bound:.2e}  "
             f"{self.seconds:.1f} s"
         ).rstrip()
