@@ -44,6 +44,7 @@ from export.errors import ExportError
 from export.onnx_bn import BN_OP, BnAffine, node_label, opset_of, read_bn
 from export.onnx_edit import GraphEditor, inferred_ranks
 from export.onnx_fold_rules import fold_following, fold_preceding, lower, why_not_following, why_not_preceding
+from export.onnx_graph import require_no_batchnorm
 from export.onnx_measure import measure_rows
 from export.report import FoldReport, FoldRow
 
@@ -68,10 +69,8 @@ def fold_onnx(model: onnx.ModelProto, sample: np.ndarray | None = None) -> tuple
         report.rows.append(row)
         kept.append(name)
         logger.debug("%s: %s into %s", row.bn, row.action, row.target)
-    left = [node_label(n) for n in ir.traversal.RecursiveGraphIterator(ir_model.graph) if _is_bn(n)]
-    if left:  # a bug, not a user error: every BN above was folded or lowered
-        raise RuntimeError(f"BatchNormalization left after folding: {left}")
     folded = ir.serde.serialize_model(ir_model)
+    require_no_batchnorm(folded)  # a bug, not a user error: every BN above was folded or lowered
     if sample is not None:
         measure_rows(model, folded, report, kept, sample)
     logger.info("%s", report.summary())

@@ -15,7 +15,7 @@ import pytest
 from service.batching import Batcher, Retired
 from service.errors import ApiError
 from service.metrics import Metrics
-from tests.service.conftest import make_client
+from tests.service.conftest import asgi_scope, make_client
 from tests.service.test_app import INFER, json_request
 from tests.service.test_batcher import FakeModel
 from tests.service.test_batching import slow_model  # noqa: F401  (fixture)
@@ -64,20 +64,7 @@ def test_stop_gives_up_on_a_request_that_never_arrives() -> None:
 
 async def asgi_post(app: Any, path: str, chunks: list[bytes], gap_s: float) -> tuple[int, dict[str, str]]:
     """POST ``chunks`` straight to the ASGI ``app``, ``gap_s`` apart (a client still sending its body)."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"content-length", str(sum(map(len, chunks))).encode())],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
+    scope = asgi_scope(path, [(b"content-length", str(sum(map(len, chunks))).encode())])
     pending = list(chunks)
     answer: dict[str, Any] = {}
 

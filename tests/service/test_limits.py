@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.service.conftest import ServerProcess, make_client
+from tests.service.conftest import ServerProcess, asgi_scope, make_client
 
 LIMIT = 1024 * 1024
 UPLOAD = 200 * 1024 * 1024
@@ -43,20 +43,7 @@ async def _chunked_multipart(sent: list[int]) -> AsyncIterator[bytes]:
 
 async def _post_stream(app: Any, path: str, headers: list[tuple[bytes, bytes]], body: AsyncIterator[bytes]) -> Any:
     """POST a streamed body straight to the ASGI app, as a chunked request (no Content-Length)."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"transfer-encoding", b"chunked"), *headers],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
+    scope = asgi_scope(path, [(b"transfer-encoding", b"chunked"), *headers])
     iterator = body.__aiter__()
     answer: dict[str, Any] = {"body": b""}
 
