@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         if written.int8 is not None:
             print(written.int8.gate_line())
             print()
-    nodes, bn = sum(report.nodes.values()), report.nodes.get("BatchNormalization", 0)
+    ops = written.int8.nodes if written.int8 is not None else report.nodes  # the graph that was written
+    nodes, bn = sum(ops.values()), ops.get("BatchNormalization", 0)
     print(
         f"wrote {written.path / 'model.onnx'} (version {written.version}, {nodes} ONNX nodes, {bn} BatchNormalization)"
     )

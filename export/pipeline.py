@@ -80,7 +80,6 @@ def _int8(job: ExportJob, path: Path, metadata: dict[str, Any], method: str) -> 
         )  # fmt: skip
     finally:
         fp32_path.unlink(missing_ok=True)
-    logger.info("%s", int8.gate_line())
     return report, int8
 
 
