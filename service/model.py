@@ -12,7 +12,7 @@ import numpy as np
 
 from service.buckets import resolve_buckets, run_padded
 from service.providers import CUDA, CudaOptions, options_in_force, resolve_providers, session_options
-from service.repository import read_config, read_labels
+from service.repository import ModelConfigInfo, read_config, read_labels
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +124,41 @@ def _custom_metadata(session: Any) -> dict[str, Any]:
     return metadata
 
 
+def _describe(
+    session: Any,
+    model_dir: Path,
+    version: int,
+    config: ModelConfigInfo,
+    max_batch_size: int | None,
+    max_queue_delay_us: int | None,
+) -> ModelVersion:
+    """What the session, its metadata and config.pbtxt say about the version (the settings override both)."""
+    path = model_dir / str(version) / "model.onnx"
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    metadata = _custom_metadata(session)
+    labels = metadata.get("bnfold.labels") or read_labels(model_dir)
+    out_shape = _static_dims(list(outputs[0].shape[1:]), "the output", path)
+    return ModelVersion(
+        name=model_dir.name,
+        version=version,
+        path=path,
+        session=session,
+        input_name=inputs[0].name,
+        input_datatype=ORT_TO_V2.get(inputs[0].type, inputs[0].type),
+        sample_shape=_static_dims(list(inputs[0].shape[1:]), "the input", path),
+        output_name=outputs[0].name,
+        output_datatype=ORT_TO_V2.get(outputs[0].type, outputs[0].type),
+        output_shape=out_shape,
+        labels=list(labels) or [str(i) for i in range(out_shape[-1])],
+        max_batch_size=max_batch_size or config.max_batch_size,
+        max_queue_delay_us=config.max_queue_delay_us if max_queue_delay_us is None else max_queue_delay_us,
+        platform=config.platform,
+        provider=session.get_providers()[0],
+        metadata=metadata,
+        provider_options=options_in_force(session),
+    )
+
+
 def load_version(
     model_dir: Path,
     version: int,
@@ -148,29 +183,7 @@ def load_version(
             f"{model_dir}/config.pbtxt: platform {config.platform!r}; this server runs onnxruntime_onnx"
         )
     session = _open_session(path, providers_setting, intra_op_threads, cuda)
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    metadata = _custom_metadata(session)
-    labels = metadata.get("bnfold.labels") or read_labels(model_dir)
-    out_shape = _static_dims(list(outputs[0].shape[1:]), "the output", path)
-    model = ModelVersion(
-        name=model_dir.name,
-        version=version,
-        path=path,
-        session=session,
-        input_name=inputs[0].name,
-        input_datatype=ORT_TO_V2.get(inputs[0].type, inputs[0].type),
-        sample_shape=_static_dims(list(inputs[0].shape[1:]), "the input", path),
-        output_name=outputs[0].name,
-        output_datatype=ORT_TO_V2.get(outputs[0].type, outputs[0].type),
-        output_shape=out_shape,
-        labels=list(labels) or [str(i) for i in range(out_shape[-1])],
-        max_batch_size=max_batch_size or config.max_batch_size,
-        max_queue_delay_us=config.max_queue_delay_us if max_queue_delay_us is None else max_queue_delay_us,
-        platform=config.platform,
-        provider=session.get_providers()[0],
-        metadata=metadata,
-        provider_options=options_in_force(session),
-    )
+    model = _describe(session, model_dir, version, config, max_batch_size, max_queue_delay_us)
     model.buckets = resolve_buckets(batch_buckets, model.provider == CUDA, model.max_batch_size)
     try:
         model.warm_up()
