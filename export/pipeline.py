@@ -85,22 +85,22 @@ def _int8(job: ExportJob, path: Path, metadata: dict[str, Any], method: str) -> 
 
 def _emit(job: ExportJob, path: Path, metadata: dict[str, Any], precision: str) -> ExportReport:
     """Fold, export and verify ``job.model`` into ``path`` (nothing there unless every check passes)."""
-    as_tensor = (lambda a: torch.from_numpy(a)) if isinstance(job.model, torch.nn.Module) else (lambda a: a)
-    common: dict[str, Any] = {
-        "metadata": metadata,
-        "samples": as_tensor(job.samples) if job.samples is not None else None,
-        "validation": as_tensor(job.validation_x) if job.validation_x is not None else None,
-    }
     if isinstance(job.model, onnx.ModelProto):
         from export.onnx_input import export_onnx_graph
 
         if precision != "float32":
             raise ExportError(f"a {precision} variant needs a PyTorch model; an ONNX input exports float32 only")
-        return export_onnx_graph(job.model, path, **common)
-    example = (torch.from_numpy(job.example()),)
-    fp16 = precision == "float16"
+        return export_onnx_graph(job.model, path, metadata=metadata, samples=job.samples, validation=job.validation_x)
     return export_onnx(
-        job.model, example, path, input_name=job.input_name, output_name=job.output_name, fp16=fp16, **common
+        job.model,
+        (torch.from_numpy(job.example()),),
+        path,
+        input_name=job.input_name,
+        output_name=job.output_name,
+        metadata=metadata,
+        samples=torch.from_numpy(job.samples) if job.samples is not None else None,
+        validation=torch.from_numpy(job.validation_x) if job.validation_x is not None else None,
+        fp16=precision == "float16",
     )
 
 
