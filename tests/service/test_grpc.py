@@ -253,16 +253,17 @@ def slow_metrics(url: str) -> dict[str, float]:
 
 
 def test_an_http_and_a_grpc_request_share_a_batch(slow_repo: Path) -> None:  # noqa: F811
-    srv = started(slow_repo, "--max-batch-size", "4")
+    srv = started(slow_repo, "--max-batch-size", "8")
     try:
         client, http_client = srv.client(), httpx.Client(base_url=srv.url, timeout=60)
         one = np.random.default_rng(0).standard_normal((1, 3, 96, 96)).astype(np.float32)
-        four, four_headers = binary_request(np.repeat(one, 4, axis=0))
+        assert client.is_server_live()  # the gRPC channel is open before the blocker starts
+        eight, eight_headers = binary_request(np.repeat(one, 8, axis=0))
         one_body, one_headers = binary_request(one)
         path = "/v2/models/slow/infer"
         with ThreadPoolExecutor(3) as pool:
-            blocker = pool.submit(http_client.post, path, content=four, headers=four_headers)
-            # once the blocker (4 samples, hundreds of ms of work) has started, the next two queue behind it
+            blocker = pool.submit(http_client.post, path, content=eight, headers=eight_headers)
+            # once the blocker (8 samples, hundreds of ms of work) has started, the next two queue behind it
             while slow_metrics(srv.url).get("bnfold_queue_seconds_count", 0) < 1:
                 time.sleep(0.005)
             http = pool.submit(http_client.post, path, content=one_body, headers=one_headers)
@@ -270,7 +271,7 @@ def test_an_http_and_a_grpc_request_share_a_batch(slow_repo: Path) -> None:  # n
             assert blocker.result().status_code == 200 and http.result().status_code == 200
             assert via_grpc.result().as_numpy("logits").shape == (1, 4)
         batches = slow_metrics(srv.url)
-        assert (batches["bnfold_batch_size_count"], batches["bnfold_batch_size_sum"]) == (2, 6), (
+        assert (batches["bnfold_batch_size_count"], batches["bnfold_batch_size_sum"]) == (2, 10), (
             "the HTTP and the gRPC request did not run as one batch"
         )
         client.close()
