@@ -56,6 +56,8 @@ def _one_step(rank: int, world: int, port: int, sync: bool, out: str) -> None:
     loss.backward()
     opt.step()
     torch.save({k: v.clone() for k, v in model.state_dict().items()}, f"{out}/rank{rank}.pt")
+    del net  # DDP's reducer holds the group: release it, and let both ranks finish, before the teardown
+    dist.barrier()
     dist.destroy_process_group()
 
 
