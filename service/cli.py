@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="listen port (BNFOLD_PORT, default 8000)")
     p.add_argument("--providers", choices=["auto", "cpu", "cuda"], help="execution provider (default auto)")
     p.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads (default: its own)")
+    p.add_argument(
+        "--intra-op-spinning",
+        choices=["run", "always", "off"],
+        help="ONNX Runtime threads spin for work while a run lasts (default run), also between runs, or never",
+    )
     p.add_argument("--grpc-port", type=int, help="gRPC (v2 GRPCInferenceService) port; 0: off (default 0)")
     p.add_argument("--cuda-device-id", type=int, help="GPU to run on (CUDA provider)")
     p.add_argument("--cuda-cudnn-conv-algo-search", choices=["EXHAUSTIVE", "HEURISTIC", "DEFAULT"])

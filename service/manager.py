@@ -107,6 +107,7 @@ class ModelManager:
                         delay,
                         cuda=cuda_options(s),
                         batch_buckets=s.batch_buckets,
+                        spinning=s.intra_op_spinning,
                     )
                 )
             except ModelLoadError as exc:

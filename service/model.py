@@ -96,13 +96,16 @@ def _static_dims(dims: list[Any], what: str, path: Path) -> tuple[int, ...]:
     return tuple(int(d) for d in dims)
 
 
-def _open_session(path: Path, providers_setting: str, intra_op_threads: int, cuda: CudaOptions | None) -> Any:
+def _open_session(
+    path: Path, providers_setting: str, intra_op_threads: int, cuda: CudaOptions | None, spinning: str
+) -> Any:
     """An ONNX Runtime session for ``path`` with one input and at least one output."""
     import onnxruntime as ort
 
     providers = resolve_providers(providers_setting, path, cuda)
+    options = session_options(intra_op_threads, spinning)
     try:
-        session = ort.InferenceSession(str(path), session_options(intra_op_threads), providers=providers)
+        session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # ONNX Runtime raises its own exception types for every kind of bad file
         raise ModelLoadError(f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[0]}") from exc
     inputs, outputs = session.get_inputs(), session.get_outputs()
@@ -169,10 +172,12 @@ def load_version(
     *,
     cuda: CudaOptions | None = None,
     batch_buckets: str = "off",
+    spinning: str = "run",
 ) -> ModelVersion:
     """Open ``<model_dir>/<version>/model.onnx`` as a session, read its metadata and warm it up.
 
-    ``cuda``: the CUDA provider's options when it is chosen; ``batch_buckets``: see :mod:`service.buckets`.
+    ``cuda``: the CUDA provider's options when it is chosen; ``batch_buckets``: see :mod:`service.buckets`;
+    ``spinning``: see :func:`service.providers.session_options`.
     """
     path = model_dir / str(version) / "model.onnx"
     if not path.is_file():
@@ -182,7 +187,7 @@ def load_version(
         raise ModelLoadError(
             f"{model_dir}/config.pbtxt: platform {config.platform!r}; this server runs onnxruntime_onnx"
         )
-    session = _open_session(path, providers_setting, intra_op_threads, cuda)
+    session = _open_session(path, providers_setting, intra_op_threads, cuda, spinning)
     model = _describe(session, model_dir, version, config, max_batch_size, max_queue_delay_us)
     model.buckets = resolve_buckets(batch_buckets, model.provider == CUDA, model.max_batch_size)
     try:

@@ -128,8 +128,22 @@ def options_in_force(session: Any) -> dict[str, str]:
     return dict(session.get_provider_options().get(provider, {}))
 
 
-def session_options(intra_op_threads: int) -> Any:
-    """Serving session options: full graph optimisation, quiet logging, optional thread count."""
+# BNFOLD_INTRA_OP_SPINNING -> ONNX Runtime session config entries (onnxruntime_session_options_config_keys.h)
+SPINNING: dict[str, dict[str, str]] = {
+    "run": {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"},
+    "always": {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "0"},
+    "off": {"session.intra_op.allow_spinning": "0"},
+}
+
+
+def session_options(intra_op_threads: int, spinning: str = "run") -> Any:
+    """Serving session options: full graph optimisation, quiet logging, optional thread count, and how the
+    intra-op threads wait for work (``spinning``, a key of :data:`SPINNING`).
+
+    ONNX Runtime's own default ("always") keeps its pool threads spinning after a run ends; in a server that
+    burns a core between batches, the core the event loop needs to decode the next requests. "run" lets them
+    spin while a run lasts (its operators hand work to each other quickly) and sleep once it ends.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -137,4 +151,6 @@ def session_options(intra_op_threads: int) -> Any:
     options.log_severity_level = 3
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
+    for key, value in SPINNING[spinning].items():
+        options.add_session_config_entry(key, value)
     return options

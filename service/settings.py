@@ -29,6 +29,9 @@ class Settings(BaseSettings):
         "auto", description="auto: CUDA when it is actually usable, else CPU"
     )
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: its default)")
+    intra_op_spinning: Literal["run", "always", "off"] = Field(
+        "run", description="intra-op threads spin while a run lasts (run), also between runs (always), or never"
+    )
     # CUDA provider options (None: bnfold's default, see service.providers.CudaOptions); refused without CUDA
     cuda_device_id: int | None = Field(None, ge=0, description="GPU to run on")
     cuda_cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] | None = None

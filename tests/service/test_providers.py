@@ -186,3 +186,22 @@ def test_gpu_bench_cuda_paths_run_with_the_provider_mocked(
     assert set(rates) == {1, 4} and all(r > 0 for r in rates.values())
     session = fake_cuda.created[-1]
     assert session.requested[0][0] == CUDA and {n for n, _ in session.runs} == {1, 4}
+
+
+@pytest.mark.parametrize(
+    ("setting", "allow", "stop"),
+    [(None, "1", "1"), ("run", "1", "1"), ("always", "1", "0"), ("off", "0", None)],
+)
+def test_intra_op_spinning_reaches_the_served_session(
+    model_repo: Path, setting: str | None, allow: str, stop: str | None
+) -> None:
+    """BNFOLD_INTRA_OP_SPINNING (default run) becomes ONNX Runtime's config of the session that serves."""
+    overrides = {} if setting is None else {"intra_op_spinning": setting}
+    with make_client(model_repo, **overrides) as client:
+        session = client.app.state.manager.get("digits").model.session  # type: ignore[attr-defined]
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == allow
+        if stop is not None:
+            assert options.get_session_config_entry("session.force_spinning_stop") == stop
+    with pytest.raises(ValidationError, match="intra_op_spinning"):
+        Settings(intra_op_spinning="sometimes")  # type: ignore[arg-type]
