@@ -8,9 +8,9 @@ Measures, for a ResNet-20 (3x32x32, BN folded) exported by bnfold:
      Python http.client and (with --loadgen wrk) from one wrk connection, interleaved with direct runs;
   4. server memory (RSS) over a sustained run: mean of the first minute vs the last minute.
 
-With --int8 it also serves the model's int8 variant (issue 12) and measures fp32 against int8 in two
-interleaved rounds: in-process ONNX Runtime at batch 1/16/64, served binary v2 under 16 clients and
-single-client latency.
+With --int8 it also serves the model's int8 variant (issue 12) and measures fp32 against int8, interleaved:
+in-process ONNX Runtime at batch 1/16/64 and single-client latency in three rounds, served binary v2 under 16
+clients in eight pairs of short phases (see :func:`compare_int8`).
 
 The load generator runs on the same machine (threads with keep-alive http.client connections), as in the
 targets of issue 4. Usage:  .venv/bin/python benchmarks/serve_bench.py [--seconds 10] [--soak 130] [--int8]
@@ -95,12 +95,16 @@ def build_int8(root: Path, fp32_path: Path) -> tuple[Path, str]:
 
 
 def compare_int8(
-    port: int, paths: dict[str, Path], seconds: float, wrk: bool, workdir: Path, rounds: int = 3
+    port: int, paths: dict[str, Path], seconds: float, wrk: bool, workdir: Path, rounds: int = 3, pairs: int = 8
 ) -> dict[str, Any]:
-    """fp32 vs int8 in one run: ``rounds`` rounds, each measuring every figure for fp32 then int8 back to back,
-    so machine drift hits both alike; the ratios are per round, and their median. In-process ORT at batch
-    1/16/64, served binary v2 under 16 clients, and single-client median latency (wrk's one connection, or
-    http.client)."""
+    """fp32 vs int8 in one run, so machine drift hits both alike.
+
+    In-process ORT at batch 1/16/64 and single-client median latency (wrk's one connection, or http.client):
+    ``rounds`` rounds, each measuring every figure for fp32 then int8 back to back. Served binary v2 under 16
+    clients: ``pairs`` pairs of short phases (``seconds / 4``, at least 2 s), fp32 and int8 back to back, the
+    order alternating between pairs, so no model always runs first. Ratios are per round or pair, with their
+    median; the served ratio is also given as total int8 samples over total fp32 samples.
+    """
     figures: dict[str, dict[str, list[float]]] = {name: {} for name in paths}
     for _ in range(rounds):
         for name, path in paths.items():
@@ -109,20 +113,26 @@ def compare_int8(
                 row.setdefault(f"ort_batch{b}", []).append(ort_throughput(path, b, seconds / 2))
             row.setdefault("ort_latency_ms", []).append(ort_latency(path, 1000) * 1e3)
             if wrk:
-                rate, errors = load_wrk(port, True, 16, seconds, workdir, model=name)
                 latency = server_latency_wrk(port, max(seconds / 3, 2), workdir, model=name)
             else:
-                rate, errors = load(port, True, 16, seconds, model=name)
                 latency = server_latency(port, 1000, model=name)
-            row.setdefault("served_binary", []).append(rate)
-            row.setdefault("errors", []).append(errors)
             row.setdefault("served_latency_ms", []).append(latency * 1e3)
+    phase = max(2, int(seconds / 4))
+    for i in range(pairs):
+        for name in list(paths)[:: 1 if i % 2 == 0 else -1]:
+            rate, errors = (
+                load_wrk(port, True, 16, phase, workdir, model=name) if wrk else load(port, True, 16, phase, model=name)
+            )
+            figures[name].setdefault("served_binary", []).append(rate)
+            figures[name].setdefault("errors", []).append(errors)
     out: dict[str, Any] = {n: {k: [round(v, 3) for v in vs] for k, vs in row.items()} for n, row in figures.items()}
     fp32, int8 = (figures[n] for n in paths)
     keys = ("served_binary", "ort_batch1", "ort_batch16", "ort_batch64", "served_latency_ms", "ort_latency_ms")
     ratios = {key: [round(b / a, 2) for a, b in zip(fp32[key], int8[key], strict=True)] for key in keys}
     out["int8_vs_fp32"] = ratios
     out["int8_vs_fp32_median"] = {key: statistics.median(r) for key, r in ratios.items()}
+    out["served_binary_phase_s"] = phase
+    out["served_binary_total_ratio"] = round(sum(int8["served_binary"]) / sum(fp32["served_binary"]), 3)
     return out
 
 
