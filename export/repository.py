@@ -90,7 +90,7 @@ def existing_versions(model_dir: Path) -> list[int]:
     """Numeric version folders of a model, ascending."""
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit())
 
 
 def _pid_alive(pid: int) -> bool:

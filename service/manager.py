@@ -20,12 +20,11 @@ from service.errors import ApiError, bad_request, not_found, unavailable
 from service.metrics import Metrics
 from service.model import ModelLoadError, ModelVersion, load_version
 from service.providers import cuda_options
-from service.repository import model_names, versions
+from service.repository import VERSION, model_names, versions
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-VERSION = re.compile(r"[1-9][0-9]{0,17}", re.ASCII)
 
 
 @dataclass

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
+# A version as the v2 API addresses it (and as bnfold-export writes it): 1, 2, ..., no sign or leading zero.
+VERSION = re.compile(r"[1-9][0-9]{0,17}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -28,10 +33,19 @@ def model_names(repository: Path) -> list[str]:
 
 
 def versions(model_dir: Path) -> list[int]:
-    """Numeric version folders holding a model.onnx, ascending (hidden partial exports are ignored)."""
+    """Version folders (named as :data:`VERSION`) holding a model.onnx, ascending; hidden partial exports are
+    ignored, and a folder such as ``01`` or ``0``, which no request could address, is skipped with a warning."""
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / "model.onnx").is_file())
+    found = []
+    for p in model_dir.iterdir():
+        if not (p / "model.onnx").is_file():
+            continue
+        if VERSION.fullmatch(p.name):
+            found.append(int(p.name))
+        elif p.name.isascii() and p.name.isdigit():
+            logger.warning("%s: skipped; a version folder is named 1, 2, ... (no leading zero, not 0)", p)
+    return sorted(found)
 
 
 def _int_field(text: str, name: str, default: int) -> int:
