@@ -24,8 +24,8 @@ COPY service /opt/bnfold/service
 COPY docker/entrypoints/healthcheck.py /opt/bnfold/healthcheck.py
 RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin bnfold
 USER 10001
-ENV PYTHONPATH=/opt/bnfold BNFOLD_HOST=0.0.0.0 BNFOLD_PORT=8000 BNFOLD_REPOSITORY=/models
-EXPOSE 8000
+ENV PYTHONPATH=/opt/bnfold BNFOLD_HOST=0.0.0.0 BNFOLD_PORT=8000 BNFOLD_GRPC_PORT=8001 BNFOLD_REPOSITORY=/models
+EXPOSE 8000 8001
 VOLUME ["/models"]
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python3", "/opt/bnfold/healthcheck.py"]

@@ -24,7 +24,6 @@ VERSIONS = ("1.30", "1.37")
 KUSTOMIZATIONS = ("model-repository", "base", "overlays/cpu", "overlays/gpu")
 # Serve variables the manifests set and compose leaves at the image/Settings defaults, and why.
 K8S_ONLY_ENV = {
-    "BNFOLD_GRPC_PORT": "compose publishes HTTP only; the Service exposes gRPC",
     "BNFOLD_DRAIN_DELAY_S": "set explicitly so terminationGracePeriodSeconds can be checked against it",
     "BNFOLD_GRACEFUL_TIMEOUT_S": "same",
     "BNFOLD_INTRA_OP_THREADS": "ONNX Runtime would size its pool to the node's cores, not the CPU limit",
@@ -277,10 +276,10 @@ def test_compose_and_manifests_agree_on_ports_probes_and_environment(
     differing = {k for k in compose_env if compose_env[k] != k8s_env[k]}
     assert differing == {"BNFOLD_API_KEY"} and k8s_env["BNFOLD_API_KEY"] is None
     assert serve["image"] == interpolate(compose["image"], {})
-    # ports: compose publishes the container port that the HTTP probe and the Service use
+    # ports: compose publishes the HTTP and gRPC container ports that the probes and the Service use
     published = {int(p.rsplit(":", 1)[1]) for p in compose["ports"]}
-    assert published == {int(compose_env["BNFOLD_PORT"])}
-    assert published <= {p["containerPort"] for p in serve["ports"]}
+    assert published == {int(compose_env["BNFOLD_PORT"]), int(compose_env["BNFOLD_GRPC_PORT"])}
+    assert published == {p["containerPort"] for p in serve["ports"]}
     # probes: compose's healthcheck script asks the readiness route, as the readiness probe does
     healthcheck = (ROOT / "docker" / "entrypoints" / "healthcheck.py").read_text()
     assert serve["readinessProbe"]["httpGet"]["path"] in healthcheck

@@ -49,7 +49,7 @@ def test_pipeline_wiring() -> None:
     assert "runs:/data/runs" in services["train"]["volumes"]
     assert "runs:/data/runs:ro" in services["export"]["volumes"] and "models:/models" in services["export"]["volumes"]
     assert services["serve"]["volumes"] == ["models:/models:ro"]
-    assert services["serve"]["ports"] == ["${BNFOLD_PORT:-8000}:8000"]
+    assert services["serve"]["ports"] == ["${BNFOLD_PORT:-8000}:8000", "${BNFOLD_GRPC_PORT:-8001}:8001"]
     assert set(load()["volumes"]) == {"runs", "models"}
     assert services["serve"]["build"]["dockerfile"] == "docker/serve.Dockerfile"
     assert services["train"]["build"]["dockerfile"] == "docker/train.Dockerfile"

@@ -49,3 +49,11 @@ def test_images_are_pinned_non_root_and_serve_has_no_torch() -> None:
         for line in (ROOT / "docker" / name).read_text().splitlines():
             if line and not line.startswith("#"):
                 assert "==" in line, f"{name}: {line} is not pinned"
+
+
+def test_serve_image_exposes_the_ports_its_server_listens_on() -> None:
+    """The serve image turns gRPC on beside HTTP and EXPOSEs both ports (gRPC was on in Kubernetes only)."""
+    serve = (ROOT / "docker" / "serve.Dockerfile").read_text()
+    env = dict(re.findall(r"\b(BNFOLD_\w+)=(\S+)", "\n".join(re.findall(r"^ENV .*$", serve, re.MULTILINE))))
+    exposed = {int(p) for line in re.findall(r"^EXPOSE (.*)$", serve, re.MULTILINE) for p in line.split()}
+    assert exposed == {int(env["BNFOLD_PORT"]), int(env["BNFOLD_GRPC_PORT"])}

@@ -53,8 +53,9 @@ def test_train_export_serve_classify(tmp_path: Path) -> None:
     assert "top-1 agreement" in export.stdout and (models / "digits" / "1" / "model.onnx").is_file()
     # serve, exactly as the image's ENTRYPOINT with the compose environment (loopback only in tests)
     env = _container_env("serve", data, models)
-    port = free_port()
-    env.update(BNFOLD_HOST="127.0.0.1", BNFOLD_PORT=str(port), PYTHONPATH=str(ROOT))
+    port, grpc_port = free_port(), free_port()
+    assert env["BNFOLD_GRPC_PORT"] == "8001"  # compose turns gRPC on; here on a free port
+    env.update(BNFOLD_HOST="127.0.0.1", BNFOLD_PORT=str(port), BNFOLD_GRPC_PORT=str(grpc_port), PYTHONPATH=str(ROOT))
     server = subprocess.Popen(
         [sys.executable, "-m", "service"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -81,6 +82,10 @@ def test_train_export_serve_classify(tmp_path: Path) -> None:
             assert r.status_code == 200, r.text
             correct += r.json()["predictions"][0]["top"][0]["label"] == label
         assert correct >= 18, f"only {correct} of 20 real digits classified correctly"
+        import tritonclient.grpc as grpcclient
+
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+            assert client.is_server_ready() and client.is_model_ready("digits")
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -127,7 +132,8 @@ def test_serve_refuses_an_empty_repository(tmp_path: Path) -> None:
     models = tmp_path / "models"
     models.mkdir()
     env = _container_env("serve", tmp_path, models)
-    env.update(BNFOLD_HOST="127.0.0.1", BNFOLD_PORT=str(free_port()), PYTHONPATH=str(ROOT))
+    env.update(BNFOLD_HOST="127.0.0.1", BNFOLD_PORT=str(free_port()), BNFOLD_GRPC_PORT=str(free_port()))
+    env.update(PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-m", "service"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "holds no model" in proc.stdout + proc.stderr
