@@ -12,8 +12,8 @@ limit; a request that waits and runs longer than its timeout gets 504 and is ski
 
 Lifecycle: a request holds an :class:`Admission` (a context manager) from before its body is decoded until
 its answer. :meth:`Batcher.stop` closes admission first (later arrivals get :class:`Retired`, a 503 with
-Retry-After that the pipeline answers by looking the model up again, so a hot swap hands them to the new
-version), then waits for every admitted request to be answered, then stops the worker and its thread. No
+Retry-After; in a hot swap the manager already names the new version, so they never reach this batcher),
+then waits for every admitted request to be answered, then stops the worker and its thread. No
 request is left to wait for its timeout because of a stop, and nothing is submitted to a stopped thread.
 """
 

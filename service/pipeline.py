@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from service.batching import Admission, Retired
+from service.batching import Admission
 from service.body import read_body, read_images
-from service.errors import ApiError, bad_request, unavailable
+from service.errors import ApiError, bad_request
 from service.images import decode_images, softmax
 from service.manager import ModelManager, Served
 from service.model import ModelVersion
@@ -64,14 +64,14 @@ class InferResult:
 
 # ---- 1. admit -------------------------------------------------------------------------------------------------
 def admit(manager: ModelManager, model: str, version: str | None) -> tuple[Served, Admission]:
-    """The served version and this request's admission on its batcher (one retry across a hot swap)."""
-    for _ in range(2):
-        served = manager.get(model, version)
-        try:
-            return served, served.batcher.admit()
-        except Retired:
-            continue  # swapped or unloaded meanwhile: the manager now names the new version, or none
-    raise unavailable(f"model {model!r} is being replaced or is stopping; retry", 1)
+    """The served version and this request's admission on its batcher.
+
+    A swap names the new version in the manager before the old batcher stops admitting, and the lookup and
+    the admission happen in one step of the event loop, so a request never meets a swapped-out batcher here;
+    a batcher that refuses because the server is stopping raises :class:`Retired` (503 with Retry-After).
+    """
+    served = manager.get(model, version)
+    return served, served.batcher.admit()
 
 
 # ---- 3. validate ----------------------------------------------------------------------------------------------
