@@ -34,6 +34,7 @@ class ExportJob:
     output_name: str = "logits"
     metadata: dict[str, Any] = field(default_factory=dict)  # bnfold.* ONNX metadata of the source
     report: dict[str, Any] = field(default_factory=dict)  # extra export_report.json sections
+    onnx_checked: bool = False  # an ONNX ``model`` already passed check_onnx_input (job_from_onnx sets it)
 
     @property
     def input_meta(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ several graph inputs (initializers listed as inputs do not count), or holds Batc
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 import onnx
@@ -53,12 +54,19 @@ def save_onnx(model: onnx.ModelProto, path: str | Path, external_data: bool | No
 def check_onnx_input(model: onnx.ModelProto, path: str | Path | None = None) -> None:
     """Raise ExportError (one line) unless ``model`` is a valid single-input graph in inference mode.
 
-    ``path``: the file the model came from, used to check models too large for the in-memory checker.
+    ``path``: the file the model came from. onnx.checker cannot take a model of 2 GB or more in memory: such a
+    model is checked from ``path``, or from a temporary copy with external data when there is no file.
     """
     where = str(path) if path is not None else "ONNX model"
     try:
-        large = model.ByteSize() >= PROTOBUF_LIMIT
-        onnx.checker.check_model(str(path) if large and path is not None else model)
+        if model.ByteSize() < PROTOBUF_LIMIT:
+            onnx.checker.check_model(model)
+        elif path is not None:
+            onnx.checker.check_model(str(path))
+        else:
+            with tempfile.TemporaryDirectory(prefix="bnfold-check-") as tmp:
+                save_onnx(model, Path(tmp) / "model.onnx", external_data=True)
+                onnx.checker.check_model(str(Path(tmp) / "model.onnx"))
     except (onnx.checker.ValidationError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"{where} fails onnx.checker: {first}") from exc

@@ -34,9 +34,15 @@ def export_onnx_graph(
     validation: np.ndarray | None = None,
     random_samples: int = 32,
     seed: int = 0,
+    input_checked: bool = False,
 ) -> ExportReport:
-    """Fold every BatchNormalization of ``model``, write it to ``path`` and verify it against float64."""
-    check_onnx_input(model)
+    """Fold every BatchNormalization of ``model``, write it to ``path`` and verify it against float64.
+
+    ``input_checked``: ``model`` already passed :func:`export.onnx_files.check_onnx_input` (as every
+    ``bnfold-export --onnx`` job has), so onnx.checker need not run over it again.
+    """
+    if not input_checked:
+        check_onnx_input(model)
     input_name, output_name, shape = graph_io(model)
     inputs = CheckInputs.build(shape, samples, validation, random_samples, seed)
     timings: dict[str, float] = {}

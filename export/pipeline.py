@@ -90,7 +90,14 @@ def _emit(job: ExportJob, path: Path, metadata: dict[str, Any], precision: str) 
 
         if precision != "float32":
             raise ExportError(f"a {precision} variant needs a PyTorch model; an ONNX input exports float32 only")
-        return export_onnx_graph(job.model, path, metadata=metadata, samples=job.samples, validation=job.validation_x)
+        return export_onnx_graph(
+            job.model,
+            path,
+            metadata=metadata,
+            samples=job.samples,
+            validation=job.validation_x,
+            input_checked=job.onnx_checked,
+        )
     return export_onnx(
         job.model,
         (torch.from_numpy(job.example()),),

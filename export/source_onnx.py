@@ -61,6 +61,7 @@ def job_from_onnx(source: OnnxSource) -> ExportJob:
         input_name=input_name,
         output_name=output_name,
         metadata={"bnfold.model": {"name": source.path.stem, "source_onnx": str(source.path)}},
+        onnx_checked=True,  # checked above, from the file (onnx.checker cannot hold a model of 2 GB or more)
         report={
             "provenance": {"onnx": str(source.path), "producer": f"{model.producer_name} {model.producer_version}"}
         },

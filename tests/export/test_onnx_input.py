@@ -71,6 +71,37 @@ def test_check_refuses_a_model_that_fails_the_checker() -> None:
     assert "\n" not in str(info.value)
 
 
+def _checker_with_protobuf_limit(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every model counts as 2 GB or more, and onnx.checker refuses such a model in memory, as protobuf does;
+    returns the list of what the checker was given ("memory" or a file name)."""
+    real, given = onnx.checker.check_model, []
+
+    def check_model(model: onnx.ModelProto | str, *args: object, **kwargs: object) -> None:
+        given.append("memory" if isinstance(model, onnx.ModelProto) else Path(model).name)
+        if isinstance(model, onnx.ModelProto):
+            raise ValueError("This protobuf of onnx model is too large (>2GB). Call check_model with model path.")
+        real(model, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("export.onnx_files.PROTOBUF_LIMIT", 1)
+    monkeypatch.setattr(onnx.checker, "check_model", check_model)
+    return given
+
+
+def test_check_takes_a_model_too_large_for_the_in_memory_checker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From its file when there is one, else from a temporary copy with external data (it was refused before)."""
+    big, broken = _conv_bn(np.random.default_rng(5)), _conv_bn(np.random.default_rng(6))
+    broken.graph.node[0].input[1] = "no_such_weight"
+    save_onnx(big, tmp_path / "big.onnx", external_data=True)
+    given = _checker_with_protobuf_limit(monkeypatch)
+    check_onnx_input(big, path=tmp_path / "big.onnx")
+    check_onnx_input(big)  # export_onnx_graph's case: a ModelProto and no file
+    assert given == ["big.onnx", "model.onnx"]
+    with pytest.raises(ExportError, match=r"^ONNX model fails onnx\.checker: .*no_such_weight"):
+        check_onnx_input(broken)
+
+
 def test_check_refuses_several_inputs() -> None:
     rng = np.random.default_rng(4)
     two = model("y = Add (a, b)", 15, "float[2,3] a, float[2,3] b", "float[2,3] y")

@@ -15,7 +15,7 @@ import torch
 from export.cli import main
 from export.onnx_graph import count_ops
 from tests.export.onnx_graphs import bn_stats, model
-from tests.export.test_onnx_input import _BnNobodyFolds
+from tests.export.test_onnx_input import _BnNobodyFolds, _checker_with_protobuf_limit
 from tests.export.zoo import randomise_statistics
 
 CLASSIFIER = """
@@ -95,3 +95,12 @@ def test_a_corrupt_file_is_refused_in_one_line(tmp_path: Path, capsys: pytest.Ca
     assert main(["--onnx", str(tmp_path / "bad.onnx"), "--repository", str(tmp_path / "repo")]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "bad.onnx" in err and "cannot be read as an ONNX model" in err
+
+
+def test_the_onnx_path_checks_the_source_graph_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """job_from_onnx checks the file (from disk when it is 2 GB or more); export_onnx_graph does not check the
+    same graph again, in memory, where onnx.checker cannot take a large one."""
+    onnx.save(GRAPHS["helper-opset12"](), str(tmp_path / "in.onnx"))
+    given = _checker_with_protobuf_limit(monkeypatch)
+    assert main(["--onnx", str(tmp_path / "in.onnx"), "--repository", str(tmp_path / "repo"), "--name", "m"]) == 0
+    assert given.count("in.onnx") == 1 and "memory" not in given
