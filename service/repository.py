@@ -10,6 +10,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 # A version as the v2 API addresses it (and as bnfold-export writes it): 1, 2, ..., no sign or leading zero.
 VERSION = re.compile(r"[1-9][0-9]{0,17}", re.ASCII)
+_skipped: set[Path] = set()  # version folders already warned about (the repository is scanned often)
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ def versions(model_dir: Path) -> list[int]:
             continue
         if VERSION.fullmatch(p.name):
             found.append(int(p.name))
-        elif p.name.isascii() and p.name.isdigit():
+        elif p.name.isascii() and p.name.isdigit() and p not in _skipped:
+            _skipped.add(p)
             logger.warning("%s: skipped; a version folder is named 1, 2, ... (no leading zero, not 0)", p)
     return sorted(found)
 

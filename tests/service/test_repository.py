@@ -25,4 +25,7 @@ def test_only_addressable_version_folders_serve(tmp_path: Path, caplog: pytest.L
     skipped = sorted(r.getMessage().split(":")[0].rsplit("/", 1)[1] for r in caplog.records)
     assert skipped == ["0", "01"]
     assert "no leading zero" in caplog.records[0].getMessage()
+    caplog.clear()
+    assert versions(tmp_path) == [1, 12]
+    assert not caplog.records  # once per folder: the index and every load scan the repository again
     assert existing_versions(tmp_path) == [0, 1, 1, 12]  # the exporter numbers past every ASCII-numeric folder
