@@ -55,8 +55,8 @@ class Metrics:
         self.queue_depth = Gauge("bnfold_queue_depth", "Requests waiting", per_version, registry=r)
         self.model_info = Gauge(
             "bnfold_model_info",
-            "1 per loaded version: the execution provider and the options ONNX Runtime reports in force",
-            [*per_version, "provider", "provider_options", "batch_buckets", "precision"],
+            "1 per loaded version: the execution provider, and the provider and session options in force",
+            [*per_version, "provider", "provider_options", "session_options", "batch_buckets", "precision"],
             registry=r,
         )
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from service.buckets import resolve_buckets, run_padded
-from service.providers import CUDA, CudaOptions, options_in_force, resolve_providers, session_options
+from service.providers import CUDA, CudaOptions, options_in_force, resolve_providers, session_in_force, session_options
 from service.repository import ModelConfigInfo, read_config, read_labels
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class ModelVersion:
     provider: str
     metadata: dict[str, Any] = field(default_factory=dict)
     provider_options: dict[str, str] = field(default_factory=dict)  # as ONNX Runtime reports them in force
+    session_options: dict[str, str] = field(default_factory=dict)  # threads and spinning, as reported in force
     buckets: tuple[int, ...] = ()  # batch sizes each batch is padded up to (empty: no padding)
 
     @property
@@ -63,15 +64,22 @@ class ModelVersion:
         return np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
 
     def execution(self) -> dict[str, Any]:
-        """The provider, the options ONNX Runtime reports in force, and the batch buckets (model metadata)."""
-        return {"provider": self.provider, "provider_options": self.provider_options, "batch_buckets": self.buckets}
+        """The provider and session options ONNX Runtime reports in force, and the batch buckets (model metadata)."""
+        return {
+            "provider": self.provider,
+            "provider_options": self.provider_options,
+            "session_options": self.session_options,
+            "batch_buckets": self.buckets,
+        }
 
     def info_labels(self) -> tuple[str, ...]:
-        """Label values of ``bnfold_model_info``: model, version, provider, options (JSON), buckets, precision."""
+        """Label values of ``bnfold_model_info``: model, version, provider, provider and session options (JSON),
+        buckets, precision."""
         options = json.dumps(self.provider_options, sort_keys=True)
+        session = json.dumps(self.session_options, sort_keys=True)
         buckets = ",".join(map(str, self.buckets)) or "off"
         precision = str(self.metadata.get("bnfold.precision", "float32"))
-        return self.name, str(self.version), self.provider, options, buckets, precision
+        return self.name, str(self.version), self.provider, options, session, buckets, precision
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits for ``batch`` (N, *sample_shape), padded up to its bucket when buckets are on."""
@@ -159,6 +167,7 @@ def _describe(
         provider=session.get_providers()[0],
         metadata=metadata,
         provider_options=options_in_force(session),
+        session_options=session_in_force(session),
     )
 
 

@@ -136,6 +136,18 @@ SPINNING: dict[str, dict[str, str]] = {
 }
 
 
+def session_in_force(session: Any) -> dict[str, str]:
+    """The session options bnfold sets, as ONNX Runtime reports them for ``session`` (threads 0: its default)."""
+    options = session.get_session_options()
+    reported = {"intra_op_num_threads": str(options.intra_op_num_threads)}
+    for key in sorted({key for entries in SPINNING.values() for key in entries}):
+        try:
+            reported[key] = options.get_session_config_entry(key)
+        except RuntimeError:  # not set: ONNX Runtime's default applies
+            continue
+    return reported
+
+
 def session_options(intra_op_threads: int, spinning: str = "run") -> Any:
     """Serving session options: full graph optimisation, quiet logging, optional thread count, and how the
     intra-op threads wait for work (``spinning``, a key of :data:`SPINNING`).

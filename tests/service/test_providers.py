@@ -161,7 +161,8 @@ def test_cpu_keeps_buckets_off_by_default(no_cuda: None, model_repo: Path) -> No
     with make_client(model_repo) as client:
         execution = client.get("/v2/models/digits").json()["parameters"]["execution"]
         metrics = client.get("/metrics").text
-    assert execution == {"provider": CPU, "provider_options": {}, "batch_buckets": []}
+    session = {"intra_op_num_threads": "0", "session.force_spinning_stop": "1", "session.intra_op.allow_spinning": "1"}
+    assert execution == {"provider": CPU, "provider_options": {}, "session_options": session, "batch_buckets": []}
     assert 'batch_buckets="off"' in metrics and 'provider="CPUExecutionProvider"' in metrics
 
 
@@ -195,13 +196,22 @@ def test_gpu_bench_cuda_paths_run_with_the_provider_mocked(
 def test_intra_op_spinning_reaches_the_served_session(
     model_repo: Path, setting: str | None, allow: str, stop: str | None
 ) -> None:
-    """BNFOLD_INTRA_OP_SPINNING (default run) becomes ONNX Runtime's config of the session that serves."""
-    overrides = {} if setting is None else {"intra_op_spinning": setting}
+    """BNFOLD_INTRA_OP_SPINNING (default run) becomes ONNX Runtime's config of the session that serves, and
+    the model metadata and /metrics say what is in force (with BNFOLD_INTRA_OP_THREADS)."""
+    overrides: dict[str, object] = {"intra_op_threads": 2}
+    if setting is not None:
+        overrides["intra_op_spinning"] = setting
     with make_client(model_repo, **overrides) as client:
         session = client.app.state.manager.get("digits").model.session  # type: ignore[attr-defined]
         options = session.get_session_options()
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == allow
         if stop is not None:
             assert options.get_session_config_entry("session.force_spinning_stop") == stop
+        shown = client.get("/v2/models/digits").json()["parameters"]["execution"]["session_options"]
+        metrics = client.get("/metrics").text
+    expected = {"intra_op_num_threads": "2", "session.intra_op.allow_spinning": allow}
+    assert shown == expected | ({} if stop is None else {"session.force_spinning_stop": stop})
+    line = next(row for row in metrics.splitlines() if row.startswith("bnfold_model_info{"))
+    assert f'\\"session.intra_op.allow_spinning\\": \\"{allow}\\"' in line, line
     with pytest.raises(ValidationError, match="intra_op_spinning"):
         Settings(intra_op_spinning="sometimes")  # type: ignore[arg-type]
