@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from export.onnx_export import export_onnx
-from export.onnx_input import export_onnx_graph
+from export.emit.from_onnx import export_onnx_graph
+from export.emit.from_torch import export_onnx
 from export.report import ExportReport
 from tests.export.families import calibrated, resnet50_layout
 

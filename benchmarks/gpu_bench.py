@@ -75,8 +75,8 @@ def build_fp16(root: Path) -> Path:
     """The ResNet-20's fp16 variant (float32 input and output) as model resnet20-fp16."""
     import torch
 
-    from export.onnx_export import export_onnx
-    from export.repository import TensorSpec, new_version, render_config, write_model_files
+    from export.emit.from_torch import export_onnx
+    from export.repository.writer import TensorSpec, new_version, render_config, write_model_files
     from training.models import build_model
 
     torch.manual_seed(0)

@@ -28,9 +28,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from export.onnx_files import check_onnx_input, load_onnx, save_onnx
-from export.onnx_fold import fold_onnx
-from export.onnx_oracle import onnx_float64_oracle
+from export.folding.onnx_fold import fold_onnx
+from export.graph.files import check_onnx_input, load_onnx, save_onnx
+from export.verification.onnx_oracle import onnx_float64_oracle
 
 
 class Bottleneck(nn.Module):

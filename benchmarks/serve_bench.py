@@ -43,8 +43,8 @@ def build_repository(root: Path) -> Path:
     """Export a ResNet-20 (random weights, randomised BN statistics) into a model repository."""
     import torch
 
-    from export.onnx_export import export_onnx
-    from export.repository import TensorSpec, new_version, render_config, write_model_files
+    from export.emit.from_torch import export_onnx
+    from export.repository.writer import TensorSpec, new_version, render_config, write_model_files
     from training.models import build_model
 
     torch.manual_seed(0)
@@ -75,8 +75,8 @@ def build_int8(root: Path, fp32_path: Path) -> tuple[Path, str]:
     The benchmark's weights are random, so there is no real data: it is calibrated on 256 random inputs and
     verified (top-1 agreement with fp32, no labels) on 512 others. Returns the path and the gate's line.
     """
-    from export.int8 import quantize_int8
-    from export.repository import TensorSpec, new_version, render_config, write_model_files
+    from export.repository.writer import TensorSpec, new_version, render_config, write_model_files
+    from export.variants.int8 import quantize_int8
 
     rng = np.random.default_rng(3)
     calibration = rng.standard_normal((256, 3, 32, 32), dtype=np.float32)

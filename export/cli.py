@@ -87,13 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _job(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ExportJob:
     """The export job for whichever source was named (imports torch and onnx only once they are needed)."""
     if args.checkpoint is not None:
-        from export.source_checkpoint import job_from_checkpoint
+        from export.sources.checkpoint import job_from_checkpoint
 
         return job_from_checkpoint(args.checkpoint, args.data_dir)
     if args.torch is not None:
         if args.weights is None or args.input_shape is None:
             parser.error("--torch needs --weights FILE and --input-shape C,H,W")
-        from export.source_torch import TorchSource, job_from_torch, parse_factory_args
+        from export.sources.torch_factory import TorchSource, job_from_torch, parse_factory_args
 
         return job_from_torch(
             TorchSource(
@@ -111,7 +111,7 @@ def _job(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ExportJob
         )
     if args.recalibrate is not None:
         parser.error("--recalibrate needs a PyTorch model (--torch): an ONNX graph has no training mode to run")
-    from export.source_onnx import OnnxSource, job_from_onnx
+    from export.sources.onnx_file import OnnxSource, job_from_onnx
 
     return job_from_onnx(OnnxSource(args.onnx, args.labels, args.mean, args.std, args.images))
 

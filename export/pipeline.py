@@ -1,9 +1,10 @@
 """A model's path through export, in one place: job -> fold -> export -> verify -> write.
 
-    source (checkpoint, torch factory, ONNX file) -> ExportJob     export.source_{checkpoint,torch,onnx}
-    fold every BatchNorm                        -> export.fold / export.onnx_fold
-    emit ONNX, check, verify against float64    -> export.onnx_export / export.onnx_input, export.verify
-    write one version, as one transaction       -> export.repository.new_version
+    source (checkpoint, torch factory, ONNX file) -> ExportJob   export/sources/
+    fold every BatchNorm                          export/folding/
+    emit ONNX, check, verify against float64      export/emit/, export/verification/
+    fp16 and int8 variants                        export/variants/
+    write one version, as one transaction         export/repository/
 
 A failure at any step raises an ExportError naming the cause and leaves the repository exactly as it was.
 """
@@ -18,12 +19,12 @@ from typing import Any
 import onnx
 import torch
 
+from export.emit.from_torch import export_onnx
 from export.errors import ExportError
-from export.int8 import Int8Report, quantize_int8
 from export.job import ExportJob, variant_name
-from export.onnx_export import export_onnx
 from export.report import ExportReport
-from export.repository import TensorSpec, check_model_name, new_version, render_config
+from export.repository.writer import TensorSpec, check_model_name, new_version, render_config
+from export.variants.int8 import Int8Report, quantize_int8
 from training.atomic import write_json_atomic
 from training.checkpoint import library_versions
 
@@ -86,7 +87,7 @@ def _int8(job: ExportJob, path: Path, metadata: dict[str, Any], method: str) -> 
 def _emit(job: ExportJob, path: Path, metadata: dict[str, Any], precision: str) -> ExportReport:
     """Fold, export and verify ``job.model`` into ``path`` (nothing there unless every check passes)."""
     if isinstance(job.model, onnx.ModelProto):
-        from export.onnx_input import export_onnx_graph
+        from export.emit.from_onnx import export_onnx_graph
 
         if precision != "float32":
             raise ExportError(f"a {precision} variant needs a PyTorch model; an ONNX input exports float32 only")
@@ -161,7 +162,7 @@ def export_checkpoint(
     data_dir: Path | None = None,
 ) -> VersionWritten:
     """A bnfold training checkpoint -> the next verified version of ``name`` (``<name>-fp16`` with ``fp16``)."""
-    from export.source_checkpoint import job_from_checkpoint
+    from export.sources.checkpoint import job_from_checkpoint
 
     job = job_from_checkpoint(checkpoint, data_dir)
     precision = "float16" if fp16 else "float32"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from export.errors import VerificationError
 
 if TYPE_CHECKING:
-    from export.verify import Check, Tolerance
+    from export.verification.checks import Check, Tolerance
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Small ONNX graphs in ONNX's textual syntax, and the float32-vs-float64 rule the ONNX fold is judged by.
 
-Graphs are judged by export.verify's rule: the folded graph's distance from the original graph's float64
+Graphs are judged by the verification rule: the folded graph's distance from the original graph's float64
 oracle may be at most twice the float32 original's own, plus 2^-20 of the output scale.
 """
 
@@ -11,8 +11,8 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from export.onnx_oracle import onnx_float64_oracle
-from export.verify import Check, Reference, against_oracle
+from export.verification.checks import Check, Reference, against_oracle
+from export.verification.onnx_oracle import onnx_float64_oracle
 
 FOLD_PREV, FOLD_NEXT, LOWER = "folded-into-preceding", "folded-into-following", "lowered-to-scale-shift"
 IR_VERSION = 8  # onnxruntime 1.31 reads IR versions up to 11; onnx's default may be newer
@@ -60,6 +60,6 @@ def count_ops(proto: onnx.ModelProto, op_type: str) -> int:
 
 
 def judge(original: onnx.ModelProto, folded: onnx.ModelProto, x: np.ndarray) -> Check:
-    """The folded graph on ``x``, judged by export.verify's rule against the ORIGINAL graph's float64 oracle."""
+    """The folded graph on ``x``, judged by the verification rule against the ORIGINAL graph's float64 oracle."""
     ref = Reference("random", x, onnx_float64_oracle(original)(x).astype(np.float64), run(original, x))
     return against_oracle("folded graph", run(folded, x), ref)

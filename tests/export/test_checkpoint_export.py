@@ -18,7 +18,7 @@ from google.protobuf import text_format
 
 from export import export_checkpoint
 from export.errors import ExportError
-from export.verify import ort_session
+from export.verification.checks import ort_session
 from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
 from training.data import load_dataset
@@ -193,8 +193,12 @@ class _Killed(BaseException):
 KILL_POINTS = {
     "while exporting, before any file is written": ("export.pipeline", "_emit", 0),
     "between files: after model.onnx, before export_report.json": ("export.pipeline", "write_json_atomic", 0),
-    "between the shared files: labels.txt written, config.pbtxt not": ("export.repository", "write_bytes_atomic", 3),
-    "at the atomic swap": ("export.repository", "_swap_in", 0),
+    "between the shared files: labels.txt written, config.pbtxt not": (
+        "export.repository.writer",
+        "write_bytes_atomic",
+        3,
+    ),
+    "at the atomic swap": ("export.repository.writer", "_swap_in", 0),
 }
 
 

@@ -1,6 +1,6 @@
 """The standard CNN families export with zero BatchNormalization and pass verification; wrong folds are caught.
 
-Verification is judged against a float64 run of the original (export.verify): deep networks used to be
+Verification is judged against a float64 run of the original (export.verification.checks): deep networks used to be
 refused on a tolerance tighter than float32 itself. Each family runs under calibrated statistics (outputs
 about 1) and under random statistics that do not match the activations.
 """
@@ -15,11 +15,11 @@ import pytest
 import torch
 from torch import nn
 
-import export.fold as fold_module
+import export.folding.torch_fold as fold_module
 from export import VerificationError
-from export.fold_math import population_scale_shift
-from export.onnx_export import export_onnx
-from export.onnx_graph import count_ops
+from export.emit.from_torch import export_onnx
+from export.folding.bn_math import population_scale_shift
+from export.graph.inspect import count_ops
 from tests.export.families import FAMILIES, calibrated, random_statistics, resnet50_layout
 
 pytestmark = pytest.mark.slow

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from export import ExportError, fold_batchnorm
-from export.fold_math import fold_into_preceding
-from export.verify import Reference, against_oracle
+from export.folding.bn_math import fold_into_preceding
+from export.verification.checks import Reference, against_oracle
 from tests.export.zoo import CASES, Case, Seq, build_case
 
 RTOL, ATOL = 1e-4, 1e-5

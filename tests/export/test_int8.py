@@ -12,8 +12,8 @@ from onnx import numpy_helper
 
 from export import export_checkpoint
 from export.errors import ExportError, VerificationError
-from export.int8 import Int8Gate, Int8Report, quantize_int8
-from export.verify import ort_session
+from export.variants.int8 import Int8Gate, Int8Report, quantize_int8
+from export.verification.checks import ort_session
 from training.config import TrainConfig
 from training.data import Dataset, load_dataset
 from training.pipeline import run_training

@@ -13,7 +13,7 @@ import pytest
 
 import export.pipeline as pipeline
 from export.cli import main
-from export.int8 import Int8Gate
+from export.variants.int8 import Int8Gate
 from tests.service.conftest import ServerProcess
 
 pytestmark = pytest.mark.slow

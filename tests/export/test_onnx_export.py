@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from export import ExportError, VerificationError
-from export.onnx_export import export_onnx
-from export.onnx_graph import count_ops
-from export.verify import ort_session
+from export.emit.from_torch import export_onnx
+from export.graph.inspect import count_ops
+from export.verification.checks import ort_session
 from tests.export.zoo import CASES, Case, Seq, build_case, randomise_statistics
 
 
@@ -47,7 +47,7 @@ def test_export_zoo(case: Case, tmp_path: Path) -> None:
 
 def test_a_wrong_fold_fails_verification_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Folding with the unbiased-variance mistake must be caught by verification, not shipped."""
-    import export.fold as fold_module
+    import export.folding.torch_fold as fold_module
 
     real = fold_module.fold_into_preceding
 

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from export.onnx_fold import fold_onnx
+from export.folding.onnx_fold import fold_onnx
 from tests.export.onnx_graphs import FOLD_NEXT, FOLD_PREV, LOWER, bn_stats, count_ops, judge, model
 
 OPSETS = [9, 12, 15]

@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-import export.onnx_fold_rules as rules
+import export.folding.onnx_rules as rules
 from export.errors import ExportError
-from export.onnx_fold import fold_onnx
+from export.folding.onnx_fold import fold_onnx
 from tests.export.onnx_graphs import FOLD_NEXT, FOLD_PREV, LOWER, bn_stats, count_ops, judge, model
 
 BN = "BatchNormalization"
@@ -203,7 +203,7 @@ def _deep(rng: np.random.Generator) -> onnx.ModelProto:
 
 
 def _break(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
-    import export.onnx_bn as bn_module
+    import export.folding.onnx_bn as bn_module
 
     real_pre, real_scale_shift = rules.preceding_weight_bias, bn_module.scale_shift
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from export.errors import ExportError
-from export.onnx_files import check_onnx_input, load_onnx, save_onnx
-from export.onnx_fold import fold_onnx
+from export.folding.onnx_fold import fold_onnx
+from export.graph.files import check_onnx_input, load_onnx, save_onnx
 from tests.export.onnx_graphs import bn_stats, count_ops, judge, model, run
 from tests.export.zoo import randomise_statistics
 
@@ -82,7 +82,7 @@ def _checker_with_protobuf_limit(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             raise ValueError("This protobuf of onnx model is too large (>2GB). Call check_model with model path.")
         real(model, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("export.onnx_files.PROTOBUF_LIMIT", 1)
+    monkeypatch.setattr("export.graph.files.PROTOBUF_LIMIT", 1)
     monkeypatch.setattr(onnx.checker, "check_model", check_model)
     return given
 

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from export.onnx_oracle import onnx_float64_oracle
+from export.verification.onnx_oracle import onnx_float64_oracle
 from tests.export.onnx_graphs import bn_stats, model, run
 
 

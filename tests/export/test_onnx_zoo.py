@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from export.onnx_fold import fold_onnx
+from export.folding.onnx_fold import fold_onnx
 from tests.export.onnx_graphs import count_ops, judge
 from tests.export.zoo import CASES, Case, build_case
 

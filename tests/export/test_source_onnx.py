@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from export.cli import main
-from export.onnx_graph import count_ops
+from export.graph.inspect import count_ops
 from tests.export.onnx_graphs import bn_stats, model
 from tests.export.test_onnx_input import _BnNobodyFolds, _checker_with_protobuf_limit
 from tests.export.zoo import randomise_statistics

@@ -21,8 +21,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from export.cli import main
-from export.images import load_images
-from export.source_torch import TorchSource, job_from_torch
+from export.sources.images import load_images
+from export.sources.torch_factory import TorchSource, job_from_torch
 from tests.service.conftest import ServerProcess
 from training.checkpoint import MODEL_FILE, load_checkpoint
 from training.config import TrainConfig

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from export.repository import existing_versions
+from export.repository.writer import existing_versions
 from service.repository import versions
 
 

@@ -61,8 +61,8 @@ def slow_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository whose model takes tens of milliseconds per sample, so a burst is still running at SIGTERM."""
     import torch
 
-    from export.onnx_export import export_onnx
-    from export.repository import TensorSpec, new_version, render_config, write_model_files
+    from export.emit.from_torch import export_onnx
+    from export.repository.writer import TensorSpec, new_version, render_config, write_model_files
     from training.models import build_model
 
     repo = tmp_path_factory.mktemp("slow_repo")

@@ -1,6 +1,6 @@
 """Fold BatchNormalization inside an ONNX graph: ``fold_onnx(model_proto) -> (model_proto, FoldReport)``.
 
-Pattern and result, per inference-mode BatchNormalization node (opset 7 to 15; see ``export.onnx_bn``), tried
+Pattern and result, per inference-mode BatchNormalization node (opset 7 to 15; see ``export.folding.onnx_bn``), tried
 in this order:
 
     1. L -> BN  ==>  L'     L is Conv (any group, with or without bias), ConvTranspose (any group), Gemm (any
@@ -16,7 +16,7 @@ in this order:
                             [C, D1, ...] for spatial=0); needs x's rank (graph shape or shape inference).
 
 Math (float64, cast once to the weight's dtype), with BN(y) = s * y + t per channel,
-s = gamma / sqrt(var + eps), t = beta - mean * s (``export.fold_math.scale_shift``):
+s = gamma / sqrt(var + eps), t = beta - mean * s (``export.folding.bn_math.scale_shift``):
 
     1. Conv:  W'[o] = W[o] * s[o],  b' = b * s + t.  ConvTranspose, weight [C_in, C_out/g, k...]: output channel
        o = g * (C_out/g) + j is weight[g*(C_in/g):(g+1)*(C_in/g), j], scaled by s[o].
@@ -41,11 +41,11 @@ import onnx
 import onnx_ir as ir
 
 from export.errors import ExportError
-from export.onnx_bn import BN_OP, BnAffine, node_label, opset_of, read_bn
-from export.onnx_edit import GraphEditor, inferred_ranks
-from export.onnx_fold_rules import fold_following, fold_preceding, lower, why_not_following, why_not_preceding
-from export.onnx_graph import require_no_batchnorm
-from export.onnx_measure import measure_rows
+from export.folding.onnx_bn import BN_OP, BnAffine, node_label, opset_of, read_bn
+from export.folding.onnx_edit import GraphEditor, inferred_ranks
+from export.folding.onnx_measure import measure_rows
+from export.folding.onnx_rules import fold_following, fold_preceding, lower, why_not_following, why_not_preceding
+from export.graph.inspect import require_no_batchnorm
 from export.report import FoldReport, FoldRow
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def fold_onnx(model: onnx.ModelProto, sample: np.ndarray | None = None) -> tuple
     """A copy of ``model`` with no BatchNormalization left, and one report row per BN node.
 
     With ``sample`` (an input batch), each row also gets the difference its site shows between the original
-    and the folded graph in ONNX Runtime (``export.onnx_measure``); without it those stay 0.
+    and the folded graph in ONNX Runtime (``export.folding.onnx_measure``); without it those stay 0.
     Raises ExportError (naming the node) for BN in training mode, with consumed extra outputs, with
     non-constant statistics, inside a subgraph or function, or whose rank is needed and unknown.
     """

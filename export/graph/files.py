@@ -14,7 +14,7 @@ import onnx
 import onnx_ir as ir
 
 from export.errors import ExportError
-from export.onnx_bn import BN_OP, node_label, opset_of, training_reason
+from export.folding.onnx_bn import BN_OP, node_label, opset_of, training_reason
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Predicates ("may this BN fold here? if not, why?") and transforms for the ONNX fold, one pair per pattern.
 
-The math is ``export.fold_math``'s (``preceding_weight_bias``, ``following_weight_bias``) on float64 tensors,
-cast once to the weight's dtype; ``export.onnx_fold`` states the patterns, preconditions and formulas.
+The math is ``export.folding.bn_math``'s (``preceding_weight_bias``, ``following_weight_bias``) on float64 tensors,
+cast once to the weight's dtype; ``export.folding.onnx_fold`` states the patterns, preconditions and formulas.
 A predicate returns the layer to fold into, or the reason there is none (the report keeps it).
 Gemm and MatMul weights are handled as a Linear-style matrix L = [N, K] (output feature first):
 Gemm's B is L when transB=1 and L^T when transB=0; MatMul's constant right operand is L^T.
@@ -16,9 +16,9 @@ import onnx_ir as ir
 import torch
 
 from export.errors import ExportError
-from export.fold_math import following_weight_bias, preceding_weight_bias
-from export.onnx_bn import BnAffine, constant_array, node_label
-from export.onnx_edit import GraphEditor, make_node
+from export.folding.bn_math import following_weight_bias, preceding_weight_bias
+from export.folding.onnx_bn import BnAffine, constant_array, node_label
+from export.folding.onnx_edit import GraphEditor, make_node
 
 PRECEDING_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 FOLLOWING_OPS = ("Conv", "Gemm")

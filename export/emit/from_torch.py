@@ -1,7 +1,7 @@
 """``export_onnx``: a torch module in, a folded, checked and verified ONNX file out.
 
-The steps, each one function: fold (``export.fold``) -> reference outputs from the float64 oracle ->
-emit ONNX with a dynamic batch axis -> verify (``export.verify``) -> commit. Nothing is written at ``path``
+The steps, each one function: fold (``export.folding.torch_fold``) -> reference outputs from the float64 oracle ->
+emit ONNX with a dynamic batch axis -> verify (``export.verification.checks``) -> commit. Nothing is written at ``path``
 unless every check passes: the file is emitted to a temporary sibling and renamed into place at the end.
 """
 
@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from export.errors import ExportError
-from export.fold import fold_batchnorm
-from export.fp16 import check_fp16, to_fp16
-from export.onnx_graph import add_metadata, require_no_batchnorm
+from export.folding.torch_fold import fold_batchnorm
+from export.graph.inspect import add_metadata, require_no_batchnorm
 from export.report import ExportReport, FoldReport, stopwatch
-from export.verify import (
+from export.variants.fp16 import check_fp16, to_fp16
+from export.verification.checks import (
     FLOAT16,
     FLOAT32,
     Check,

@@ -1,8 +1,8 @@
 """``export_onnx_graph``: an ONNX file from any exporter in, a folded and verified ONNX file out.
 
-The same steps as ``export_onnx`` for a torch module: fold (``export.onnx_fold``) -> reference outputs ->
+The same steps as ``export_onnx`` for a torch module: fold (``export.folding.onnx_fold``) -> reference outputs ->
 write -> verify. The float32 original is the unmodified graph in ONNX Runtime at ORT_DISABLE_ALL; the oracle is
-a float64 copy of the same graph (``export.onnx_oracle``). Input and output names are kept.
+a float64 copy of the same graph (``export.verification.onnx_oracle``). Input and output names are kept.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 import onnx
 
-from export.onnx_export import CheckInputs, references, staged_file, verify_file
-from export.onnx_files import check_onnx_input, save_onnx
-from export.onnx_fold import fold_onnx
-from export.onnx_graph import add_metadata, graph_io
-from export.onnx_oracle import onnx_float64_oracle
+from export.emit.from_torch import CheckInputs, references, staged_file, verify_file
+from export.folding.onnx_fold import fold_onnx
+from export.graph.files import check_onnx_input, save_onnx
+from export.graph.inspect import add_metadata, graph_io
 from export.report import ExportReport, stopwatch
-from export.verify import FLOAT32, ort_session, session_runner
+from export.verification.checks import FLOAT32, ort_session, session_runner
+from export.verification.onnx_oracle import onnx_float64_oracle
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def export_onnx_graph(
 ) -> ExportReport:
     """Fold every BatchNormalization of ``model``, write it to ``path`` and verify it against float64.
 
-    ``input_checked``: ``model`` already passed :func:`export.onnx_files.check_onnx_input` (as every
+    ``input_checked``: ``model`` already passed :func:`export.graph.files.check_onnx_input` (as every
     ``bnfold-export --onnx`` job has), so onnx.checker need not run over it again.
     """
     if not input_checked:

@@ -34,10 +34,19 @@ import numpy as np
 import onnx
 
 from export.errors import ExportError, VerificationError
-from export.int8_calibration import calibrate, calibration_method, check_calibration
-from export.int8_sensitivity import LayerError, layer_errors
-from export.onnx_graph import count_ops
-from export.verify import FLOOR, Check, Reference, Tolerance, batch_invariance, ort_session, run_batched, top1_agreement
+from export.graph.inspect import count_ops
+from export.variants.int8_calibration import calibrate, calibration_method, check_calibration
+from export.variants.int8_sensitivity import LayerError, layer_errors
+from export.verification.checks import (
+    FLOOR,
+    Check,
+    Reference,
+    Tolerance,
+    batch_invariance,
+    ort_session,
+    run_batched,
+    top1_agreement,
+)
 from training.atomic import staged_file
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ graph inputs, outputs and intermediate types, Cast/dtype targets) and runs it wi
 ORT_DISABLE_ALL when ONNX Runtime has double kernels for every op. It does not for Conv, ConvTranspose,
 AveragePool, GlobalAveragePool and others (checked with onnxruntime 1.31), so most vision graphs fall back to
 ``onnx.reference.ReferenceEvaluator``, with BatchNormalization, Conv and ConvTranspose replaced by
-``export.onnx_oracle_ops`` (the reference's BN and grouped ConvTranspose are wrong; see there).
+``export.verification.onnx_oracle_ops`` (the reference's BN and grouped ConvTranspose are wrong; see there).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import onnxruntime as ort
 from onnx.reference import ReferenceEvaluator
 
 from export.errors import ExportError
-from export.onnx_oracle_ops import ORACLE_OPS
+from export.verification.onnx_oracle_ops import ORACLE_OPS
 
 logger = logging.getLogger(__name__)
 

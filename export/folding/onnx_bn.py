@@ -11,7 +11,7 @@ What each opset version means, and what bnfold accepts:
     14, 15   attribute ``training_mode`` (default 0); 1 is refused. Outputs running_mean/running_var with
              training_mode=0 are not valid ONNX; unused ones are dropped, consumed ones refused.
 
-``s`` and ``t`` come from ``export.fold_math.scale_shift``, the one formula for BN's scale and shift (float64).
+``s`` and ``t`` come from ``export.folding.bn_math.scale_shift``, the one formula for BN's scale and shift (float64).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import onnx_ir as ir
 import torch
 
 from export.errors import ExportError
-from export.fold_math import scale_shift
+from export.folding.bn_math import scale_shift
 
 BN_OP = "BatchNormalization"
 FIRST_OPSET = 7

@@ -34,7 +34,7 @@ from onnxruntime.quantization.qdq_loss_debug import (
 )
 from onnxruntime.quantization.quant_utils import DEQUANT_OUTPUT_SUFFIX
 
-from export.verify import ort_session
+from export.verification.checks import ort_session
 
 logger = logging.getLogger(__name__)
 

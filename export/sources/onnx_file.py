@@ -10,12 +10,12 @@ import numpy as np
 import onnx
 
 from export.errors import ExportError
-from export.images import load_images
+from export.graph.files import check_onnx_input, load_onnx
+from export.graph.inspect import graph_io
 from export.job import ExportJob
-from export.onnx_files import check_onnx_input, load_onnx
-from export.onnx_graph import graph_io
-from export.source_torch import resolve_labels
-from export.verify import ort_session, session_runner
+from export.sources.images import load_images
+from export.sources.torch_factory import resolve_labels
+from export.verification.checks import ort_session, session_runner
 
 logger = logging.getLogger(__name__)
 

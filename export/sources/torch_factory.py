@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from export.errors import ExportError
-from export.images import ImageSet, load_images
 from export.job import ExportJob
+from export.sources.images import ImageSet, load_images
 from training.population import recalibrate_bn
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The fold formulas, in float64, on plain tensors. No graph logic here: see ``export.fold`` for that.
+"""The fold formulas, in float64, on plain tensors. No graph logic here: see ``export.folding.torch_fold`` for that.
 
 BatchNorm with population statistics is a per-channel affine map (c indexes channels, axis 1):
 

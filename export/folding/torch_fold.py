@@ -11,7 +11,7 @@ Pattern and result, per BatchNorm call site (population statistics, whatever mod
     3. anything else          ==>  x * s + t      one per-channel scale-and-shift (exact; two ONNX ops).
 
 A layer module called at several sites is copied per site before a fold touches it, so a fold at one site
-never changes another. The math (``export.fold_math``) runs in float64 and is cast once. Predicates
+never changes another. The math (``export.folding.bn_math``) runs in float64 and is cast once. Predicates
 (``_why_not_preceding``, ``_why_not_following``) decide; transforms (``_fold_*``, ``_lower``) rewrite.
 Each rewrite measures the difference it introduced on the example inputs' actual intermediate values.
 """
@@ -30,7 +30,7 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from export.errors import ExportError
-from export.fold_math import (
+from export.folding.bn_math import (
     ScaleShift,
     assign,
     bn_scale_shift,

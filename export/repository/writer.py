@@ -239,7 +239,7 @@ def write_model(
     """
     import onnx
 
-    from export.onnx_graph import graph_io
+    from export.graph.inspect import graph_io
 
     input_name, output_name, shape = graph_io(onnx.load(str(onnx_file), load_external_data=False))
     inputs, outputs = [TensorSpec(input_name, "float32", shape)], [TensorSpec(output_name, "float32", (len(labels),))]

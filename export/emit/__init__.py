@@ -1,0 +1,1 @@
+"""Emission: a job's model (torch module or ONNX graph) -> a folded ONNX file, checked and verified against float64."""
