@@ -8,7 +8,8 @@ The public API:
 - ``export_job(job, repository, name)``: any ``ExportJob`` (``job_from_checkpoint``, ``job_from_torch``,
   ``job_from_onnx``) -> the next verified version in a Triton-layout repository, as one transaction;
 - ``export_checkpoint(checkpoint, repository, name)``: the same from a bnfold training checkpoint;
-- ``write_model(repository, name, onnx_file, labels)``: add any ONNX classifier with its metadata as a version.
+- ``write_model(repository, name, onnx_file, labels)``: add any ONNX classifier with its metadata as a version;
+- ``quantize_int8(fp32_file, out_file, calibration, ...)``: the gated int8 variant of a verified float32 file.
 
 Names are imported on first use, so ``import export`` stays cheap.
 """
@@ -35,6 +36,7 @@ _PUBLIC = {
     "job_from_onnx": "export.sources.onnx_file",
     "OnnxSource": "export.sources.onnx_file",
     "write_model": "export.repository.writer",
+    "quantize_int8": "export.variants.int8",
     "FoldReport": "export.report",
     "FoldRow": "export.report",
     "ExportReport": "export.report",

@@ -1,7 +1,8 @@
 """``bnfold-export`` (also ``python -m export``): a model -> verified ONNX with no BatchNorm -> model repository.
 
 Three sources, one pipeline (``export.pipeline``): a bnfold checkpoint (``--checkpoint``), any PyTorch model
-(``--torch PACKAGE.MODULE:FACTORY --weights FILE --input-shape C,H,W``) or any ONNX file (``--onnx``).
+(``--torch PACKAGE.MODULE:FACTORY --weights FILE --input-shape C,H,W``) or any ONNX file (``--onnx``, which
+imports no torch).
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bnfold-export",
         description="Fold every BatchNorm of a model into its weights, export ONNX, verify it against a float64 run "
-        "of the original and add it as a new version to a Triton-layout model repository.",
+        "of the original and add it as a new version to a Triton-layout model repository. One pipeline for every "
+        "source and variant: fold -> float64 reference -> write the staged version -> verify -> commit. --onnx "
+        "needs no torch (pip install 'bnfold[onnx]').",
         epilog="examples:\n  bnfold-export --checkpoint runs/demo --repository model_repository --name digits\n"
         "  bnfold-export --torch torchvision.models:resnet50 --weights resnet50.safetensors --input-shape 3,224,224\n"
         "  bnfold-export --onnx model.onnx --images val/ --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225",
@@ -53,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_argument_group("source (exactly one)").add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", type=Path, help="a bnfold run directory or checkpoint directory")
     src.add_argument("--torch", metavar="PACKAGE.MODULE:FACTORY", help="a factory that returns the nn.Module")
-    src.add_argument("--onnx", type=Path, metavar="FILE", help="an ONNX file from any exporter")
+    src.add_argument("--onnx", type=Path, metavar="FILE", help="an ONNX file from any exporter (no torch needed)")
     t = p.add_argument_group("models from elsewhere (--torch, --onnx)")
     t.add_argument("--factory-arg", action="append", default=[], metavar="KEY=VALUE", help="factory keyword (JSON)")
     t.add_argument("--weights", type=Path, help="safetensors, or a state dict saved with torch.save (--torch)")
@@ -122,13 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.export internals, not the user's concern
     try:
-        from export.pipeline import export_job  # imports torch, whose logging set-up resets its loggers' levels
+        job = _job(args, parser)  # a torch source imports torch here, whose logging set-up resets its loggers
+        from export.pipeline import export_job
 
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.ERROR)
 
         written = export_job(
-            _job(args, parser),
+            job,
             args.repository,
             args.name,
             precision="float16" if args.fp16 else "int8" if args.int8 else "float32",

@@ -8,13 +8,15 @@ normalised the way the model expects.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-from torch import nn
 
 from export.errors import ExportError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass

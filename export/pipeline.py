@@ -1,4 +1,4 @@
-"""A model's path through export, in one place: job -> fold -> export -> verify -> write.
+"""A model's path through export, in one place: job -> fold -> float64 reference -> write -> verify -> commit.
 
     source (checkpoint, torch factory, ONNX file) -> ExportJob   export/sources/
     fold every BatchNorm                          export/folding/
@@ -12,21 +12,21 @@ A failure at any step raises an ExportError naming the cause and leaves the repo
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
-import torch
 
-from export.emit.from_torch import export_onnx
+from export.emit.candidate import Candidate, write_verified
 from export.errors import ExportError
 from export.job import ExportJob, variant_name
-from export.report import ExportReport
+from export.report import ExportReport, library_versions
 from export.repository.writer import TensorSpec, check_model_name, new_version, render_config
-from export.variants.int8 import Int8Report, quantize_int8
+from export.variants.int8 import Int8Gate, Int8Job, Int8Report, write_int8
+from export.verification.file import CheckInputs
 from training.atomic import write_json_atomic
-from training.checkpoint import library_versions
 
 logger = logging.getLogger(__name__)
 
@@ -66,50 +66,55 @@ def _metadata(job: ExportJob, name: str, version: int, precision: str) -> dict[s
     }
 
 
-def _int8(job: ExportJob, path: Path, metadata: dict[str, Any], method: str) -> tuple[ExportReport, Int8Report]:
-    """The verified float32 graph first, then its int8 variant at ``path``, calibrated and gated."""
+def _candidate(job: ExportJob, precision: str, inputs: CheckInputs) -> Candidate:
+    """Step 1, fold: the job's model folded into an ONNX candidate (torch is imported for torch models only)."""
+    if isinstance(job.model, onnx.ModelProto):
+        from export.emit.from_onnx import onnx_candidate
+
+        return onnx_candidate(job.model, inputs.first(), fp16=precision == "float16")
+    import torch
+
+    from export.emit.from_torch import torch_candidate
+
+    example = (torch.from_numpy(job.example()),)
+    names = (job.input_name, job.output_name)
+    return torch_candidate(job.model, example, names, fp16=precision == "float16")
+
+
+def _require_int8_data(job: ExportJob) -> None:
+    """Refuse an int8 export without calibration data or a validation split, before any work."""
     if job.calibration is None or len(job.calibration) == 0:
         raise ExportError("--int8 needs calibration data: a checkpoint's training split, or --images DIR")
     if job.validation_x is None:
         raise ExportError("--int8 needs a validation split to gate the variant: a checkpoint, or labelled --images")
-    fp32_path = path.with_name(".float32.onnx")
-    try:
-        report = _emit(job, fp32_path, metadata, "float32")
-        int8 = quantize_int8(
-            fp32_path, path, job.calibration, method, job.validation_x, job.validation_y, job.input_name,
-            job.output_name,
-        )  # fmt: skip
-    finally:
-        fp32_path.unlink(missing_ok=True)
-    return report, int8
 
 
-def _emit(job: ExportJob, path: Path, metadata: dict[str, Any], precision: str) -> ExportReport:
-    """Fold, export and verify ``job.model`` into ``path`` (nothing there unless every check passes)."""
-    if isinstance(job.model, onnx.ModelProto):
-        from export.emit.from_onnx import export_onnx_graph
+def _int8(job: ExportJob, fp32: Path, dst: Path, method: str) -> Int8Report:
+    """The int8 variant of the verified float32 graph at ``fp32``, quantized into ``dst`` and gated."""
+    names = (job.input_name, job.output_name)
+    int8_job = Int8Job(fp32, job.calibration, method, job.validation_x, job.validation_y, names)
+    return write_int8(int8_job, dst, Int8Gate())
 
-        if precision != "float32":
-            raise ExportError(f"a {precision} variant needs a PyTorch model; an ONNX input exports float32 only")
-        return export_onnx_graph(
-            job.model,
-            path,
-            metadata=metadata,
-            samples=job.samples,
-            validation=job.validation_x,
-            input_checked=job.onnx_checked,
-        )
-    return export_onnx(
-        job.model,
-        (torch.from_numpy(job.example()),),
-        path,
-        input_name=job.input_name,
-        output_name=job.output_name,
-        metadata=metadata,
-        samples=torch.from_numpy(job.samples) if job.samples is not None else None,
-        validation=torch.from_numpy(job.validation_x) if job.validation_x is not None else None,
-        fp16=precision == "float16",
-    )
+
+def produce(
+    job: ExportJob, precision: str, version_dir: Path, metadata: dict[str, Any], method: str = "minmax"
+) -> tuple[ExportReport, Int8Report | None]:
+    """THE export sequence, for every source and variant: fold -> float64 reference -> write -> verify.
+
+    Writes ``version_dir/model.onnx``; ``version_dir`` is the repository's staged version, committed by the
+    caller (``new_version``) only when this returns. int8 first verifies the float32 graph (in a temporary
+    folder outside the repository), then quantizes and gates it into ``model.onnx``.
+    """
+    if precision == "int8":
+        _require_int8_data(job)
+    inputs = CheckInputs.build(job.input_shape, job.samples, job.validation_x)
+    candidate = _candidate(job, precision, inputs)
+    if precision != "int8":
+        return write_verified(candidate, version_dir / "model.onnx", inputs, metadata), None
+    with tempfile.TemporaryDirectory(prefix="bnfold-float32-") as tmp:
+        fp32 = Path(tmp) / "model.onnx"
+        report = write_verified(candidate, fp32, inputs, metadata)
+        return report, _int8(job, fp32, version_dir / "model.onnx", method)
 
 
 def export_job(
@@ -131,11 +136,7 @@ def export_job(
     config = _config(job, name, max_batch_size, max_queue_delay_us)
     with new_version(repository, name, config, job.labels) as (version_dir, version):
         metadata = _metadata(job, name, version, precision)
-        int8 = None
-        if precision == "int8":
-            report, int8 = _int8(job, version_dir / "model.onnx", metadata, calibration_method)
-        else:
-            report = _emit(job, version_dir / "model.onnx", metadata, precision)
+        report, int8 = produce(job, precision, version_dir, metadata, calibration_method)
         report.path = Path(name) / str(version) / "model.onnx"
         document = {
             **report.to_dict(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -120,3 +121,25 @@ def stopwatch(timings: dict[str, float], step: str) -> Iterator[None]:
         yield
     finally:
         timings[step] = timings.get(step, 0.0) + time.perf_counter() - start
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of what an export ran on, read from package metadata (torch is not imported for them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(*names: str) -> str:
+        for name in names:
+            try:
+                return version(name)
+            except PackageNotFoundError:
+                continue
+        return "not installed"
+
+    return {
+        "bnfold": installed("bnfold"),
+        "torch": installed("torch"),
+        "numpy": installed("numpy"),
+        "onnx": installed("onnx"),
+        "onnxruntime": installed("onnxruntime", "onnxruntime-gpu"),
+        "python": platform.python_version(),
+    }

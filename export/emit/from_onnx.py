@@ -1,28 +1,46 @@
-"""``export_onnx_graph``: an ONNX file from any exporter in, a folded and verified ONNX file out.
+"""An ONNX graph from any exporter -> a folded ONNX ``Candidate``; and ``export_onnx_graph``, as one file.
 
-The same steps as ``export_onnx`` for a torch module: fold (``export.folding.onnx_fold``) -> reference outputs ->
-write -> verify. The float32 original is the unmodified graph in ONNX Runtime at ORT_DISABLE_ALL; the oracle is
-a float64 copy of the same graph (``export.verification.onnx_oracle``). Input and output names are kept.
+Fold with ``export.folding.onnx_fold``. The float32 original is the unmodified graph in ONNX Runtime at
+ORT_DISABLE_ALL; the oracle is a float64 copy of the same graph (``export.verification.onnx_oracle``). Input
+and output names are kept. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from export.emit.from_torch import CheckInputs, references, staged_file, verify_file
+from export.emit.candidate import Candidate, write_verified
 from export.folding.onnx_fold import fold_onnx
-from export.graph.files import check_onnx_input, save_onnx
-from export.graph.inspect import add_metadata, graph_io
+from export.graph.files import check_onnx_input
+from export.graph.inspect import graph_io
 from export.report import ExportReport, stopwatch
-from export.verification.checks import FLOAT32, ort_session, session_runner
+from export.variants.fp16_onnx import to_fp16_graph
+from export.verification.checks import FLOAT16, FLOAT32, ort_session, session_runner
+from export.verification.file import CheckInputs
 from export.verification.onnx_oracle import onnx_float64_oracle
+from training.atomic import staged_file
 
-logger = logging.getLogger(__name__)
+
+def onnx_candidate(model: onnx.ModelProto, sample: np.ndarray | None = None, *, fp16: bool = False) -> Candidate:
+    """``model`` folded, with its original (ONNX Runtime, ORT_DISABLE_ALL) and float64 oracle as judges.
+
+    ``sample``: a few inputs on which each fold site's difference is measured for the fold report. ``fp16``:
+    the half-precision variant (``export.variants.fp16_onnx``), held to fp16's tolerance.
+    """
+    input_name, output_name, _ = graph_io(model)
+    timings: dict[str, float] = {}
+    with stopwatch(timings, "fold"):
+        folded, fold_report = fold_onnx(model, sample=sample)
+    if fp16:
+        folded = to_fp16_graph(folded)
+    original = session_runner(ort_session(model.SerializeToString(), "disable_all"), input_name, output_name)
+    oracle = onnx_float64_oracle(model)
+    tol = FLOAT16 if fp16 else FLOAT32
+    return Candidate(folded, fold_report, original, oracle, (input_name, output_name), tol, timings=timings)
 
 
 def export_onnx_graph(
@@ -43,22 +61,9 @@ def export_onnx_graph(
     """
     if not input_checked:
         check_onnx_input(model)
-    input_name, output_name, shape = graph_io(model)
-    inputs = CheckInputs.build(shape, samples, validation, random_samples, seed)
-    timings: dict[str, float] = {}
-    with stopwatch(timings, "fold"):
-        folded, fold_report = fold_onnx(model, sample=next(iter(inputs.groups.values()))[:8])
-    original = session_runner(ort_session(model.SerializeToString(), "disable_all"), input_name, output_name)
-    oracle = onnx_float64_oracle(model)
-    with stopwatch(timings, "references (float64 oracle, float32 original)"):
-        refs = references(inputs, original, oracle)
+    inputs = CheckInputs.build(graph_io(model)[2], samples, validation, random_samples, seed)
+    candidate = onnx_candidate(model, inputs.first())
     with staged_file(Path(path)) as tmp:
-        add_metadata(folded, {**(metadata or {}), "bnfold.fold_summary": fold_report.totals})
-        save_onnx(folded, tmp)
-        with stopwatch(timings, "onnx checks"):
-            names = (input_name, output_name)
-            report = verify_file(tmp, fold_report, refs, inputs, (original, oracle), names, FLOAT32)
-        report.path, report.timings = Path(path), timings
-        report.require_passed()
-    logger.debug("exported %s from an ONNX graph", path)
+        report = write_verified(candidate, tmp, inputs, metadata)
+        report.path = Path(path)
     return report

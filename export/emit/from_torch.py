@@ -1,8 +1,9 @@
-"""``export_onnx``: a torch module in, a folded, checked and verified ONNX file out.
+"""A torch module -> a folded ONNX ``Candidate``; and ``export_onnx``, the same as one verified file.
 
-The steps, each one function: fold (``export.folding.torch_fold``) -> reference outputs from the float64 oracle ->
-emit ONNX with a dynamic batch axis -> verify (``export.verification.checks``) -> commit. Nothing is written at ``path``
-unless every check passes: the file is emitted to a temporary sibling and renamed into place at the end.
+Fold (``export.folding.torch_fold``), optionally convert to fp16 (``export.variants.fp16``), emit ONNX with a
+dynamic batch axis through torch's dynamo exporter. The candidate carries the float32 original and its float64
+run (the oracle) and a pre-check of the folded module itself; ``export.emit.candidate.write_verified`` does the
+rest. This module imports torch: only torch sources come here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextlib
 import copy
 import io
 import logging
-from dataclasses import dataclass
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,50 +21,16 @@ import onnx
 import torch
 from torch import nn
 
+from export.emit.candidate import Candidate, write_verified
 from export.errors import ExportError
 from export.folding.torch_fold import fold_batchnorm
-from export.graph.inspect import add_metadata, require_no_batchnorm
-from export.report import ExportReport, FoldReport, stopwatch
+from export.report import ExportReport, stopwatch
 from export.variants.fp16 import check_fp16, to_fp16
-from export.verification.checks import (
-    FLOAT16,
-    FLOAT32,
-    Check,
-    Reference,
-    Runner,
-    Tolerance,
-    check_runner,
-    onnx_checks,
-    run_batched,
-    timed,
-    validation_agreement,
-)
+from export.verification.checks import FLOAT16, FLOAT32, Check, Reference, Runner, check_runner
+from export.verification.file import CheckInputs
 from training.atomic import staged_file
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class CheckInputs:
-    """What verification runs on: groups of inputs (real, random) and an optional validation split."""
-
-    groups: dict[str, np.ndarray]
-    validation: np.ndarray | None = None
-
-    @classmethod
-    def build(
-        cls,
-        shape: tuple[int, ...],
-        samples: np.ndarray | None,
-        validation: np.ndarray | None,
-        random: int = 32,
-        seed: int = 0,
-    ) -> CheckInputs:
-        """Up to 256 real samples and ``random`` standard-normal inputs of ``shape``, seeded."""
-        groups = {"random": np.random.default_rng(seed).standard_normal((random, *shape)).astype(np.float32)}
-        if samples is not None and len(samples):
-            groups = {"real": np.ascontiguousarray(samples[:256], dtype=np.float32), **groups}
-        return cls(groups, validation)
 
 
 def _numpy(x: torch.Tensor | None) -> np.ndarray | None:
@@ -98,22 +65,15 @@ def float64_oracle(model: nn.Module) -> Runner:
     return guarded
 
 
-def references(inputs: CheckInputs, original: Runner, oracle: Runner) -> list[Reference]:
-    """Oracle and float32-original outputs on every input group."""
-    return [
-        Reference(group, x, run_batched(oracle, x).astype(np.float64), run_batched(original, x))
-        for group, x in inputs.groups.items()
-    ]
-
-
 def emit_onnx(
-    module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, names: tuple[str, str], opset: int | None
+    module: nn.Module, example: tuple[torch.Tensor, ...], names: tuple[str, str], opset: int | None
 ) -> onnx.ModelProto:
     """The dynamo exporter, batch axis dynamic; its console chatter goes to the debug log."""
     batch = torch.export.Dim("batch", min=1, max=65536)
     chatter = io.StringIO()
     try:
-        with contextlib.redirect_stdout(chatter):
+        with tempfile.TemporaryDirectory(prefix="bnfold-emit-") as tmp, contextlib.redirect_stdout(chatter):
+            path = Path(tmp) / "model.onnx"
             torch.onnx.export(
                 module,
                 example,
@@ -125,11 +85,46 @@ def emit_onnx(
                 external_data=False,
                 opset_version=opset,
             )
+            return onnx.load(str(path))
     except Exception as exc:  # the exporter raises many types; all mean "this module does not export"
         raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {type(exc).__name__}: {exc}") from exc
     finally:
         logger.debug("torch.onnx.export: %s", chatter.getvalue())
-    return onnx.load(str(path))
+
+
+def torch_candidate(
+    model: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    names: tuple[str, str] = ("input", "logits"),
+    *,
+    fp16: bool = False,
+    opset: int | None = None,
+) -> Candidate:
+    """``model`` folded (fp16 with ``fp16``: float32 at its edges) and emitted as ONNX, with its judges."""
+    timings: dict[str, float] = {}
+    original = copy.deepcopy(model).eval()
+    with stopwatch(timings, "fold"):
+        folded, fold_report = fold_batchnorm(model, example_inputs)
+    warnings = check_fp16(original, folded) if fp16 else []
+    module = to_fp16(folded) if fp16 else folded
+    tol = FLOAT16 if fp16 else FLOAT32
+
+    def folded_module(refs: list[Reference]) -> list[Check]:
+        return [check_runner("torch folded", torch_runner(module), r, tol) for r in refs]
+
+    with stopwatch(timings, "onnx export"):
+        proto = emit_onnx(module, example_inputs, names, opset)
+    return Candidate(
+        proto,
+        fold_report,
+        torch_runner(original),
+        float64_oracle(original),
+        names,
+        tol,
+        folded_module,
+        warnings,
+        timings,
+    )
 
 
 def export_onnx(
@@ -154,55 +149,10 @@ def export_onnx(
     (float32 input and output), held to fp16's own precision. ``metadata`` is embedded as ONNX metadata_props
     (every value JSON-encoded). Raises :class:`VerificationError` and writes nothing on any breach.
     """
-    path, names, tol = Path(path), (input_name, output_name), FLOAT16 if fp16 else FLOAT32
-    timings: dict[str, float] = {}
-    original = copy.deepcopy(model).eval()
-    with stopwatch(timings, "fold"):
-        folded, fold_report = fold_batchnorm(model, example_inputs)
-    warnings = check_fp16(original, folded) if fp16 else []
-    candidate = to_fp16(folded) if fp16 else folded
     shape = tuple(example_inputs[0].shape[1:])
     inputs = CheckInputs.build(shape, _numpy(samples), _numpy(validation), random_samples, seed)
-    oracle, original_run = float64_oracle(original), torch_runner(original)
-    with stopwatch(timings, "references (float64 oracle, float32 original)"):
-        refs = references(inputs, original_run, oracle)
-    checks = [check_runner("torch folded", torch_runner(candidate), r, tol) for r in refs]
-    with staged_file(path) as tmp:
-        with stopwatch(timings, "onnx export"):
-            proto = emit_onnx(candidate, example_inputs, tmp, names, opset)
-            add_metadata(proto, {**(metadata or {}), "bnfold.fold_summary": fold_report.totals})
-            onnx.save(proto, str(tmp))
-        with stopwatch(timings, "onnx checks"):
-            report = verify_file(tmp, fold_report, refs, inputs, (original_run, oracle), names, tol)
-        report.path, report.warnings, report.timings = path, warnings, timings
-        report.checks[:0] = checks
-        report.require_passed()
-    logger.debug("exported %s (%d ONNX nodes, no BatchNormalization)", path, sum(report.nodes.values()))
+    candidate = torch_candidate(model, example_inputs, (input_name, output_name), fp16=fp16, opset=opset)
+    with staged_file(Path(path)) as tmp:
+        report = write_verified(candidate, tmp, inputs, metadata)
+        report.path = Path(path)
     return report
-
-
-def verify_file(
-    path: Path,
-    fold_report: FoldReport,
-    refs: list[Reference],
-    inputs: CheckInputs,
-    runners: tuple[Runner, Runner],
-    names: tuple[str, str],
-    tol: Tolerance,
-) -> ExportReport:
-    """onnx.checker, no BatchNormalization left, the ONNX Runtime checks and top-1 agreement on ``path``.
-
-    ``runners`` are the float32 original and the float64 oracle. Shared by every export path (torch, ONNX).
-    """
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise ExportError(f"bnfold bug: the folded graph fails onnx.checker: {exc}") from exc
-    proto = onnx.load(str(path), load_external_data=False)
-    ops = require_no_batchnorm(proto)
-    checks: list[Check]
-    checks, plain = onnx_checks(path, refs, names, tol)
-    val = inputs.validation
-    if val is not None:
-        checks.append(timed(lambda: validation_agreement(plain, val, *runners, tol)))
-    return ExportReport(path, fold_report, checks, tol, proto.opset_import[0].version, ops)

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
-import torch
 
 from export.errors import ExportError
 from export.folding.bn_math import scale_shift
@@ -104,9 +103,9 @@ def read_bn(node: ir.Node, opset: int) -> BnAffine:
         raise ExportError(f"BatchNormalization {label!r}: extra outputs {consumed} are consumed; cannot fold")
     arrays = _statistics(node, label)
     eps = node.attributes.get_float("epsilon", 1e-5)
-    gamma, beta, mean, var = (torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in arrays)
+    gamma, beta, mean, var = (np.asarray(a, dtype=np.float64) for a in arrays)
     s, t = scale_shift(gamma, beta, mean, var, eps)
-    return BnAffine(node, s.numpy(), t.numpy(), label, ir.DataType.from_numpy(arrays[0].dtype))
+    return BnAffine(node, s, t, label, ir.DataType.from_numpy(arrays[0].dtype))
 
 
 def _statistics(node: ir.Node, label: str) -> list[np.ndarray]:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
-import torch
 
 from export.errors import ExportError
 from export.folding.bn_math import following_weight_bias, preceding_weight_bias
@@ -48,8 +47,8 @@ class Layer:
         return matrix if self.op == "Gemm" and self.attr("transB", 0) == 1 else matrix.T
 
 
-def _t(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(a, dtype=np.float64))
+def _t(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
 
 
 def _only_use(value: ir.Value) -> tuple[ir.Node, int] | None:
@@ -109,15 +108,15 @@ def fold_preceding(bn: BnAffine, layer: Layer, editor: GraphEditor) -> str:
     if layer.op in ("Conv", "ConvTranspose"):
         bias = layer.bias if layer.bias is not None else np.zeros(bn.channels)
         w, b = preceding_weight_bias(_t(layer.weight), _t(bias), s, t, layer.attr("group", 1), layer.op != "Conv")
-        new_w = w.numpy()
+        new_w = w
     else:  # Y = alpha * A @ B + beta * C  ->  BN(Y) = alpha * A @ (B s) + (beta * C * s + t)
         beta = layer.node.attributes.get_float("beta", 1.0) if layer.op == "Gemm" else 0.0
         c = beta * layer.bias if layer.bias is not None else np.zeros(bn.channels)
         w, b = preceding_weight_bias(_t(layer.linear()), _t(c), s, t, 1, False)
-        new_w = layer.from_linear(w.numpy())
+        new_w = layer.from_linear(w)
         attrs = attrs if layer.op == "Gemm" else {}
         attrs["beta"] = ir.AttrFloat32("beta", 1.0)
-    return _emit(editor, layer, new_w, b.numpy(), attrs, [layer.node, bn.node], bn.node.outputs[0])
+    return _emit(editor, layer, new_w, b, attrs, [layer.node, bn.node], bn.node.outputs[0])
 
 
 # ---- BN folded into the layer after it --------------------------------------------------------------------
@@ -162,14 +161,14 @@ def fold_following(bn: BnAffine, layer: Layer, editor: GraphEditor) -> str:
     if layer.op == "Conv":
         bias = layer.bias if layer.bias is not None else np.zeros(layer.weight.shape[0])
         w, b = following_weight_bias(_t(layer.weight), _t(bias), s, t, layer.attr("group", 1))
-        new_w, new_b = w.numpy(), b.numpy()
+        new_w, new_b = w, b
     else:  # Y = alpha * (x s + t) @ B + beta * C = alpha * x @ (s B) + (beta * C + alpha * t @ B)
         matrix = layer.linear()
-        w, shift = following_weight_bias(_t(matrix), torch.zeros(matrix.shape[0], dtype=torch.float64), s, t, 1)
+        w, shift = following_weight_bias(_t(matrix), np.zeros(matrix.shape[0], dtype=np.float64), s, t, 1)
         alpha = layer.node.attributes.get_float("alpha", 1.0)
         beta = layer.node.attributes.get_float("beta", 1.0)
-        new_b = alpha * shift.numpy() + (beta * layer.bias if layer.bias is not None else 0.0)
-        new_w = layer.from_linear(w.numpy())
+        new_b = alpha * shift + (beta * layer.bias if layer.bias is not None else 0.0)
+        new_w = layer.from_linear(w)
         attrs["beta"] = ir.AttrFloat32("beta", 1.0)
     old = [bn.node, layer.node]
     return _emit(editor, layer, new_w, new_b, attrs, old, layer.node.outputs[0], data=bn.node.inputs[0])

@@ -30,7 +30,7 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from export.errors import ExportError
-from export.folding.bn_math import (
+from export.folding.torch_layers import (
     ScaleShift,
     assign,
     bn_scale_shift,

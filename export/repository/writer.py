@@ -196,30 +196,55 @@ def new_version(
     A killed export leaves only a hidden staging folder, which the next export removes.
     """
     model_dir = repository / check_model_name(name)
-    with _repository_lock(repository):
-        remove_stale_partials(repository)
-        stage = Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}-", suffix=".partial", dir=repository))
+    created = _missing_folders(repository)
+    try:
+        with _repository_lock(repository):
+            yield from _transaction(repository, name, model_dir, config_text, labels)
+    except BaseException:
+        _remove_if_empty(created)
+        raise
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders of ``path`` that do not exist yet, innermost first (the ones a failed export must remove)."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (innermost first) that this export created, if they are still empty."""
+    for folder in folders:
         try:
-            public_mode(stage, directory=True)
-            if model_dir.is_dir():
-                _link_tree(model_dir, stage)
-            version = max(existing_versions(stage), default=0) + 1
-            version_dir = stage / str(version)
-            version_dir.mkdir()
-            public_mode(version_dir, directory=True)
-            yield version_dir, version
-            _write_model_files(version_dir, config_text, labels)
-            _write_model_files(stage, config_text, labels)
-            _fsync_tree(version_dir)
-            _swap_in(stage, model_dir)
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
+            folder.rmdir()
+        except OSError:  # not empty (another export wrote there meanwhile) or already gone
+            return
 
 
-def write_model_files(model_dir: Path, config_text: str, labels: list[str]) -> None:
-    """Replace config.pbtxt and labels.txt in place, each atomically (outside a version transaction)."""
-    _write_model_files(model_dir, config_text, labels)
+def _transaction(
+    repository: Path, name: str, model_dir: Path, config_text: str | None, labels: list[str] | None
+) -> Iterator[tuple[Path, int]]:
+    """``new_version``'s body, under the repository lock."""
+    remove_stale_partials(repository)
+    stage = Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}-", suffix=".partial", dir=repository))
+    try:
+        public_mode(stage, directory=True)
+        if model_dir.is_dir():
+            _link_tree(model_dir, stage)
+        version = max(existing_versions(stage), default=0) + 1
+        version_dir = stage / str(version)
+        version_dir.mkdir()
+        public_mode(version_dir, directory=True)
+        yield version_dir, version
+        _write_model_files(version_dir, config_text, labels)
+        _write_model_files(stage, config_text, labels)
+        _fsync_tree(version_dir)
+        _swap_in(stage, model_dir)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
 
 
 def write_model(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,10 +13,8 @@ from export.graph.files import check_onnx_input, load_onnx
 from export.graph.inspect import graph_io
 from export.job import ExportJob
 from export.sources.images import load_images
-from export.sources.torch_factory import resolve_labels
+from export.sources.labels import resolve_labels
 from export.verification.checks import ort_session, session_runner
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,12 +28,18 @@ class OnnxSource:
     images: Path | None = None
 
 
-def _classes(model: onnx.ModelProto, input_name: str, output_name: str, shape: tuple[int, ...]) -> int:
+def _classes(model: onnx.ModelProto, path: Path, names: tuple[str, str], shape: tuple[int, ...]) -> int:
     """The number of logits, from one run of the original graph (symbolic output shapes are common)."""
-    run = session_runner(ort_session(model.SerializeToString(), "disable_all"), input_name, output_name)
-    out = run(np.zeros((2, *shape), dtype=np.float32))
+    try:
+        run = session_runner(ort_session(model.SerializeToString(), "disable_all"), *names)
+        out = run(np.zeros((2, *shape), dtype=np.float32))
+    except Exception as exc:  # onnxruntime raises its own types (Fail, InvalidGraph, ...): all mean "cannot run"
+        raise ExportError(
+            f"{path}: passes onnx.checker but ONNX Runtime cannot run it on a batch of 2 inputs of shape "
+            f"{','.join(map(str, shape))} ({type(exc).__name__}: {exc})"
+        ) from exc
     if out.ndim != 2:
-        raise ExportError(f"ONNX output {output_name!r} has shape {out.shape}; a classifier returns (N, classes)")
+        raise ExportError(f"ONNX output {names[1]!r} has shape {out.shape}; a classifier returns (N, classes)")
     return int(out.shape[1])
 
 
@@ -46,7 +49,7 @@ def job_from_onnx(source: OnnxSource) -> ExportJob:
     check_onnx_input(model, source.path)
     input_name, output_name, shape = graph_io(model)
     images = load_images(source.images, shape, source.mean, source.std) if source.images else None
-    labels = resolve_labels(source.labels_file, _classes(model, input_name, output_name, shape), images)
+    labels = resolve_labels(source.labels_file, _classes(model, source.path, (input_name, output_name), shape), images)
     labelled = images is not None and images.y is not None
     return ExportJob(
         name=source.path.stem,

@@ -27,6 +27,7 @@ from torch import nn
 from export.errors import ExportError
 from export.job import ExportJob
 from export.sources.images import ImageSet, load_images
+from export.sources.labels import resolve_labels
 from training.population import recalibrate_bn
 
 logger = logging.getLogger(__name__)
@@ -171,20 +172,14 @@ def accuracy(model: nn.Module, images: ImageSet, batch: int = 64) -> float:
     return float((logits.argmax(1).numpy() == images.y).mean())
 
 
-def resolve_labels(labels_file: Path | None, classes: int, images: ImageSet | None) -> list[str]:
-    """--labels FILE, else the class folders of --images, else "0".."N-1"; must match the model's outputs."""
-    if labels_file is not None:
-        if not labels_file.is_file():
-            raise ExportError(f"--labels {labels_file}: no such file")
-        labels = [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
-        where = f"--labels {labels_file}"
-    elif images is not None and images.classes is not None:
-        labels, where = list(images.classes), f"the class folders of {images.root}"
-    else:
-        return [str(i) for i in range(classes)]
-    if len(labels) != classes:
-        raise ExportError(f"{where} names {len(labels)} classes, the model returns {classes} logits")
-    return labels
+def _batches(images: ImageSet, size: int) -> list[torch.Tensor]:
+    """Mini-batches of ``size``; a last batch of one image joins the one before (Algorithm 2 needs m >= 2)."""
+    batches = list(torch.from_numpy(images.x).split(size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    if len(batches[0]) < 2:
+        raise ExportError(f"--recalibrate {images.root}: Algorithm 2 needs at least 2 images, found {len(images.x)}")
+    return batches
 
 
 def recalibrate(model: nn.Module, source: TorchSource, check: ImageSet | None) -> dict[str, Any]:
@@ -195,8 +190,11 @@ def recalibrate(model: nn.Module, source: TorchSource, check: ImageSet | None) -
     images = load_images(source.recalibrate, source.input_shape, source.mean, source.std)
     labelled = check if check is not None and check.y is not None else (images if images.y is not None else None)
     before = accuracy(model, labelled) if labelled is not None else None
-    batches = torch.from_numpy(images.x).split(source.recalibrate_batch_size)
-    layers = recalibrate_bn(model, batches)
+    batches = _batches(images, source.recalibrate_batch_size)
+    try:
+        layers = recalibrate_bn(model, batches)
+    except ValueError as exc:  # Algorithm 2's preconditions: running statistics, 2+ values per channel
+        raise ExportError(f"--recalibrate {images.root}: {exc}") from exc
     model.eval()
     result: dict[str, Any] = {
         "method": "Algorithm 2 (Ioffe & Szegedy, 2015): E[x] = E_B[mu_B], Var[x] = m/(m-1) E_B[sigma_B^2]",

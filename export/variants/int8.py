@@ -261,28 +261,57 @@ def quantize_int8(
     ``validation_x``/``validation_y``: the whole validation split and its labels (labels optional). Raises
     ``ExportError`` on bad input and ``VerificationError`` below the gate; in both cases nothing is written.
     """
-    src, out_path, gate = Path(fp32_model_path), Path(out_path), gate or Int8Gate()
-    calibration_method(method)  # refuse an unknown method before any work
-    vx = _check_inputs(src, validation_x, validation_y, (input_name, output_name))
-    x_cal = check_calibration(calibration, tuple(vx.shape[1:]), max_calibration_samples)
-    with staged_file(out_path) as tmp:
-        _quantize(src, tmp, x_cal, input_name, method.lower())
-        checks, agreement, acc_fp32, acc_int8 = _verify(src, tmp, (input_name, output_name), vx, validation_y, gate)
-        report = Int8Report(
-            path=out_path,
-            method=method.lower(),
-            calibration_samples=len(x_cal),
-            gate=gate,
-            agreement=agreement,
-            validation_samples=len(vx),
-            accuracy_fp32=acc_fp32,
-            accuracy_int8=acc_int8,
-            checks=checks,
-            layers=layer_errors(src, tmp, x_cal[:SENSITIVITY_SAMPLES], input_name),
-            nodes=count_ops(onnx.load(str(tmp))),
+    with staged_file(Path(out_path)) as tmp:
+        report = write_int8(
+            Int8Job(Path(fp32_model_path), calibration, method, validation_x, validation_y, (input_name, output_name)),
+            tmp,
+            gate or Int8Gate(),
+            max_calibration_samples,
         )
-        if not report.passed:
-            failed = "; ".join(c.line() for c in checks if not c.passed)
-            raise VerificationError(f"int8 variant refused, nothing written. {report.gate_line()}. Failed: {failed}")
+        report.path = Path(out_path)
+    return report
+
+
+@dataclass
+class Int8Job:
+    """A verified float32 graph and the data to quantize and gate it with."""
+
+    src: Path
+    calibration: np.ndarray | None
+    method: str
+    validation_x: np.ndarray | None
+    validation_y: np.ndarray | None
+    names: tuple[str, str] = ("input", "logits")
+
+
+def write_int8(
+    job: Int8Job, dst: Path, gate: Int8Gate, max_calibration_samples: int = MAX_CALIBRATION_SAMPLES
+) -> Int8Report:
+    """Quantize ``job.src`` into ``dst`` and verify it there against the gate; the caller commits ``dst``.
+
+    Raises ``ExportError`` on bad input and ``VerificationError`` below the gate.
+    """
+    calibration_method(job.method)  # refuse an unknown method before any work
+    vx = _check_inputs(job.src, job.validation_x, job.validation_y, job.names)
+    x_cal = check_calibration(job.calibration, tuple(vx.shape[1:]), max_calibration_samples)
+    method = job.method.lower()
+    _quantize(job.src, dst, x_cal, job.names[0], method)
+    checks, agreement, acc_fp32, acc_int8 = _verify(job.src, dst, job.names, vx, job.validation_y, gate)
+    report = Int8Report(
+        path=dst,
+        method=method,
+        calibration_samples=len(x_cal),
+        gate=gate,
+        agreement=agreement,
+        validation_samples=len(vx),
+        accuracy_fp32=acc_fp32,
+        accuracy_int8=acc_int8,
+        checks=checks,
+        layers=layer_errors(job.src, dst, x_cal[:SENSITIVITY_SAMPLES], job.names[0]),
+        nodes=count_ops(onnx.load(str(dst))),
+    )
+    if not report.passed:
+        failed = "; ".join(c.line() for c in checks if not c.passed)
+        raise VerificationError(f"int8 variant refused, nothing written. {report.gate_line()}. Failed: {failed}")
     logger.info("%s", report.gate_line())
     return report

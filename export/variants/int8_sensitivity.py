@@ -19,7 +19,6 @@ graph's tensor names (a Conv followed by a Relu it absorbs takes the Relu's outp
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,8 +34,6 @@ from onnxruntime.quantization.qdq_loss_debug import (
 from onnxruntime.quantization.quant_utils import DEQUANT_OUTPUT_SUFFIX
 
 from export.verification.checks import ort_session
-
-logger = logging.getLogger(__name__)
 
 QUANTIZABLE = ("Conv", "Gemm", "MatMul")
 

@@ -34,7 +34,6 @@ Checks:
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -42,8 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 FACTOR = 2.0
 FLOOR = 2.0**-20

@@ -191,7 +191,7 @@ class _Killed(BaseException):
 
 
 KILL_POINTS = {
-    "while exporting, before any file is written": ("export.pipeline", "_emit", 0),
+    "while exporting, before any file is written": ("export.pipeline", "_candidate", 0),
     "between files: after model.onnx, before export_report.json": ("export.pipeline", "write_json_atomic", 0),
     "between the shared files: labels.txt written, config.pbtxt not": (
         "export.repository.writer",

@@ -18,7 +18,7 @@ from torch import nn
 import export.folding.torch_fold as fold_module
 from export import VerificationError
 from export.emit.from_torch import export_onnx
-from export.folding.bn_math import population_scale_shift
+from export.folding.torch_layers import population_scale_shift
 from export.graph.inspect import count_ops
 from tests.export.families import FAMILIES, calibrated, random_statistics, resnet50_layout
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from export import ExportError, fold_batchnorm
-from export.folding.bn_math import fold_into_preceding
+from export.folding.torch_layers import fold_into_preceding
 from export.verification.checks import Reference, against_oracle
 from tests.export.zoo import CASES, Case, Seq, build_case
 

@@ -104,3 +104,39 @@ def test_the_onnx_path_checks_the_source_graph_once(tmp_path: Path, monkeypatch:
     given = _checker_with_protobuf_limit(monkeypatch)
     assert main(["--onnx", str(tmp_path / "in.onnx"), "--repository", str(tmp_path / "repo"), "--name", "m"]) == 0
     assert given.count("in.onnx") == 1 and "memory" not in given
+
+
+def test_a_graph_onnx_runtime_cannot_run_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Defect 3: it passes onnx.checker, so the error comes from the first ONNX Runtime run (counting classes)."""
+    bad = model("y = Reshape (x, s)", 15, "float[N, 3, 4, 4] x", "float[N, 5] y", s=np.array([-1, 5], dtype=np.int64))
+    onnx.save(bad, str(tmp_path / "bad.onnx"))
+    assert main(["--onnx", str(tmp_path / "bad.onnx"), "--repository", str(tmp_path / "repo")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert "bad.onnx: passes onnx.checker but ONNX Runtime cannot run it" in err and "Reshape" in err
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_graph_with_no_batchnorm_is_verified_and_written_with_0_bn(tmp_path: Path) -> None:
+    """Defect 8: nothing to fold is not an error; also a model.onnx that bnfold-export itself wrote."""
+    onnx.save(GRAPHS["helper-opset15"](), str(tmp_path / "in.onnx"))
+    repo = tmp_path / "repo"
+    assert main(["--onnx", str(tmp_path / "in.onnx"), "--repository", str(repo), "--name", "m"]) == 0
+    again = ["--onnx", str(repo / "m" / "1" / "model.onnx"), "--repository", str(repo), "--name", "again"]
+    assert main(again) == 0
+    report = json.loads((repo / "again" / "1" / "export_report.json").read_text())
+    assert report["fold"]["totals"]["batchnorm_layers"] == 0 and report["fold"]["rows"] == []
+    assert all(c["passed"] for c in report["verification"])
+
+
+def test_a_refused_export_into_a_new_repository_leaves_no_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Defect 5: --int8 without calibration data, into a repository (and its parent) that do not exist yet."""
+    onnx.save(GRAPHS["helper-opset15"](), str(tmp_path / "in.onnx"))
+    repo = tmp_path / "new" / "repo"
+    assert main(["--onnx", str(tmp_path / "in.onnx"), "--repository", str(repo), "--int8"]) == 2
+    assert "--int8 needs calibration data" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()

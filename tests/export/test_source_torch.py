@@ -210,3 +210,29 @@ def test_recalibrate_is_exactly_algorithm_2_on_a_registry_model(user: dict[str, 
     assert not all(torch.equal(v, ckpt.state_dict[k]) for k, v in stats.items())  # the statistics did change
     accuracy = job.report["recalibration"]["accuracy"]
     assert set(accuracy) == {"evaluated_on", "own_statistics", "recalibrated"}
+
+
+def _bn1d_net() -> torch.nn.Module:
+    """BatchNorm1d after a Linear: one value per channel per image, so a mini-batch of one image has m = 1."""
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4), torch.nn.BatchNorm1d(4))
+
+
+def test_recalibrate_with_a_last_mini_batch_of_one_image_folds_it_into_the_previous(user: dict[str, Path]) -> None:
+    """200 images in mini-batches of 199 leave one image over: it joins the batch before (defect 3)."""
+    from export.sources.torch_factory import recalibrate
+
+    source = TorchSource("usernets:make", user["root"] / "net.safetensors", (1, 8, 8), recalibrate=user["images"],
+                         recalibrate_batch_size=199)  # fmt: skip
+    result = recalibrate(_bn1d_net(), source, None)
+    assert result["batches"] == 1 and result["samples"] == 200
+
+
+def test_recalibrate_without_running_statistics_is_one_clear_error(user: dict[str, Path]) -> None:
+    from export.errors import ExportError
+    from export.sources.torch_factory import recalibrate
+
+    net = _bn1d_net()
+    net[2] = torch.nn.BatchNorm1d(4, track_running_stats=False)
+    source = TorchSource("usernets:make", user["root"] / "net.safetensors", (1, 8, 8), recalibrate=user["images"])
+    with pytest.raises(ExportError, match=r"--recalibrate .*images: BN layer '2' has track_running_stats=False"):
+        recalibrate(net, source, None)
