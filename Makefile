@@ -1,6 +1,8 @@
 # bnfold: the README's two commands. Both set themselves up from nothing.
 #   make demo   train on the bundled digits, fold + export to ONNX, serve it, classify a real digit
 #   make test   lint, type-check and run the whole test suite
+#   make test-fast   the edit loop: every test that starts no server and trains nothing (under two minutes)
+#   make test-onnx-only   bnfold[onnx,serve] in a fresh environment without torch: export --onnx, then serve
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +14,7 @@ PORT ?= 8000
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bnfold-dev-installed
 
-.PHONY: demo test lint typecheck unit install clean
+.PHONY: demo test test-fast test-onnx-only lint typecheck unit install clean
 
 $(STAMP): pyproject.toml $(PIP_CONSTRAINT)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +38,12 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-onnx-only:
+	PYTHON=$(PYTHON) bash .ci/onnx_only.sh
 
 clean:
 	rm -rf $(VENV) runs model_repository .pytest_cache .mypy_cache .ruff_cache

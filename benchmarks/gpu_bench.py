@@ -75,18 +75,13 @@ def build_fp16(root: Path) -> Path:
     """The ResNet-20's fp16 variant (float32 input and output) as model resnet20-fp16."""
     import torch
 
-    from export.emit.from_torch import export_onnx
-    from export.repository.writer import TensorSpec, new_version, render_config, write_model_files
+    from export import ExportJob, export_job
     from training.models import build_model
 
     torch.manual_seed(0)
     model = build_model("resnet", depth=20, width=16, in_channels=3, num_classes=10).eval()
-    with new_version(root, "resnet20-fp16") as (staging, _):
-        export_onnx(model, (torch.randn(2, *SAMPLE),), staging / "model.onnx", random_samples=4, fp16=True)
-    config = render_config(
-        "resnet20-fp16", [TensorSpec("input", "float32", SAMPLE)], [TensorSpec("logits", "float32", (10,))], 64, 500
-    )
-    write_model_files(root / "resnet20-fp16", config, [str(i) for i in range(10)])
+    job = ExportJob("resnet20", model, SAMPLE, [str(i) for i in range(10)])
+    export_job(job, root, precision="float16", max_batch_size=64, max_queue_delay_us=500)
     return root / "resnet20-fp16" / "1" / "model.onnx"
 
 

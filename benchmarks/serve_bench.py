@@ -43,8 +43,7 @@ def build_repository(root: Path) -> Path:
     """Export a ResNet-20 (random weights, randomised BN statistics) into a model repository."""
     import torch
 
-    from export.emit.from_torch import export_onnx
-    from export.repository.writer import TensorSpec, new_version, render_config, write_model_files
+    from export import ExportJob, export_job
     from training.models import build_model
 
     torch.manual_seed(0)
@@ -53,16 +52,8 @@ def build_repository(root: Path) -> Path:
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
-    with new_version(root, "resnet20") as (staging, _):
-        export_onnx(model, (torch.randn(2, 3, 32, 32),), staging / "model.onnx", random_samples=4)
-    config = render_config(
-        "resnet20",
-        [TensorSpec("input", "float32", (3, 32, 32))],
-        [TensorSpec("logits", "float32", (10,))],
-        max_batch_size=64,
-        max_queue_delay_us=500,
-    )
-    write_model_files(root / "resnet20", config, [str(i) for i in range(10)])
+    job = ExportJob("resnet20", model, (3, 32, 32), [str(i) for i in range(10)])
+    export_job(job, root, max_batch_size=64, max_queue_delay_us=500)
     return root / "resnet20" / "1" / "model.onnx"
 
 
@@ -345,7 +336,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each throughput phase")
     p.add_argument("--soak", type=float, default=130.0, help="duration of the memory phase (0: skip)")
@@ -357,71 +348,88 @@ def main() -> int:
         help="who sends the 16-client load: Python threads (default) or wrk",
     )
     p.add_argument("--int8", action="store_true", help="also serve the int8 variant and compare it with fp32")
-    args = p.parse_args()
+    return p
+
+
+def _throughput(args: argparse.Namespace, port: int, grpc_port: int, tmp: Path, results: dict[str, Any]) -> float:
+    """16 clients, binary and JSON, then gRPC vs HTTP in three interleaved rounds; the binary rate."""
+    load(port, True, 16, 2)  # warm-up
+    if args.loadgen == "wrk":
+        binary, err_b = load_wrk(port, True, 16, args.seconds, tmp)
+        js, err_j = load_wrk(port, False, 16, args.seconds, tmp)
+    else:
+        binary, err_b = load(port, True, 16, args.seconds)
+        js, err_j = load(port, False, 16, args.seconds)
+    results["loadgen"] = args.loadgen
+    results["server_binary_samples_per_s"] = round(binary)
+    results["server_json_samples_per_s"] = round(js)
+    results["errors"] = err_b + err_j
+    # gRPC vs HTTP, binary v2, 16 Python clients each, in three interleaved rounds (machine drift hits both)
+    rounds = [(load(port, True, 16, args.seconds / 3), load_grpc(grpc_port, 16, args.seconds / 3)) for _ in range(3)]
+    results["grpc_vs_http_rounds_samples_per_s"] = [[round(h[0]), round(g[0])] for h, g in rounds]
+    results["server_grpc_samples_per_s"] = round(statistics.median(g[0] for _, g in rounds))
+    results["grpc_vs_http_binary"] = statistics.median(g[0] / h[0] for h, g in rounds)
+    results["errors"] += sum(h[1] + g[1] for h, g in rounds)
+    return binary
+
+
+def _latency(args: argparse.Namespace, port: int, path: Path, tmp: Path, results: dict[str, Any]) -> None:
+    results["server_latency_ms_batch1"] = server_latency(port, 2000) * 1e3
+    results["latency_overhead_ms"] = results["server_latency_ms_batch1"] - results["ort_latency_ms_batch1"]
+    if args.loadgen == "wrk":
+        # three rounds of (direct session.run, wrk) back to back, so machine drift hits both alike
+        rounds = [(ort_latency(path, 1000), server_latency_wrk(port, max(args.seconds / 3, 2), tmp)) for _ in range(3)]
+        results["latency_rounds_ms_direct_vs_wrk"] = [[round(d * 1e3, 3), round(w * 1e3, 3)] for d, w in rounds]
+        results["latency_overhead_ms_wrk"] = statistics.median((w - d) * 1e3 for d, w in rounds)
+
+
+def _soak(args: argparse.Namespace, port: int, pid: int, results: dict[str, Any]) -> None:
+    if args.soak:
+        first, last, rate = soak(port, pid, args.soak)
+        results["soak"] = {
+            "seconds": args.soak,
+            "rss_first_minute_mb": round(first, 1),
+            "rss_last_minute_mb": round(last, 1),
+            "samples_per_s": round(rate),
+        }
+
+
+def _served(args: argparse.Namespace, tmp: Path, path: Path, int8_path: Path | None, results: dict[str, Any]) -> None:
+    """Every phase against one bnfold-serve process on loopback."""
+    port, grpc_port = free_port(), free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "service", "--repository", str(tmp), "--port", str(port), "--log-level", "warning"],
+        env={**os.environ, "BNFOLD_GRPC_PORT": str(grpc_port)},
+    )
+    try:
+        wait_ready(port, server)
+        binary = _throughput(args, port, grpc_port, tmp, results)
+        results["binary_vs_best_ort"] = binary / max(results["ort_samples_per_s"].values())
+        _latency(args, port, path, tmp, results)
+        if int8_path is not None:
+            load(port, True, 16, 2, model=INT8_MODEL)  # warm-up
+            paths = {"resnet20": path, INT8_MODEL: int8_path}
+            results["int8"] = compare_int8(port, paths, args.seconds, args.loadgen == "wrk", tmp)
+        _soak(args, port, server.pid, results)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def main() -> int:
+    args = _parser().parse_args()
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        path = build_repository(Path(tmp))
+        path, int8_path = build_repository(Path(tmp)), None
         if args.int8:
             int8_path, results["int8_gate"] = build_int8(Path(tmp), path)
         batches = {b: ort_throughput(path, b, args.seconds / 2) for b in (1, 4, 8, 16, 32, 64)}
         results["ort_samples_per_s"] = {str(b): round(v) for b, v in batches.items()}
-        best = max(batches.values())
         results["ort_latency_ms_batch1"] = ort_latency(path, 2000) * 1e3
-        port, grpc_port = free_port(), free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "service", "--repository", tmp, "--port", str(port), "--log-level", "warning"],
-            env={**os.environ, "BNFOLD_GRPC_PORT": str(grpc_port)},
-        )
-        try:
-            wait_ready(port, server)
-            load(port, True, 16, 2)  # warm-up
-            if args.loadgen == "wrk":
-                binary, err_b = load_wrk(port, True, 16, args.seconds, Path(tmp))
-                js, err_j = load_wrk(port, False, 16, args.seconds, Path(tmp))
-            else:
-                binary, err_b = load(port, True, 16, args.seconds)
-                js, err_j = load(port, False, 16, args.seconds)
-            results["loadgen"] = args.loadgen
-            results["server_binary_samples_per_s"] = round(binary)
-            results["server_json_samples_per_s"] = round(js)
-            results["errors"] = err_b + err_j
-            # gRPC vs HTTP, binary v2, 16 Python clients each, in three interleaved rounds (machine drift hits both)
-            rounds = [
-                (load(port, True, 16, args.seconds / 3), load_grpc(grpc_port, 16, args.seconds / 3)) for _ in range(3)
-            ]
-            results["grpc_vs_http_rounds_samples_per_s"] = [[round(h[0]), round(g[0])] for h, g in rounds]
-            results["server_grpc_samples_per_s"] = round(statistics.median(g[0] for _, g in rounds))
-            results["grpc_vs_http_binary"] = statistics.median(g[0] / h[0] for h, g in rounds)
-            results["errors"] += sum(h[1] + g[1] for h, g in rounds)
-            results["binary_vs_best_ort"] = binary / best
-            results["server_latency_ms_batch1"] = server_latency(port, 2000) * 1e3
-            results["latency_overhead_ms"] = results["server_latency_ms_batch1"] - results["ort_latency_ms_batch1"]
-            if args.loadgen == "wrk":
-                # three rounds of (direct session.run, wrk) back to back, so machine drift hits both alike
-                rounds = [
-                    (ort_latency(path, 1000), server_latency_wrk(port, max(args.seconds / 3, 2), Path(tmp)))
-                    for _ in range(3)
-                ]
-                results["latency_rounds_ms_direct_vs_wrk"] = [[round(d * 1e3, 3), round(w * 1e3, 3)] for d, w in rounds]
-                results["latency_overhead_ms_wrk"] = statistics.median((w - d) * 1e3 for d, w in rounds)
-            if args.int8:
-                load(port, True, 16, 2, model=INT8_MODEL)  # warm-up
-                paths = {"resnet20": path, INT8_MODEL: int8_path}
-                results["int8"] = compare_int8(port, paths, args.seconds, args.loadgen == "wrk", Path(tmp))
-            if args.soak:
-                first, last, rate = soak(port, server.pid, args.soak)
-                results["soak"] = {
-                    "seconds": args.soak,
-                    "rss_first_minute_mb": round(first, 1),
-                    "rss_last_minute_mb": round(last, 1),
-                    "samples_per_s": round(rate),
-                }
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+        _served(args, Path(tmp), path, int8_path, results)
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -17,12 +17,9 @@ CPU), ``off``, or an explicit list such as ``1,2,4,8,16,32,64``, which must reac
 from __future__ import annotations
 
 import bisect
-import logging
 from collections.abc import Callable
 
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 AUTO, OFF = "auto", "off"
 

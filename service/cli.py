@@ -17,8 +17,6 @@ from pydantic import ValidationError
 
 from service.settings import Settings
 
-logger = logging.getLogger("service")
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -51,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request-timeout-s", type=float, help="per-request timeout before 504 (default 30)")
     p.add_argument("--max-body-bytes", type=int, help="largest request body before 413 (default 64 MiB)")
     p.add_argument("--max-image-pixels", type=int, help="largest image (width x height) before 413 (default 50M)")
-    p.add_argument("--allow-non-finite", action="store_true", default=None, help="accept NaN/Inf inputs")
+    p.add_argument(
+        "--allow-non-finite",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="accept NaN/Inf inputs (default off; --no-allow-non-finite overrides BNFOLD_ALLOW_NON_FINITE)",
+    )
     p.add_argument("--api-key", help="enable /v2/repository/* with this key (prefer BNFOLD_API_KEY)")
     p.add_argument(
         "--require-model",

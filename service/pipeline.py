@@ -36,9 +36,7 @@ from service.images import decode_images, softmax
 from service.manager import ModelManager, Served
 from service.model import ModelVersion
 from service.protocol import (
-    DATATYPES,
     InferRequest,
-    InputTensor,
     OutputTensor,
     RequestedOutput,
     classify,
@@ -48,8 +46,6 @@ from service.protocol import (
     top_k,
 )
 from service.settings import Settings
-
-V2_OF_DTYPE = {dtype: name for name, dtype in DATATYPES.items()}
 
 
 @dataclass
@@ -143,27 +139,6 @@ def _done(served: Served, started: float) -> None:
 
 
 # ---- front ends -----------------------------------------------------------------------------------------------
-async def infer(
-    manager: ModelManager,
-    model_name: str,
-    version: str | None,
-    inputs: Mapping[str, np.ndarray],
-    outputs: list[RequestedOutput] | None = None,
-    *,
-    request_id: str | None = None,
-    binary_output: bool = False,
-) -> InferResult:
-    """Inference on numpy tensors (front ends without a wire format of their own): the same steps as HTTP."""
-    tensors = []
-    for name, array in inputs.items():
-        datatype = V2_OF_DTYPE.get(array.dtype.newbyteorder("<"))
-        if datatype is None:
-            raise bad_request(f"input {name!r}: numpy dtype {array.dtype} has no v2 datatype")
-        tensors.append(InputTensor(name, datatype, tuple(array.shape), array))
-    request = InferRequest(request_id, tensors, outputs, binary_output)
-    return await infer_decoded(manager, model_name, version, lambda: request)
-
-
 async def infer_decoded(
     manager: ModelManager,
     model_name: str,

@@ -95,13 +95,17 @@ TROUBLESHOOTING = {
     "bnfold-export: error: ... cannot rebuild the checkpoint's dataset": "cannot rebuild the checkpoint's dataset",
     "verification failed, nothing written": "verification failed, nothing written",
     "model repository ... holds no model": "holds no model",
-    "input 'input': shape [...], expected [-1, 1, 8, 8]": ", expected ",
+    "input 'input': shape [...], expected [-1, 1, 8, 8]": "shape {list(tensor.shape)}, expected {expected}",
     "... exceeds the limit of N bytes (BNFOLD_MAX_BODY_BYTES)": "exceeds the limit of",
     "x.png is not a PNG or JPEG image": "is not a PNG or JPEG image",
     "internal server error (request id ...)": "internal server error (request id",
     "queue is full": "queue is full",
     "execution provider: CPU (CUDA is not usable on this machine)": "execution provider: CPU (CUDA is not usable",
 }
+
+
+# Rows whose message is rendered by the code in a test of its own (the fragment is then the format string).
+RENDERED = {"input 'input': shape [...], expected [-1, 1, 8, 8]"}
 
 
 def _source() -> str:
@@ -111,7 +115,27 @@ def _source() -> str:
 @pytest.mark.parametrize("message", list(TROUBLESHOOTING))
 def test_each_troubleshooting_message_is_one_the_code_prints(message: str) -> None:
     fragment = TROUBLESHOOTING[message]
-    assert fragment in message and fragment in _source(), f"{fragment!r} is not in the code"
+    assert fragment in _source(), f"{fragment!r} is not in the code"
+    if message not in RENDERED:  # those are compared with the message the code really sends, below
+        assert fragment in message
+
+
+def test_the_shape_row_is_the_message_the_service_sends() -> None:
+    """The row as a pattern ("[...]" stands for any shape) against the real message, not a fragment of it."""
+    import json
+    from types import SimpleNamespace
+
+    from service.errors import ApiError
+    from service.pipeline import validate_input
+    from service.protocol import decode_request
+
+    row = "input 'input': shape [...], expected [-1, 1, 8, 8]"
+    model = SimpleNamespace(name="digits", input_name="input", input_datatype="FP32", sample_shape=(1, 8, 8))
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
+    with pytest.raises(ApiError) as refused:
+        validate_input(decode_request(json.dumps(body).encode(), None), model, False)  # type: ignore[arg-type]
+    pattern = re.escape(row).replace(re.escape("[...]"), r"\[[-\d, ]*\]")
+    assert re.match(pattern, refused.value.message), refused.value.message
 
 
 def test_the_troubleshooting_table_is_exactly_the_checked_messages() -> None:

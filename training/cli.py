@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,6 @@ from training.data import DATASET_NAMES
 from training.errors import BnfoldError
 from training.logs import configure_logging
 from training.models import MODEL_NAMES
-
-logger = logging.getLogger("training")
 
 EPILOG = """\
 examples:

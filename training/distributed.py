@@ -108,11 +108,6 @@ def all_finite(value: float, ctx: DistContext | None) -> bool:
     return bool(flag.item() == 0.0)
 
 
-def barrier(ctx: DistContext | None) -> None:
-    if ctx is not None:
-        dist.barrier()
-
-
 def shutdown(ctx: DistContext | None) -> None:
     if ctx is not None and dist.is_initialized():
         dist.destroy_process_group()

@@ -47,7 +47,10 @@ def test_lone_request_runs_at_once_and_arrivals_batch_behind_it() -> None:
         assert await asyncio.to_thread(model.started.wait, 2), "the lone request did not start on its own"
         batcher.start()
         rest = [asyncio.create_task(batcher.infer(x, 10)) for x in xs[1:]]
-        await asyncio.sleep(0.05)
+        for _ in range(1000):  # let the four tasks enqueue (each needs one turn of the loop): no timed sleep
+            if batcher.depth == 4 or any(t.done() for t in rest):
+                break
+            await asyncio.sleep(0)
         assert batcher.depth == 4, "requests arriving during a run must queue for the next batch"
         model.release.set()
         outs = [await first] + [await t for t in rest]

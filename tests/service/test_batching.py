@@ -6,6 +6,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,16 @@ from service.model import ModelVersion
 from tests.service.conftest import direct_logits, make_client
 from tests.service.test_app import INFER, json_request, logits_of, outcome_count
 
+BATCH_DONE = threading.Event()  # set whenever a (slowed) ONNX Runtime batch has finished
+
+
+def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait for ``condition`` (checked every millisecond), failing after ``timeout_s``: a wait, not a sleep."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never became true"
+        time.sleep(0.001)
+
 
 @pytest.fixture
 def slow_model(monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
@@ -25,8 +36,11 @@ def slow_model(monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
     real = ModelVersion.run
 
     def slow_run(self: ModelVersion, batch: np.ndarray) -> np.ndarray:
-        time.sleep(delay["s"])
-        return real(self, batch)
+        time.sleep(delay["s"])  # the model's own run time, not a test waiting
+        try:
+            return real(self, batch)
+        finally:
+            BATCH_DONE.set()
 
     monkeypatch.setattr(ModelVersion, "run", slow_run)
     return delay
@@ -95,11 +109,12 @@ def test_timed_out_request_answers_504_then_recovers(
     x = digits_val[0][:1]
     with make_client(model_repo, request_timeout_s=0.2) as c:
         slow_model["s"] = 0.6
+        BATCH_DONE.clear()
         r = c.post(INFER, content=json_request(x))
         assert r.status_code == 504 and "timed out after 0.2 s" in r.json()["error"]
         assert outcome_count(c.get("/metrics").text, "timeout") == 1.0
         slow_model["s"] = 0.0
-        time.sleep(0.6)
+        assert BATCH_DONE.wait(10), "the timed-out batch never finished"
         assert c.post(INFER, content=json_request(x)).status_code == 200
 
 
@@ -119,11 +134,12 @@ def test_corrupt_new_version_keeps_the_old_one_serving(model_repo: Path, tmp_pat
 
         worker = threading.Thread(target=hammer)
         worker.start()
-        time.sleep(0.2)
+        until(lambda: len(results) >= 3)  # the hammer is answered before the corrupt version appears
         (repo / "digits" / "2").mkdir()
         (repo / "digits" / "2" / "model.onnx").write_bytes(b"this is not an onnx file")
         r = c.post("/v2/repository/models/digits/load", headers=auth)
-        time.sleep(0.2)
+        answered = len(results)
+        until(lambda: len(results) >= answered + 3)  # and keeps being answered after the failed load
         stop.set()
         worker.join()
         assert r.status_code == 400 and "cannot load" in r.json()["error"]

@@ -61,17 +61,14 @@ def slow_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository whose model takes tens of milliseconds per sample, so a burst is still running at SIGTERM."""
     import torch
 
-    from export.emit.from_torch import export_onnx
-    from export.repository.writer import TensorSpec, new_version, render_config, write_model_files
+    from export import ExportJob, export_job
     from training.models import build_model
 
     repo = tmp_path_factory.mktemp("slow_repo")
     model = build_model("resnet", in_channels=3, depth=20, width=32, num_classes=4).eval()
-    with new_version(repo, "slow") as (staging, _):
-        export_onnx(model, (torch.randn(2, 3, 96, 96),), staging / "model.onnx", random_samples=2)
-    inputs, outputs = [TensorSpec("input", "float32", (3, 96, 96))], [TensorSpec("logits", "float32", (4,))]
-    config = render_config("slow", inputs, outputs, max_batch_size=1, max_queue_delay_us=0)
-    write_model_files(repo / "slow", config, ["a", "b", "c", "d"])
+    samples = torch.randn(2, 3, 96, 96).numpy()
+    job = ExportJob("slow", model, (3, 96, 96), ["a", "b", "c", "d"], samples=samples)
+    export_job(job, repo, max_batch_size=1, max_queue_delay_us=0)
     return repo
 
 
