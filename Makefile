@@ -40,7 +40,7 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow and not heavy" -q
 
 test-onnx-only:
 	PYTHON=$(PYTHON) bash .ci/onnx_only.sh

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -39,3 +40,27 @@ def digits_val() -> tuple[object, object]:
 
     data = load_dataset("digits")
     return data.val_x.numpy(), data.val_y.numpy()
+
+
+# The fast tier (``make test-fast``) leaves out every test that starts a server process or runs a training of
+# its own (the shared ``tiny_run`` is one short run per session); they are marked ``heavy`` here, by the
+# fixtures they use or the calls they make, so a new test is classified without anyone remembering to.
+HEAVY_FIXTURES = {"server", "checkpoints", "demo_run", "user", "slow_repo"}
+HEAVY_CALLS = ("ServerProcess(", "run_training(", "subprocess.", "bnfold-train", "torchrun")
+
+
+def _is_heavy(item: pytest.Item) -> bool:
+    if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    function = getattr(item, "function", None)
+    try:
+        source = inspect.getsource(function) if function is not None else ""
+    except (OSError, TypeError):
+        return False
+    return any(call in source for call in HEAVY_CALLS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _is_heavy(item):
+            item.add_marker(pytest.mark.heavy)
