@@ -211,7 +211,7 @@ def _break(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
         return real_pre(w, b, s, t, groups, False)
 
     def one_scale_dropped(w, b, s, t, groups, transposed):  # type: ignore[no-untyped-def]
-        s = s.clone()
+        s = s.copy()
         s[3] = 1.0
         return real_pre(w, b, s, t, groups, transposed)
 
