@@ -47,10 +47,16 @@ def digits_val() -> tuple[object, object]:
 # fixtures they use or the calls they make, so a new test is classified without anyone remembering to.
 HEAVY_FIXTURES = {"server", "checkpoints", "demo_run", "user", "slow_repo"}
 HEAVY_CALLS = ("ServerProcess(", "run_training(", "subprocess.", "bnfold-train", "torchrun")
+# whole files of end-to-end runs and of training runs (experiments, several processes, the training loop)
+HEAVY_FILES = ("tests/e2e/", "tests/training/test_experiments", "tests/training/test_distributed.py",
+               "tests/training/test_pipeline.py")  # fmt: skip
 
 
 def _is_heavy(item: pytest.Item) -> bool:
     if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    where = Path(str(item.path)).resolve().relative_to(Path(__file__).resolve().parents[1]).as_posix()
+    if where.startswith(HEAVY_FILES):
         return True
     function = getattr(item, "function", None)
     try:
