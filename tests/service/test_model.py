@@ -13,7 +13,7 @@ from export.repository import write_model
 from service.model import ModelLoadError, load_version
 
 
-def _flatten_model(repository: Path, tmp_path: Path) -> Path:
+def flatten_model(repository: Path, tmp_path: Path) -> Path:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 2, 2])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
     graph = helper.make_graph([helper.make_node("Flatten", ["x"], ["y"])], "g", [x], [y])
@@ -29,7 +29,7 @@ def test_an_onnx_runtime_error_without_a_message_is_a_load_error(
     """Issue 20, defect 4: ``str(exc).strip().splitlines()[0]`` raised IndexError on an empty message."""
     import onnxruntime as ort
 
-    model_dir = _flatten_model(tmp_path / "repo", tmp_path)
+    model_dir = flatten_model(tmp_path / "repo", tmp_path)
     assert load_version(model_dir, 1, "cpu", 1).labels == list("abcd")
 
     def refuse(*args: Any, **kwargs: Any) -> None:
@@ -42,7 +42,7 @@ def test_an_onnx_runtime_error_without_a_message_is_a_load_error(
 
 def test_a_malformed_config_is_a_load_error_naming_file_and_field(tmp_path: Path) -> None:
     """config.pbtxt was read with regular expressions that fell back to defaults: a typo served max batch 64."""
-    model_dir = _flatten_model(tmp_path / "repo", tmp_path)
+    model_dir = flatten_model(tmp_path / "repo", tmp_path)
     config = model_dir / "config.pbtxt"
     config.write_text(config.read_text().replace("max_batch_size: 64", "max_batch_sise: 8"))
     with pytest.raises(ModelLoadError, match=r"flat/config\.pbtxt: .*no field named \"max_batch_sise\""):
