@@ -52,7 +52,7 @@ def _training_row(folder: Path, png: Path) -> tuple[np.ndarray, tuple[list[float
 
 def _served_model(repository: Path, mean: list[float], std: list[float]) -> object:
     """A model written by export's repository writer and loaded by the service, normalisation in its metadata."""
-    from export.repository import write_model
+    from export.repository.writer import write_model
     from service.model import load_version
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])
@@ -68,7 +68,7 @@ def _served_model(repository: Path, mean: list[float], std: list[float]) -> obje
 
 
 def test_same_png_same_tensor_in_training_export_and_serving(folder: Path, tmp_path: Path) -> None:
-    from export.images import load_images
+    from export.sources.images import load_images
     from service.images import decode_images
 
     png = folder / "dog" / "3.png"

@@ -54,7 +54,7 @@ def test_config_written_by_export_reads_back_from_disk(tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    from export.repository import write_model
+    from export.repository.writer import write_model
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 2, 2])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from export.repository import write_model
+from export.repository.writer import write_model
 from service.model import ModelLoadError, load_version
 
 
