@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from contracts.errors import first_line
+from contracts.sessions import open_session
 from service.buckets import resolve_buckets, run_padded
 from service.providers import CUDA, CudaOptions, options_in_force, resolve_providers, session_in_force, session_options
 from service.repository import RepositoryFormatError, read_config, read_labels
@@ -113,12 +114,10 @@ def _open_session(
     path: Path, providers_setting: str, intra_op_threads: int, cuda: CudaOptions | None, spinning: str
 ) -> Any:
     """An ONNX Runtime session for ``path`` with one input and at least one output."""
-    import onnxruntime as ort
-
     providers = resolve_providers(providers_setting, path, cuda)
     options = session_options(intra_op_threads, spinning)
     try:
-        session = ort.InferenceSession(str(path), options, providers=providers)
+        session = open_session(path, providers, options=options)
     except Exception as exc:  # ONNX Runtime raises its own exception types for every kind of bad file
         raise ModelLoadError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from exc
     inputs, outputs = session.get_inputs(), session.get_outputs()
