@@ -4,8 +4,8 @@ reads from it."""
 
 from __future__ import annotations
 
-from contracts.repository import VERSION_RE as VERSION
 from contracts.repository import (
+    NAME_RE,
     RepositoryFormatError,
     max_queue_delay_us,
     model_names,
@@ -13,8 +13,10 @@ from contracts.repository import (
     read_labels,
     versions,
 )
+from contracts.repository import VERSION_RE as VERSION
 
 __all__ = [
+    "NAME_RE",
     "VERSION",
     "RepositoryFormatError",
     "max_queue_delay_us",

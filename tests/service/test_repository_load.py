@@ -61,3 +61,10 @@ def test_a_load_that_falls_back_to_an_older_version_succeeds_over_grpc_as_over_h
         index = {r["name"]: r for r in client.post("/v2/repository/index", headers=AUTH).json()}
         assert index["flat"]["state"] == "READY"
         assert "serving version 1 because newer version 2" in index["flat"]["reason"]
+
+
+def test_a_name_export_could_not_have_written_is_refused(fallback_repo: Path) -> None:
+    """The server's name check was a second copy of the rule, whose '$' let a trailing newline through."""
+    with make_client(fallback_repo, api_key=KEY) as client:
+        response = client.post("/v2/repository/models/flat%0A/load", headers=AUTH)
+        assert response.status_code == 400 and response.json()["error"] == "invalid model name 'flat\\n'"
