@@ -61,6 +61,7 @@ class ModelVersion:
     provider_options: dict[str, str] = field(default_factory=dict)  # as ONNX Runtime reports them in force
     session_options: dict[str, str] = field(default_factory=dict)  # threads and spinning, as reported in force
     buckets: tuple[int, ...] = ()  # batch sizes each batch is padded up to (empty: no padding)
+    config: ModelConfig | None = None  # config.pbtxt as read: Triton's own message (contracts.repository)
 
     @property
     def normalization(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -172,6 +173,7 @@ def _describe(
         metadata=metadata,
         provider_options=options_in_force(session),
         session_options=session_in_force(session),
+        config=config,
     )
 
 

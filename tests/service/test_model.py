@@ -30,7 +30,9 @@ def test_an_onnx_runtime_error_without_a_message_is_a_load_error(
     import onnxruntime as ort
 
     model_dir = flatten_model(tmp_path / "repo", tmp_path)
-    assert load_version(model_dir, 1, "cpu", 1).labels == list("abcd")
+    loaded = load_version(model_dir, 1, "cpu", 1)
+    assert loaded.labels == list("abcd") and loaded.config is not None
+    assert loaded.config.max_batch_size == loaded.max_batch_size == 64  # the ModelConfig message, for its fields
 
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError()
