@@ -134,15 +134,14 @@ def render_config(config: ModelConfig) -> str:
 
 
 def check_config(config: ModelConfig, path: Path) -> ModelConfig:
-    """``config`` if bnfold can serve it (ONNX Runtime, batched, one input), else an error naming the field."""
+    """``config`` if bnfold can serve it (platform onnxruntime_onnx, max_batch_size 1 or more), else an error
+    naming the file and the field."""
     if config.platform != PLATFORM:
         raise RepositoryFormatError(f"{path}: platform {config.platform!r}; this server runs {PLATFORM!r}")
     if config.max_batch_size < 1:
         raise RepositoryFormatError(
             f"{path}: max_batch_size is {config.max_batch_size}; expected at least 1 (requests are batched)"
         )
-    if config.dynamic_batching.max_queue_delay_microseconds < 0:
-        raise RepositoryFormatError(f"{path}: dynamic_batching.max_queue_delay_microseconds must not be negative")
     return config
 
 
