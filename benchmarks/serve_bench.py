@@ -66,14 +66,12 @@ def build_int8(root: Path, fp32_path: Path) -> tuple[Path, str]:
     The benchmark's weights are random, so there is no real data: it is calibrated on 256 random inputs and
     verified (top-1 agreement with fp32, no labels) on 512 others. Returns the path and the gate's line.
     """
-    from export.repository.writer import TensorSpec, new_version, render_config, write_model_files
+    from export.repository.writer import TensorSpec, new_version, render_config
     from export.variants.int8 import quantize_int8
 
     rng = np.random.default_rng(3)
     calibration = rng.standard_normal((256, 3, 32, 32), dtype=np.float32)
     validation = rng.standard_normal((512, 3, 32, 32), dtype=np.float32)
-    with new_version(root, INT8_MODEL) as (staging, _):
-        report = quantize_int8(fp32_path, staging / "model.onnx", calibration, "minmax", validation, None)
     config = render_config(
         INT8_MODEL,
         [TensorSpec("input", "float32", (3, 32, 32))],
@@ -81,7 +79,8 @@ def build_int8(root: Path, fp32_path: Path) -> tuple[Path, str]:
         max_batch_size=64,
         max_queue_delay_us=500,
     )
-    write_model_files(root / INT8_MODEL, config, [str(i) for i in range(10)])
+    with new_version(root, INT8_MODEL, config, [str(i) for i in range(10)]) as (staging, _):
+        report = quantize_int8(fp32_path, staging / "model.onnx", calibration, "minmax", validation, None)
     return root / INT8_MODEL / "1" / "model.onnx", report.gate_line()
 
 

@@ -19,8 +19,9 @@ RUN pip install --requirement /tmp/requirements-serve.txt
 
 FROM base AS serve
 COPY --from=build /opt/venv /opt/venv
-# only the service package: the serving image never holds training code or torch
+# only the service package and the contracts it shares: the serving image never holds training code or torch
 COPY service /opt/bnfold/service
+COPY contracts /opt/bnfold/contracts
 COPY docker/entrypoints/healthcheck.py /opt/bnfold/healthcheck.py
 RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin bnfold
 USER 10001

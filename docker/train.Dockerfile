@@ -8,6 +8,7 @@ ENV PATH=/opt/venv/bin:$PATH
 COPY docker/requirements-train.txt /tmp/requirements-train.txt
 RUN pip install --requirement /tmp/requirements-train.txt
 COPY pyproject.toml README.md /src/
+COPY contracts /src/contracts
 COPY training /src/training
 COPY export /src/export
 COPY service /src/service

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contracts.errors import validation_problems
 from service.draining import DrainingConnections
 from service.errors import ApiError, error_response
 from service.manager import ModelManager
@@ -38,7 +39,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc)
         return _answer(ApiError(400, problems), request)
 
     @app.exception_handler(ApiError)

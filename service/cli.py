@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from contracts.errors import validation_problems
 from service.settings import Settings
 
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from(argv)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc)
         print(f"bnfold-serve: error: invalid settings: {problems}", file=sys.stderr)
         return 2
     logging.basicConfig(

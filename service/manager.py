@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from dataclasses import dataclass, field
 
 from service.batching import Batcher
@@ -20,11 +19,10 @@ from service.errors import ApiError, bad_request, not_found, unavailable
 from service.metrics import Metrics
 from service.model import ModelLoadError, ModelVersion, load_version
 from service.providers import cuda_options
-from service.repository import VERSION, model_names, versions
+from service.repository import NAME_RE, VERSION, model_names, versions
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 @dataclass
@@ -126,7 +124,7 @@ class ModelManager:
 
     async def load(self, name: str) -> IndexEntry:
         """Load (or reload) ``name``: new versions are warmed before they replace the old ones."""
-        if not MODEL_NAME.match(name):
+        if not NAME_RE.fullmatch(name):  # the rule export names models by (contracts.repository)
             raise ApiError(400, f"invalid model name {name!r}")
         async with self._lock:
             old = self.models.get(name, {})

@@ -6,13 +6,19 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from contracts.errors import first_line
+from contracts.sessions import open_session
 from service.buckets import resolve_buckets, run_padded
 from service.providers import CUDA, CudaOptions, options_in_force, resolve_providers, session_in_force, session_options
-from service.repository import ModelConfigInfo, read_config, read_labels
+from service.repository import RepositoryFormatError, read_config, read_labels
+from service.repository import max_queue_delay_us as max_queue_delay_us_of
+
+if TYPE_CHECKING:
+    from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +61,7 @@ class ModelVersion:
     provider_options: dict[str, str] = field(default_factory=dict)  # as ONNX Runtime reports them in force
     session_options: dict[str, str] = field(default_factory=dict)  # threads and spinning, as reported in force
     buckets: tuple[int, ...] = ()  # batch sizes each batch is padded up to (empty: no padding)
+    config: ModelConfig | None = None  # config.pbtxt as read: Triton's own message (contracts.repository)
 
     @property
     def normalization(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -108,14 +115,12 @@ def _open_session(
     path: Path, providers_setting: str, intra_op_threads: int, cuda: CudaOptions | None, spinning: str
 ) -> Any:
     """An ONNX Runtime session for ``path`` with one input and at least one output."""
-    import onnxruntime as ort
-
     providers = resolve_providers(providers_setting, path, cuda)
     options = session_options(intra_op_threads, spinning)
     try:
-        session = ort.InferenceSession(str(path), options, providers=providers)
+        session = open_session(path, providers, options=options)
     except Exception as exc:  # ONNX Runtime raises its own exception types for every kind of bad file
-        raise ModelLoadError(f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[0]}") from exc
+        raise ModelLoadError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from exc
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) < 1:
         raise ModelLoadError(
@@ -139,7 +144,7 @@ def _describe(
     session: Any,
     model_dir: Path,
     version: int,
-    config: ModelConfigInfo,
+    config: ModelConfig,
     max_batch_size: int | None,
     max_queue_delay_us: int | None,
 ) -> ModelVersion:
@@ -162,12 +167,13 @@ def _describe(
         output_shape=out_shape,
         labels=list(labels) or [str(i) for i in range(out_shape[-1])],
         max_batch_size=max_batch_size or config.max_batch_size,
-        max_queue_delay_us=config.max_queue_delay_us if max_queue_delay_us is None else max_queue_delay_us,
+        max_queue_delay_us=max_queue_delay_us_of(config) if max_queue_delay_us is None else max_queue_delay_us,
         platform=config.platform,
         provider=session.get_providers()[0],
         metadata=metadata,
         provider_options=options_in_force(session),
         session_options=session_in_force(session),
+        config=config,
     )
 
 
@@ -191,18 +197,17 @@ def load_version(
     path = model_dir / str(version) / "model.onnx"
     if not path.is_file():
         raise ModelLoadError(f"{path} does not exist")
-    config = read_config(model_dir)
-    if config.platform != "onnxruntime_onnx":
-        raise ModelLoadError(
-            f"{model_dir}/config.pbtxt: platform {config.platform!r}; this server runs onnxruntime_onnx"
-        )
+    try:
+        config = read_config(model_dir)
+    except RepositoryFormatError as exc:
+        raise ModelLoadError(str(exc)) from None
     session = _open_session(path, providers_setting, intra_op_threads, cuda, spinning)
     model = _describe(session, model_dir, version, config, max_batch_size, max_queue_delay_us)
     model.buckets = resolve_buckets(batch_buckets, model.provider == CUDA, model.max_batch_size)
     try:
         model.warm_up()
     except Exception as exc:  # a model that cannot run its own warm-up batch must not serve
-        raise ModelLoadError(f"{path}: warm-up run failed: {str(exc).strip().splitlines()[0]}") from exc
+        raise ModelLoadError(f"{path}: warm-up run failed: {first_line(exc)}") from exc
     buckets = list(model.buckets) or "off"
     logger.info(
         "loaded %s v%d (%s, max batch %d, buckets %s)",

@@ -319,6 +319,14 @@ def _serialize_bytes(values: np.ndarray) -> bytes:
     return b"".join(len(v).to_bytes(4, "little") + v for v in values.ravel())
 
 
+def raw_output(datatype: str, array: np.ndarray) -> bytes:
+    """An output tensor's raw bytes, the same over HTTP (binary data extension) and gRPC (``raw_output_contents``):
+    little-endian, row-major; BYTES in Triton's length-prefixed format."""
+    if datatype == "BYTES":
+        return _serialize_bytes(array)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
 @dataclass
 class OutputTensor:
     name: str
@@ -336,11 +344,7 @@ def encode_response(
     for out in outputs:
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": list(out.array.shape)}
         if out.binary:
-            raw = (
-                _serialize_bytes(out.array)
-                if out.datatype == "BYTES"
-                else np.ascontiguousarray(out.array, dtype=out.array.dtype.newbyteorder("<")).tobytes()
-            )
+            raw = raw_output(out.datatype, out.array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif out.datatype == "BYTES":

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contracts.sessions import CPU, CUDA, Provider, probe_cuda
+from contracts.sessions import session_options as contract_options
+
 logger = logging.getLogger(__name__)
 
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-Provider = str | tuple[str, dict[str, str]]
 _resolved: dict[tuple[str, CudaOptions | None], list[Provider]] = {}
 
 
@@ -66,21 +66,9 @@ def cuda_options(settings: Any) -> CudaOptions:
 
 
 def cuda_usable(model_path: Path) -> bool:
-    """Whether ONNX Runtime really runs ``model_path`` on CUDA here (not just lists the provider)."""
-    import onnxruntime as ort
-
-    if CUDA not in ort.get_available_providers():
-        return False
-    ort.set_default_logger_severity(4)  # silence the loader's errors while we find out
-    try:
-        options = ort.SessionOptions()
-        options.log_severity_level = 4
-        session = ort.InferenceSession(str(model_path), options, providers=[CUDA, CPU])
-        return bool(session.get_providers() and session.get_providers()[0] == CUDA)
-    except Exception:  # any failure to create a CUDA session means "not usable"
-        return False
-    finally:
-        ort.set_default_logger_severity(2)
+    """Whether ONNX Runtime really runs ``model_path`` on CUDA here, not just lists the provider
+    (:func:`contracts.sessions.probe_cuda`)."""
+    return probe_cuda(model_path) is not None
 
 
 def _refuse_unusable(setting: str, cuda: CudaOptions | None) -> None:
@@ -156,13 +144,4 @@ def session_options(intra_op_threads: int, spinning: str = "run") -> Any:
     burns a core between batches, the core the event loop needs to decode the next requests. "run" lets them
     spin while a run lasts (its operators hand work to each other quickly) and sleep once it ends.
     """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if intra_op_threads:
-        options.intra_op_num_threads = intra_op_threads
-    for key, value in SPINNING[spinning].items():
-        options.add_session_config_entry(key, value)
-    return options
+    return contract_options("enable_all", intra_op_threads=intra_op_threads, config_entries=SPINNING[spinning])

@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("training", "export", "service")
+PACKAGES = ("contracts", "training", "export", "service")
 
 
 def _module(path: Path) -> str:

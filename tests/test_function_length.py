@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("training", "export", "service", "benchmarks", "scripts")
+PACKAGES = ("contracts", "training", "export", "service", "benchmarks", "scripts")
 LIMIT = 50
 
 

@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if result.checkpoint is not None:
         print(f"checkpoint: {result.checkpoint}")
-    print(f"validation accuracy: {result.val_acc:.4f}  ({result.seconds:.1f} s)")
+    if result.main:  # the other ranks of a distributed run do not evaluate
+        print(f"validation accuracy: {result.val_acc:.4f}  ({result.seconds:.1f} s)")
     return 0
 
 

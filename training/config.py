@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from contracts.errors import validation_problems
 from training.errors import ConfigError
 
 
@@ -95,6 +96,6 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> TrainConfig:
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc)
         where = f" in {path}" if path else ""
         raise ConfigError(f"invalid training configuration{where}: {problems}") from exc

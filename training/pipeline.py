@@ -50,6 +50,7 @@ class RunResult:
     val_acc_recalibrated: float | None = None
     recalibration: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: float = 0.0
+    main: bool = True  # False on a distributed rank other than 0, which neither evaluates nor writes
 
 
 def resolve_device(name: str) -> torch.device:
@@ -353,7 +354,7 @@ def _conclude(run: _Run) -> RunResult:
         logger.info("dry run: 1 training step and 1 validation batch ran; nothing written")
         return result(None)
     if not run.main:
-        return result(None)
+        return dataclasses.replace(result(None), main=False)
     if run.step < run.plan.total:
         total, last = run.plan.total, run.last_checkpoint
         logger.info("stopped after step %d of %d; resume with --resume %s", run.step, total, last)
@@ -402,7 +403,7 @@ def _finish(run: _Run) -> RunResult:
     }
     assert run.log is not None
     run.log.write("final", step=run.step, **metrics)
-    epoch = (run.step - 1) // batches_per_epoch(data.train_x.shape[0], config.batch_size, True)
+    epoch = (run.step - 1) // run.plan.per_epoch  # each process's share of an epoch, as the loop counts it
     result.checkpoint = run.save(epoch, tag="final", metrics=metrics, bn_statistics=bn_info)
     if config.plots:
         plot_curves(run.log.read(), config.out / "curves.png", title=f"{config.model} on {data.name}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from contracts.errors import first_line
 from training.checkpoint import Checkpoint, load_checkpoint, load_train_state
 from training.config import TrainConfig
 from training.errors import CheckpointError
@@ -23,7 +24,7 @@ def restore_weights(ckpt: Checkpoint, model: nn.Module) -> int:
         model.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(
-            f"cannot resume from {ckpt.path}: its weights do not match this model ({str(exc).splitlines()[0]})"
+            f"cannot resume from {ckpt.path}: its weights do not match this model ({first_line(exc)})"
         ) from exc
     return int(ckpt.meta["step"])
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
+from contracts.sessions import open_session
 from export.report import FoldReport
 
 
@@ -24,10 +24,7 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 
 def _values(model: onnx.ModelProto, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    proto = _with_outputs(model, names).SerializeToString()
-    session = ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
+    session = open_session(_with_outputs(model, names).SerializeToString(), level="disable_all")
     outputs = session.run(names, {session.get_inputs()[0].name: x})
     return dict(zip(names, (np.asarray(o, dtype=np.float64) for o in outputs), strict=True))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
+from contracts.errors import first_line
 from export.errors import ExportError
 from export.folding.onnx_bn import BN_OP, node_label, opset_of, training_reason
 
@@ -68,8 +69,7 @@ def check_onnx_input(model: onnx.ModelProto, path: str | Path | None = None) -> 
                 save_onnx(model, Path(tmp) / "model.onnx", external_data=True)
                 onnx.checker.check_model(str(Path(tmp) / "model.onnx"))
     except (onnx.checker.ValidationError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"{where} fails onnx.checker: {first}") from exc
+        raise ExportError(f"{where} fails onnx.checker: {first_line(exc)}") from exc
     initializers = {t.name for t in model.graph.initializer}
     inputs = [i.name for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1:

@@ -25,37 +25,27 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contracts import repository as repository_format
+from contracts.repository import RepositoryFormatError, TensorSpec, build_config, next_version, render_labels
+from contracts.repository import render_config as render_config_message
 from export.errors import ExportError
 from training.atomic import fsync_dir, public_mode, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 PARTIAL_RE = re.compile(r"^\.(.+)\.(\d+)-[^.]*\.partial$")
-TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One input or output as config.pbtxt describes it (dims without the batch axis)."""
-
-    name: str
-    dtype: str
-    dims: tuple[int, ...]
 
 
 def check_model_name(name: str) -> str:
-    """Return ``name`` if it is a valid model name, else raise ExportError saying what is allowed."""
-    if not NAME_RE.match(name):
-        raise ExportError(
-            f"model name {name!r} is not allowed: use 1-128 letters, digits, '_', '.' or '-', starting with a "
-            "letter or digit"
-        )
-    return name
+    """Return ``name`` if it is a valid model name (:func:`contracts.repository.check_model_name`), else raise
+    ExportError saying what is allowed."""
+    try:
+        return repository_format.check_model_name(name)
+    except RepositoryFormatError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def render_config(
@@ -66,31 +56,13 @@ def render_config(
     max_queue_delay_us: int,
     layout: str = "NCHW",
 ) -> str:
-    """config.pbtxt text for an ONNX Runtime model with dynamic batching and a label file on the output."""
-
-    def tensor(spec: TensorSpec, extra: str) -> str:
-        dims = ", ".join(str(d) for d in spec.dims)
-        return (
-            f'  {{\n    name: "{spec.name}"\n    data_type: {TRITON_TYPES[spec.dtype]}\n{extra}'
-            f"    dims: [ {dims} ]\n  }}"
-        )
-
-    fmt = f"    format: FORMAT_{layout}\n" if layout in ("NCHW", "NHWC") and len(inputs[0].dims) == 3 else ""
-    ins = ",\n".join(tensor(s, fmt) for s in inputs)
-    outs = ",\n".join(tensor(s, '    label_filename: "labels.txt"\n') for s in outputs)
-    return (
-        f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch_size}\n'
-        f"input [\n{ins}\n]\noutput [\n{outs}\n]\n"
-        f"dynamic_batching {{\n  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
-        "version_policy: { latest: { num_versions: 1 } }\n"
-    )
-
-
-def existing_versions(model_dir: Path) -> list[int]:
-    """Numeric version folders of a model, ascending."""
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit())
+    """config.pbtxt text for an ONNX Runtime model with dynamic batching and a label file on the output, built
+    as Triton's ModelConfig message (:func:`contracts.repository.build_config`)."""
+    try:
+        config = build_config(name, inputs, outputs, max_batch_size, max_queue_delay_us, layout)
+    except RepositoryFormatError as exc:
+        raise ExportError(str(exc)) from None
+    return render_config_message(config)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -171,9 +143,9 @@ def _rename_exchange(a: Path, b: Path) -> bool:
 
 def _write_model_files(folder: Path, config_text: str | None, labels: list[str] | None) -> None:
     if labels is not None:
-        write_bytes_atomic(folder / "labels.txt", ("\n".join(labels) + "\n").encode())
+        write_bytes_atomic(folder / repository_format.LABELS, render_labels(labels).encode())
     if config_text is not None:
-        write_bytes_atomic(folder / "config.pbtxt", config_text.encode())
+        write_bytes_atomic(folder / repository_format.CONFIG, config_text.encode())
 
 
 def _fsync_tree(root: Path) -> None:
@@ -233,7 +205,7 @@ def _transaction(
         public_mode(stage, directory=True)
         if model_dir.is_dir():
             _link_tree(model_dir, stage)
-        version = max(existing_versions(stage), default=0) + 1
+        version = next_version(stage)
         version_dir = stage / str(version)
         version_dir.mkdir()
         public_mode(version_dir, directory=True)

@@ -1,7 +1,8 @@
 """Image folders for models brought from elsewhere: labelled (one folder per class) or a flat folder.
 
-Images are read with Pillow, converted to the model's channels (1: grey, 3: RGB), resized to its H x W,
-scaled to [0, 1] and normalised with the user's ``--mean``/``--std``: float32 NCHW, ready for the model.
+Each image becomes the tensor :mod:`contracts.images` defines (the one training and serving use): converted
+to the model's channels (1: grey, 3: RGB), resized to its H x W, scaled to [0, 1] and normalised with the
+user's ``--mean``/``--std``: float32 NCHW, ready for the model.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from contracts.images import ImageError, ImageSpec, preprocess
 from export.errors import ExportError
 
 logger = logging.getLogger(__name__)
@@ -33,33 +35,22 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
 
 
-def _read(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    channels, height, width = shape
-    if channels not in (1, 3):
-        raise ExportError(f"--images needs a model with 1 or 3 input channels; its input shape is {shape}")
+def _spec(shape: tuple[int, ...], mean: list[float] | None, std: list[float] | None) -> ImageSpec:
+    if len(shape) != 3 or shape[0] not in (1, 3):
+        raise ExportError(f"--images needs a model with an input shaped C,H,W and 1 or 3 channels; it takes {shape}")
     try:
-        with Image.open(path) as img:
-            sized = img.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BILINEAR)
-            arr = np.asarray(sized, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ExportError(f"cannot read image {path}: {exc}") from exc
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)  # (C, H, W)
-
-
-def normalise(x: np.ndarray, mean: list[float] | None, std: list[float] | None) -> np.ndarray:
-    """``(x - mean) / std`` per channel; the identity when neither is given."""
-    if mean is None and std is None:
-        return x
-    channels = x.shape[1]
-    m = np.asarray(mean if mean is not None else [0.0] * channels, dtype=np.float32)
-    s = np.asarray(std if std is not None else [1.0] * channels, dtype=np.float32)
-    if len(m) != channels or len(s) != channels or not np.all(s > 0):
+        return ImageSpec.from_shape(shape, mean, std)
+    except ValueError as exc:
         raise ExportError(
-            f"--mean and --std need {channels} values each (one per input channel), std above 0; got {mean}, {std}"
-        )
-    return ((x - m.reshape(1, -1, 1, 1)) / s.reshape(1, -1, 1, 1)).astype(np.float32)
+            f"--mean and --std need {shape[0]} values each (one per input channel), std above 0; got {mean}, {std}"
+        ) from exc
+
+
+def _read(path: Path, spec: ImageSpec) -> np.ndarray:
+    try:
+        return preprocess(path, spec)
+    except ImageError as exc:
+        raise ExportError(str(exc)) from exc
 
 
 def load_images(
@@ -68,8 +59,7 @@ def load_images(
     """Read ``root``: ``root/<class>/<image>`` (labelled, classes sorted) or ``root/<image>`` (unlabelled)."""
     if not root.is_dir():
         raise ExportError(f"image folder {root} does not exist or is not a folder")
-    if len(shape) != 3:
-        raise ExportError(f"--images needs an image input shape C,H,W; the model takes {shape}")
+    spec = _spec(shape, mean, std)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and _files(p))
     if classes:
         paths = [(f, i) for i, c in enumerate(classes) for f in _files(root / c)]
@@ -79,7 +69,7 @@ def load_images(
         raise ExportError(
             f"image folder {root} holds no images ({', '.join(SUFFIXES)}), neither directly nor in class folders"
         )
-    x = normalise(np.stack([_read(f, shape) for f, _ in paths]), mean, std)
+    x = np.stack([_read(f, spec) for f, _ in paths])
     y = np.array([i for _, i in paths], dtype=np.int64) if classes else None
     logger.info("read %d images from %s%s", len(x), root, f" in {len(classes)} classes" if classes else "")
     return ImageSet(root, x, y, classes or None)

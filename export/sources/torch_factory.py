@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from contracts.errors import first_line
 from export.errors import ExportError
 from export.job import ExportJob
 from export.sources.images import ImageSet, load_images
@@ -112,9 +113,8 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0]
         raise ExportError(
-            f"--weights {path} needs more than tensors to load ({first}); bnfold never unpickles code: save "
+            f"--weights {path} needs more than tensors to load ({first_line(exc)}); bnfold never unpickles code: save "
             "model.state_dict() instead, or convert it to safetensors"
         ) from exc
     except (RuntimeError, OSError, EOFError) as exc:

@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from contracts.sessions import open_session, probe_cuda
+
 FACTOR = 2.0
 FLOOR = 2.0**-20
 DECIDING_STATISTIC = "max abs error vs the float64 oracle"
@@ -208,37 +210,15 @@ def top1_agreement(new: np.ndarray, ref: Reference, tol: Tolerance = FLOAT32) ->
 
 
 def ort_session(path: Path | bytes, level: str = "disable_all", provider: str = "CPUExecutionProvider") -> Any:
-    """An ONNX Runtime session at optimisation ``level`` ("disable_all" or "enable_all") on ``provider``."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = {
-        "disable_all": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "enable_all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
-    options.log_severity_level = 3
-    model = str(path) if isinstance(path, Path) else path
-    return ort.InferenceSession(model, sess_options=options, providers=[provider])
+    """An ONNX Runtime session at optimisation ``level`` ("disable_all" or "enable_all") on ``provider``
+    (:func:`contracts.sessions.open_session`, the factory serving uses too)."""
+    return open_session(path, [provider], level=level)
 
 
 def cuda_session(path: Path) -> Any | None:
-    """An ORT_ENABLE_ALL session on the CUDA provider, or None where CUDA is not usable here.
-
-    onnxruntime-gpu lists CUDAExecutionProvider even without a GPU; only a session that really got the
-    provider counts.
-    """
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return None
-    ort.set_default_logger_severity(4)
-    try:
-        session = ort_session(path, "enable_all", "CUDAExecutionProvider")
-    except Exception:  # any failure to create a CUDA session means "not usable"
-        return None
-    finally:
-        ort.set_default_logger_severity(2)
-    return session if session.get_providers()[:1] == ["CUDAExecutionProvider"] else None
+    """An ORT_ENABLE_ALL session on the CUDA provider, or None where CUDA is not usable here (the probe serving
+    uses: :func:`contracts.sessions.probe_cuda`)."""
+    return probe_cuda(path)
 
 
 def session_runner(session: Any, input_name: str, output_name: str) -> Runner:

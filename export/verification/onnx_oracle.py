@@ -19,6 +19,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 from onnx.reference import ReferenceEvaluator
 
+from contracts.sessions import open_session
 from export.errors import ExportError
 from export.verification.onnx_oracle_ops import ORACLE_OPS
 
@@ -86,11 +87,7 @@ class Float64Oracle:
             self._use_reference()
             return
         try:
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            self._session = ort.InferenceSession(
-                self.model64.SerializeToString(), options, providers=["CPUExecutionProvider"]
-            )
+            self._session = open_session(self.model64.SerializeToString(), level="disable_all")
         except Exception as exc:  # no double kernel (NOT_IMPLEMENTED), or IR/opset this ORT cannot load
             logger.info("float64 oracle: ONNX Runtime cannot run the float64 graph (%s); using onnx.reference", exc)
             self._use_reference()

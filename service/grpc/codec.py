@@ -22,7 +22,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
 from service.errors import bad_request
-from service.protocol import DATATYPES, InferRequest, InputTensor, OutputTensor, RequestedOutput, _serialize_bytes
+from service.protocol import DATATYPES, InferRequest, InputTensor, OutputTensor, RequestedOutput, raw_output
 
 TYPED_FIELDS = {
     "BOOL": "bool_contents",
@@ -125,12 +125,8 @@ def encode_infer_response(
     response = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request_id or "")
     for out in outputs:
         tensor = response.outputs.add(name=out.name, datatype=out.datatype, shape=list(out.array.shape))
-        if not out.binary:
-            _typed_output(out, tensor)
-        elif out.datatype == "BYTES":
-            response.raw_output_contents.append(_serialize_bytes(out.array))
+        if out.binary:
+            response.raw_output_contents.append(raw_output(out.datatype, out.array))
         else:
-            response.raw_output_contents.append(
-                np.ascontiguousarray(out.array, out.array.dtype.newbyteorder("<")).tobytes()
-            )
+            _typed_output(out, tensor)
     return response

@@ -145,7 +145,7 @@ class Servicer(GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self._authorize(context)
         entry = await self.manager.load(request.model_name)
-        if entry.reason:
+        if entry.failed:  # as the HTTP route: a load that fell back to an older version has a reason, and served
             raise ApiError(400, entry.reason)
         return pb.RepositoryModelLoadResponse()
 

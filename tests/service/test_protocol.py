@@ -178,3 +178,20 @@ def test_response_json_binary_and_bytes() -> None:
     np.testing.assert_array_equal(np.frombuffer(body[n : n + size0], np.float32).reshape(2, 3), logits)
     tail = body[n + size0 :]
     assert int.from_bytes(tail[:4], "little") == len(b"2.000000:1:b") and tail[4:16] == b"2.000000:1:b"
+
+
+def test_raw_outputs_are_the_same_bytes_over_http_and_grpc() -> None:
+    """One encoding (service.protocol.raw_output) for HTTP's binary data and gRPC's raw_output_contents."""
+    from service.grpc.codec import encode_infer_response
+
+    big_endian = np.array([[1.5, -2.0], [3.25, 0.0]], dtype=">f4")
+    outputs = [
+        OutputTensor("logits", "FP32", big_endian, binary=True),
+        OutputTensor("half", "FP16", np.array([0.5, 1.0], np.float16), binary=True),
+        OutputTensor("top", "BYTES", np.array([[b"0.9:1:cat"], [b"0.8:0:dog"]], dtype=object), binary=True),
+    ]
+    body, headers = encode_response("m", "1", None, outputs)
+    grpc_raw = list(encode_infer_response("m", "1", None, outputs).raw_output_contents)
+    assert body[int(headers["Inference-Header-Content-Length"]) :] == b"".join(grpc_raw)
+    assert grpc_raw[0] == np.array([[1.5, -2.0], [3.25, 0.0]], dtype="<f4").tobytes()  # little-endian on the wire
+    assert grpc_raw[2] == b"\x09\x00\x00\x000.9:1:cat\x09\x00\x00\x000.8:0:dog"

@@ -163,6 +163,13 @@ def test_two_process_training_exports_and_verifies(tmp_path: Path) -> None:
         if json.loads(line)["kind"] == "step"
     ]
     assert len(steps) == len(set(steps))
+    # issue 20, defect 2: the final checkpoint said epoch 0 (steps counted over the whole split, not each
+    # process's share) where the last end-of-epoch one said 2; rank 1 printed "validation accuracy: nan"
+    checkpoints = tmp_path / "run" / "checkpoints"
+    epochs = {p.parent.name: json.loads(p.read_text())["epoch"] for p in checkpoints.glob("step-*/checkpoint.json")}
+    final = [name for name in epochs if name.endswith("-final")]
+    assert len(final) == 1 and epochs.pop(final[0]) == max(epochs.values()) == 2, epochs
+    assert proc.stdout.count("validation accuracy:") == 1 and "nan" not in proc.stdout, proc.stdout
 
 
 def test_sync_bn_outside_a_distributed_launch_is_refused(tmp_path: Path) -> None:

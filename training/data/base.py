@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from contracts.images import normalise
 from training.errors import DataError
 
 
@@ -25,11 +26,9 @@ class Normalization:
         std = x64.std(dim=(0, 2, 3)).clamp_min(1e-6)
         return cls(tuple(float(v) for v in mean), tuple(float(v) for v in std))
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise ``x`` (N, C, H, W) channel by channel."""
-        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
-        return (x - mean) / std
+    def apply(self, x: np.ndarray) -> torch.Tensor:
+        """Normalise ``x`` (N, C, H, W) channel by channel, as serving will (:func:`contracts.images.normalise`)."""
+        return torch.from_numpy(normalise(x, self.mean, self.std))
 
 
 @dataclass
@@ -88,14 +87,13 @@ def finish_dataset(
         train_x, train_y, val_x, val_y = x[tr], y[tr], x[va], y[va]
     else:
         train_x, train_y, (val_x, val_y) = x, y, val
-    tx = torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.float32))
-    vx = torch.from_numpy(np.ascontiguousarray(val_x, dtype=np.float32))
-    norm = Normalization.fit(tx)
+    tx = np.ascontiguousarray(train_x, dtype=np.float32)
+    norm = Normalization.fit(torch.from_numpy(tx))
     return Dataset(
         name=name,
-        train_x=norm.apply(tx).contiguous(),
+        train_x=norm.apply(tx),
         train_y=torch.from_numpy(np.asarray(train_y, dtype=np.int64)),
-        val_x=norm.apply(vx).contiguous(),
+        val_x=norm.apply(val_x),
         val_y=torch.from_numpy(np.asarray(val_y, dtype=np.int64)),
         labels=labels,
         normalization=norm,

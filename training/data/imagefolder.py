@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from contracts.images import ImageError, ImageSpec, preprocess
 from training.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -13,16 +14,12 @@ GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
 def load_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """One image as float (C, size, size) in [0, 1]; a corrupt file raises DataError naming it."""
-    from PIL import Image, UnidentifiedImageError
-
+    """One image as float32 (C, size, size) in [0, 1] (:mod:`contracts.images`); a corrupt file raises DataError
+    naming it."""
     try:
-        with Image.open(path) as img:
-            converted = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR)
-            arr = np.asarray(converted, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+        return preprocess(path, ImageSpec(channels, size, size))
+    except ImageError as exc:
+        raise DataError(str(exc)) from exc
 
 
 def _image_mode(path: Path) -> str:
