@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mean", type=_floats, help="per-channel input mean the model expects, e.g. 0.485,0.456,0.406")
     t.add_argument("--std", type=_floats, help="per-channel input std the model expects, e.g. 0.229,0.224,0.225")
     t.add_argument("--images", type=Path, metavar="DIR", help="real inputs: <DIR>/<class>/<image> (or flat)")
-    t.add_argument("--recalibrate", type=Path, metavar="DIR", help="recompute BN statistics by Algorithm 2 (--torch)")
+    t.add_argument("--recalibrate", type=Path, metavar="DIR", help="recompute BN statistics by Algorithm 2")
     t.add_argument("--recalibrate-batch-size", type=int, default=32, help="mini-batch size m for it (default 32)")
     r = p.add_argument_group("repository")
     r.add_argument("--repository", type=Path, default=Path("model_repository"), help="model repository root")
@@ -109,11 +109,13 @@ def _job(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ExportJob
                 args.recalibrate_batch_size,
             )
         )
-    if args.recalibrate is not None:
-        parser.error("--recalibrate needs a PyTorch model (--torch): an ONNX graph has no training mode to run")
     from export.sources.onnx_file import OnnxSource, job_from_onnx
 
-    return job_from_onnx(OnnxSource(args.onnx, args.labels, args.mean, args.std, args.images))
+    return job_from_onnx(
+        OnnxSource(
+            args.onnx, args.labels, args.mean, args.std, args.images, args.recalibrate, args.recalibrate_batch_size
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

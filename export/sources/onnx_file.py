@@ -1,10 +1,15 @@
-"""An ONNX file from any exporter as an export job: read (with external data), checked, with the user's data."""
+"""An ONNX file from any exporter as an export job: read (with external data), checked, with the user's data.
+
+With ``--recalibrate DIR`` every BatchNormalization gets population statistics recomputed by the paper's
+Algorithm 2 inside the graph (``export.recalibration.algorithm2``), and BN in training mode becomes inference BN.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -13,6 +18,7 @@ from export.errors import ExportError
 from export.graph.files import check_onnx_input, load_onnx
 from export.graph.inspect import graph_io
 from export.job import ExportJob
+from export.recalibration.algorithm2 import recalibrate_onnx
 from export.sources.images import load_images
 from export.sources.torch_factory import resolve_labels
 from export.verification.checks import ort_session, session_runner
@@ -29,6 +35,8 @@ class OnnxSource:
     mean: list[float] | None = None
     std: list[float] | None = None
     images: Path | None = None
+    recalibrate: Path | None = None
+    recalibrate_batch_size: int = 32
 
 
 def _classes(model: onnx.ModelProto, input_name: str, output_name: str, shape: tuple[int, ...]) -> int:
@@ -43,9 +51,16 @@ def _classes(model: onnx.ModelProto, input_name: str, output_name: str, shape: t
 def job_from_onnx(source: OnnxSource) -> ExportJob:
     """The file's graph, its I/O names and shape, and the user's labels and images, as an export job."""
     model = load_onnx(source.path)
-    check_onnx_input(model, source.path)
+    check_onnx_input(model, source.path, training_ok=source.recalibrate is not None)
     input_name, output_name, shape = graph_io(model)
     images = load_images(source.images, shape, source.mean, source.std) if source.images else None
+    report: dict[str, Any] = {
+        "provenance": {"onnx": str(source.path), "producer": f"{model.producer_name} {model.producer_version}"}
+    }
+    if source.recalibrate is not None:
+        batches = load_images(source.recalibrate, shape, source.mean, source.std)
+        names = (input_name, output_name)
+        model, report["recalibration"] = recalibrate_onnx(model, names, batches, source.recalibrate_batch_size, images)
     labels = resolve_labels(source.labels_file, _classes(model, input_name, output_name, shape), images)
     labelled = images is not None and images.y is not None
     return ExportJob(
@@ -62,7 +77,5 @@ def job_from_onnx(source: OnnxSource) -> ExportJob:
         output_name=output_name,
         metadata={"bnfold.model": {"name": source.path.stem, "source_onnx": str(source.path)}},
         onnx_checked=True,  # checked above, from the file (onnx.checker cannot hold a model of 2 GB or more)
-        report={
-            "provenance": {"onnx": str(source.path), "producer": f"{model.producer_name} {model.producer_version}"}
-        },
+        report=report,
     )

@@ -27,6 +27,7 @@ from torch import nn
 from contracts.errors import first_line
 from export.errors import ExportError
 from export.job import ExportJob
+from export.recalibration.algorithm2 import METHOD, recalibration_batches
 from export.sources.images import ImageSet, load_images
 from training.population import recalibrate_bn
 
@@ -190,16 +191,14 @@ def resolve_labels(labels_file: Path | None, classes: int, images: ImageSet | No
 def recalibrate(model: nn.Module, source: TorchSource, check: ImageSet | None) -> dict[str, Any]:
     """Algorithm 2 over mini-batches of ``--recalibrate``'s images; accuracy before and after when labelled."""
     assert source.recalibrate is not None
-    if source.recalibrate_batch_size < 2:
-        raise ExportError(f"--recalibrate-batch-size must be at least 2, got {source.recalibrate_batch_size}")
     images = load_images(source.recalibrate, source.input_shape, source.mean, source.std)
+    batches = [torch.from_numpy(b) for b in recalibration_batches(images, source.recalibrate_batch_size)]
     labelled = check if check is not None and check.y is not None else (images if images.y is not None else None)
     before = accuracy(model, labelled) if labelled is not None else None
-    batches = torch.from_numpy(images.x).split(source.recalibrate_batch_size)
     layers = recalibrate_bn(model, batches)
     model.eval()
     result: dict[str, Any] = {
-        "method": "Algorithm 2 (Ioffe & Szegedy, 2015): E[x] = E_B[mu_B], Var[x] = m/(m-1) E_B[sigma_B^2]",
+        "method": METHOD,
         "images": str(images.root),
         "samples": len(images.x),
         "batch_size": source.recalibrate_batch_size,

@@ -13,7 +13,7 @@ Transform (``training_form``), for each BN node with input x of shape [N, C, D1,
 
 so y = scale * (x - mu_B) / sqrt(sigma_B^2 + eps) + B: exactly what BN computes in training mode, and every
 later BN sees the inputs of the training network. mu, var and Shape(x) become graph outputs. Averaging them
-over mini-batches is ``export.onnx_recalibrate``'s job (float64, as ``training.population`` does).
+over mini-batches is ``export.recalibration.algorithm2``'s job (float64, as ``training.population`` does).
 
 ``with_statistics`` turns every BN into inference mode (``training_mode`` dropped, training outputs removed)
 and, given new statistics, stores them as new initializers (copy-on-write: an initializer shared with another
@@ -30,8 +30,8 @@ import onnx
 import onnx_ir as ir
 
 from export.errors import ExportError
-from export.onnx_bn import BN_OP, constant_array, node_label, opset_of
-from export.onnx_edit import GraphEditor, make_node
+from export.folding.onnx_bn import BN_OP, constant_array, node_label, opset_of
+from export.folding.onnx_edit import GraphEditor, make_node
 
 REDUCE_AXES_AS_INPUT = 18  # ReduceMean takes its axes as an input from opset 18
 
@@ -50,8 +50,10 @@ def batchnorm_nodes(model: ir.Model, purpose: str) -> list[ir.Node]:
     """The main graph's BN nodes, in graph order; ExportError for a BN that ``purpose`` cannot reach."""
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         if _is_bn(node) and node.graph is not model.graph:
-            raise ExportError(f"{purpose}: BatchNormalization {node_label(node)!r} is inside a subgraph, where its "
-                              "input cannot be observed")  # fmt: skip
+            raise ExportError(
+                f"{purpose}: BatchNormalization {node_label(node)!r} is inside a subgraph, where its "
+                "input cannot be observed"
+            )
     for function in model.functions.values():
         if any(_is_bn(n) for n in function):
             raise ExportError(f"{purpose}: BatchNormalization inside function {function.name!r}; inline it first")
@@ -70,23 +72,33 @@ def _check_observable(node: ir.Node, model: ir.Model, purpose: str) -> None:
     if len(node.inputs) < 5 or node.inputs[0] is None:
         raise ExportError(f"{purpose}: BatchNormalization {label!r} has {len(node.inputs)} inputs; expected 5")
     if opset_of(node, model) < 9 and node.attributes.get_int("spatial", 1) == 0:
-        raise ExportError(f"{purpose}: BatchNormalization {label!r} has spatial=0 (per-element statistics); "
-                          "Algorithm 2 here recomputes per-channel statistics only")  # fmt: skip
+        raise ExportError(
+            f"{purpose}: BatchNormalization {label!r} has spatial=0 (per-element statistics); "
+            "Algorithm 2 here recomputes per-channel statistics only"
+        )
     for name, value in zip(("scale", "B"), node.inputs[1:3], strict=True):
         if constant_array(value) is None:
             raise ExportError(f"{purpose}: BatchNormalization {label!r}: input {name} is not a constant initializer")
     for value in node.outputs[1:]:
         if value is not None and value.uses():
             readers = ", ".join(sorted({node_label(u.node) for u in value.uses()}))
-            raise ExportError(f"{purpose}: BatchNormalization {label!r}: its training output {value.name!r} is read "
-                              f"by {readers}; only graph outputs may read it")  # fmt: skip
+            raise ExportError(
+                f"{purpose}: BatchNormalization {label!r}: its training output {value.name!r} is read "
+                f"by {readers}; only graph outputs may read it"
+            )
 
 
 def training_form(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Observed]]:
     """A copy of ``model`` whose BN nodes normalise with their batch's statistics, and the outputs observing them."""
     ir_model = ir.serde.deserialize_model(model)
     editor = GraphEditor(ir_model, {})
-    observed = [_observe(node, ir_model, editor) for node in batchnorm_nodes(ir_model, "--recalibrate")]
+    nodes = batchnorm_nodes(ir_model, "--recalibrate")
+    if not nodes:
+        raise ExportError(
+            "--recalibrate: the graph has no BatchNormalization node, so it has no statistics to recompute (its "
+            "exporter may have folded BN into the convolutions already)"
+        )
+    observed = [_observe(node, ir_model, editor) for node in nodes]
     return ir.serde.serialize_model(ir_model), observed
 
 
@@ -97,7 +109,9 @@ class _Builder:
         self.editor, self.label, self.opset = editor, label, opset
         self.nodes: list[ir.Node] = []
 
-    def add(self, op: str, inputs: Sequence[ir.Value | None], attrs: Sequence[ir.Attr] = (), name: str = "") -> ir.Value:
+    def add(
+        self, op: str, inputs: Sequence[ir.Value | None], attrs: Sequence[ir.Attr] = (), name: str = ""
+    ) -> ir.Value:
         new = make_node(op, inputs, attrs, self.editor.unique(f"{self.label}_bnfold_observe_{name or op.lower()}"))
         new.outputs[0].name = new.name
         self.nodes.append(new)

@@ -1,14 +1,14 @@
 """``bnfold-export --onnx FILE --recalibrate DIR``: the paper's Algorithm 2 inside an ONNX graph, without torch.
 
 Ioffe & Szegedy (2015), Algorithm 2, steps 8-10, exactly as ``training.population.recalibrate_bn`` does it for a
-torch module: mini-batches pass through the training network (``export.onnx_training_form``: every BN
+torch module: mini-batches pass through the training network (``export.recalibration.training_form``: every BN
 normalising with its own batch's statistics), and for each BN, over the batches B,
 
     E[x]   = mean_B mu_B
     Var[x] = mean_B (m_B / (m_B - 1)) sigma_B^2        m_B = values per channel in B (N * H * W for a conv BN)
 
 accumulated in float64 (for equal batch sizes the second line is the paper's m/(m-1) E_B[sigma_B^2]).
-Batches: the images in ``export.images.load_images``' order (classes sorted, files sorted), cut into
+Batches: the images in ``export.sources.images.load_images``' order (classes sorted, files sorted), cut into
 consecutive runs of ``--recalibrate-batch-size``; a short last batch is used too. The torch path cuts the same
 batches (``recalibration_batches``).
 """
@@ -24,10 +24,10 @@ import onnx
 import onnx_ir as ir
 
 from export.errors import ExportError
-from export.images import ImageSet
-from export.onnx_bn import constant_array
-from export.onnx_training_form import Observed, batchnorm_nodes, training_form, with_statistics
-from export.verify import ort_session, session_runner
+from export.folding.onnx_bn import constant_array
+from export.recalibration.training_form import Observed, batchnorm_nodes, training_form, with_statistics
+from export.sources.images import ImageSet
+from export.verification.checks import ort_session, session_runner
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,9 @@ def onnx_accuracy(model: onnx.ModelProto, input_name: str, output_name: str, ima
     return float((logits.argmax(1) == images.y).mean())
 
 
-def _changes(model: onnx.ModelProto, observed: list[Observed], stats: list[tuple[np.ndarray, np.ndarray]], batches: int) -> dict[str, dict[str, float]]:
+def _changes(
+    model: onnx.ModelProto, observed: list[Observed], stats: list[tuple[np.ndarray, np.ndarray]], batches: int
+) -> dict[str, dict[str, float]]:
     """Per BN, how far its statistics moved (as the torch path reports it)."""
     nodes = batchnorm_nodes(ir.serde.deserialize_model(model), "--recalibrate")
     report: dict[str, dict[str, float]] = {}
@@ -143,6 +145,8 @@ def recalibrate_onnx(
         before = onnx_accuracy(with_statistics(model), *names, labelled)
         after = onnx_accuracy(recalibrated, *names, labelled)
         result["accuracy"] = {"evaluated_on": str(labelled.root), "own_statistics": before, "recalibrated": after}
-        logger.info("accuracy on %s: %.4f with the file's own statistics, %.4f recalibrated", labelled.root, before, after)
+        logger.info(
+            "accuracy on %s: %.4f with the file's own statistics, %.4f recalibrated", labelled.root, before, after
+        )
     logger.info("recalibrated %d BatchNormalization nodes over %d mini-batches (Algorithm 2)", len(stats), len(batches))
     return recalibrated, result
