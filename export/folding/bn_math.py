@@ -20,6 +20,13 @@ Fold into the FOLLOWING layer z = W * BN(x) + b (BN acts on the layer's input ch
 
   exact for Linear, and for a convolution only where no padding is read (padding 0): a zero-padded
   position holds 0, not t. Grouped: input channel c of output o is g(o) * (C_in/groups) + j.
+
+Fold the scale into a following ZERO-PADDED convolution, the shift staying in front of it (every s non-zero):
+
+    Conv_W(pad0(s * x + t)) = Conv_W(pad0(s * (x + t / s))) = Conv_{W'}(pad0(x + t / s))
+
+  since a padded zero is s * 0; W' as above, b unchanged (``following_weight_bias`` with t = 0), and
+  ``Shift(t / s)`` before the conv: one per-channel Add instead of a Mul and an Add.
 """
 
 from __future__ import annotations
@@ -137,3 +144,16 @@ class ScaleShift(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         view = (1, -1) + (1,) * (x.dim() - 2)  # broadcast over (N, C, *spatial)
         return x * self.scale.view(view) + self.shift.view(view)
+
+
+class Shift(nn.Module):
+    """``x + shift`` per channel (axis 1): a BN's shift t / s left in front of a zero-padded conv (one ONNX Add)."""
+
+    def __init__(self, shift: torch.Tensor, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.register_buffer("shift", shift.to(dtype))
+
+    shift: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.shift.view((1, -1) + (1,) * (x.dim() - 2))

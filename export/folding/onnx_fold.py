@@ -12,7 +12,9 @@ in this order:
                             transA=0, reading BN's output as its data input.
        Preconditions: (1) BN's output feeds only L and is no graph output; (2) as 1.(2); (3) BN's channels are
        L's input channels.
-    3. otherwise  ==>  Mul(x, S) -> Add(., T)   S, T shaped [C, 1, ...] to broadcast over axis 1 (or BN's own
+    3. BN -> Conv with padding  ==>  Add(x, T') -> Conv'     T' = t / s shaped [C, 1, ...].
+       Preconditions: as 2., and every s is non-zero (gamma = 0 somewhere: lowered, with that reason).
+    4. otherwise  ==>  Mul(x, S) -> Add(., T)   S, T shaped [C, 1, ...] to broadcast over axis 1 (or BN's own
                             [C, D1, ...] for spatial=0); needs x's rank (graph shape or shape inference).
 
 Math (float64, cast once to the weight's dtype), with BN(y) = s * y + t per channel,
@@ -25,7 +27,10 @@ s = gamma / sqrt(var + eps), t = beta - mean * s (``export.folding.bn_math.scale
     2. Conv:  W'[o, c] = W[o, c] * s[c],  b'[o] = b[o] + sum_{c,k} W[o, c, k] * t[c]  (exact only without
        padding: a padded position holds 0, not t).  Gemm:  B'[k, :] = s[k] * B[k, :],
        C' = beta * C + alpha * t @ B,  beta' = 1.
-    3. S = s, T = t: exact, two ops.
+    3. Zero padding holds 0 = s * 0, so Conv_W(pad0(s * x + t)) = Conv_W(pad0(s * (x + t / s))) =
+       Conv_{W'}(pad0(x + t / s)) with W'[o, c] = W[o, c] * s[c] (grouped as in 2.) and b unchanged: exact
+       wherever every s is non-zero; one per-channel Add is left instead of a Mul and an Add.
+    4. S = s, T = t: exact, two ops.
 
 Edits are copy-on-write: new weights are new initializers, so an initializer shared with other nodes is never
 changed; inputs and outputs keep their names (a folded node producing a graph output takes the BN output's
@@ -44,9 +49,17 @@ from export.errors import ExportError
 from export.folding.onnx_bn import BN_OP, BnAffine, node_label, opset_of, read_bn
 from export.folding.onnx_edit import GraphEditor, inferred_ranks
 from export.folding.onnx_measure import measure_rows
-from export.folding.onnx_rules import fold_following, fold_preceding, lower, why_not_following, why_not_preceding
+from export.folding.onnx_rules import (
+    fold_following,
+    fold_padded,
+    fold_preceding,
+    lower,
+    why_not_following,
+    why_not_padded,
+    why_not_preceding,
+)
 from export.graph.inspect import require_no_batchnorm
-from export.report import FoldReport, FoldRow
+from export.report import PADDED, PADDED_NOTE, FoldReport, FoldRow
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +102,14 @@ def _fold_one(bn: BnAffine, editor: GraphEditor) -> tuple[FoldRow, str]:
         layer_out = after.node.outputs[0].name or ""
         target = fold_following(bn, after, editor)
         return FoldRow(bn.label, "folded-into-following", target, f"before: {before}"), layer_out
+    padded = why_not_padded(bn)
+    if not isinstance(padded, str):
+        layer_out = padded.node.outputs[0].name or ""
+        target = fold_padded(bn, padded, editor)
+        return FoldRow(bn.label, PADDED, target, f"before: {before}; after: {after}; {PADDED_NOTE}"), layer_out
     target = lower(bn, editor)
-    return FoldRow(bn.label, "lowered-to-scale-shift", target, f"before: {before}; after: {after}"), bn_out
+    why = f"before: {before}; after: {after}" + (f" and {padded}" if "padding" in after else "")
+    return FoldRow(bn.label, "lowered-to-scale-shift", target, why), bn_out
 
 
 def _is_bn(node: ir.Node) -> bool:
