@@ -75,12 +75,13 @@ def fold_onnx(model: onnx.ModelProto, sample: np.ndarray | None = None) -> tuple
     ir_model = ir.serde.deserialize_model(model)
     _refuse_nested(ir_model)
     editor = GraphEditor(ir_model, inferred_ranks(ir.serde.deserialize_model(model)))
-    report, kept = FoldReport(), []
-    for node in [n for n in ir_model.graph if _is_bn(n)]:
-        bn = read_bn(node, opset_of(node, ir_model))
-        row, name = _fold_one(bn, editor)
-        report.rows.append(row)
-        kept.append(name)
+    bns = [read_bn(node, opset_of(node, ir_model)) for node in ir_model.graph if _is_bn(node)]
+    # every fold into a preceding layer first: a later fold into a FOLLOWING layer then names the tensor that
+    # layer's output keeps in both graphs (a BN after that layer would otherwise take its output's name away)
+    done = {i: _fold_preceding(bn, editor) for i, bn in enumerate(bns)}
+    results = [done[i] or _fold_one(bn, editor) for i, bn in enumerate(bns)]
+    report, kept = FoldReport(rows=[row for row, _ in results]), [name for _, name in results]
+    for row in report.rows:
         logger.debug("%s: %s into %s", row.bn, row.action, row.target)
     folded = ir.serde.serialize_model(ir_model)
     require_no_batchnorm(folded)  # a bug, not a user error: every BN above was folded or lowered
@@ -90,13 +91,21 @@ def fold_onnx(model: onnx.ModelProto, sample: np.ndarray | None = None) -> tuple
     return folded, report
 
 
+def _fold_preceding(bn: BnAffine, editor: GraphEditor) -> tuple[FoldRow, str] | None:
+    """Fold ``bn`` into the layer before it if it can: the row and the tensor name kept, else None."""
+    before = why_not_preceding(bn, editor)
+    if isinstance(before, str):
+        return None
+    bn_out = bn.node.outputs[0].name or ""
+    target = fold_preceding(bn, before, editor)
+    return FoldRow(bn.label, "folded-into-preceding", target, f"{before.op} output feeds only this BN"), bn_out
+
+
 def _fold_one(bn: BnAffine, editor: GraphEditor) -> tuple[FoldRow, str]:
-    """Fold ``bn`` into the layer before it, else after it, else lower it: the row, and the tensor name kept."""
+    """Fold ``bn`` (which cannot go into the layer before it) into the layer after it, else lower it."""
     bn_out = bn.node.outputs[0].name or ""
     before = why_not_preceding(bn, editor)
-    if not isinstance(before, str):
-        target = fold_preceding(bn, before, editor)
-        return FoldRow(bn.label, "folded-into-preceding", target, f"{before.op} output feeds only this BN"), bn_out
+    assert isinstance(before, str)  # the first pass folded every BN that could go into its preceding layer
     after = why_not_following(bn)
     if not isinstance(after, str):
         layer_out = after.node.outputs[0].name or ""
