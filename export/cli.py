@@ -18,6 +18,7 @@ from training.errors import BnfoldError
 from training.logs import configure_logging
 
 if TYPE_CHECKING:
+    from contracts.preprocessing import Preprocessing
     from export.job import ExportJob
 
 QUIET_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export", "torch._export")
@@ -64,6 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--images", type=Path, metavar="DIR", help="real inputs: <DIR>/<class>/<image> (or flat)")
     t.add_argument("--recalibrate", type=Path, metavar="DIR", help="recompute BN statistics by Algorithm 2")
     t.add_argument("--recalibrate-batch-size", type=int, default=32, help="mini-batch size m for it (default 32)")
+    i = p.add_argument_group(
+        "image preprocessing the model was trained with (--torch, --onnx; recorded, and applied by /classify)"
+    )
+    i.add_argument("--resize", type=int, metavar="N", help="shorter side to N, then the centre H x W (e.g. 256)")
+    i.add_argument("--crop", type=int, metavar="N", help="the centre crop's side: the model's H and W (e.g. 224)")
+    i.add_argument("--resize-mode", help="squash | shorter-side-crop (default: shorter-side-crop with --resize)")
+    i.add_argument(
+        "--interpolation", default="bilinear", help="nearest | bilinear | bicubic | lanczos (default bilinear)"
+    )
+    i.add_argument("--exif", default="apply", help="apply | ignore a photo's EXIF orientation (default apply)")
+    i.add_argument("--channel-order", default="RGB", help="RGB | BGR (default RGB)")
+    i.add_argument("--layout", default="NCHW", help="NCHW | NHWC: the model's input layout (default NCHW)")
+    i.add_argument("--formats", default="PNG,JPEG,WEBP", help="image formats accepted (default PNG,JPEG,WEBP)")
     r = p.add_argument_group("repository")
     r.add_argument("--repository", type=Path, default=Path("model_repository"), help="model repository root")
     r.add_argument("--name", help="model name in the repository (default from the source)")
@@ -84,12 +98,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _preprocessing(args: argparse.Namespace) -> Preprocessing:
+    """The recipe the image flags name; ExportError (one line) for an unknown value or a crop over the resize."""
+    from contracts.preprocessing import Preprocessing
+    from export.errors import ExportError
+
+    if args.exif not in ("apply", "ignore"):
+        raise ExportError(f"--exif {args.exif!r}: expected apply or ignore")
+    mode = args.resize_mode or ("shorter-side-crop" if args.resize is not None else "squash")
+    formats = tuple(f.strip().upper() for f in args.formats.split(",") if f.strip())
+    try:
+        return Preprocessing(
+            mode, args.resize, args.crop, args.interpolation, args.exif == "apply", args.channel_order.upper(),
+            args.layout.upper(), formats,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ExportError(f"image preprocessing: {exc}") from exc
+
+
 def _job(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ExportJob:
     """The export job for whichever source was named (imports torch and onnx only once they are needed)."""
     if args.checkpoint is not None:
         from export.sources.checkpoint import job_from_checkpoint
 
+        if args.resize is not None or args.crop is not None or args.resize_mode is not None:
+            parser.error("--resize, --crop and --resize-mode are for --torch and --onnx; a checkpoint keeps its own")
         return job_from_checkpoint(args.checkpoint, args.data_dir)
+    prep = _preprocessing(args)
     if args.torch is not None:
         if args.weights is None or args.input_shape is None:
             parser.error("--torch needs --weights FILE and --input-shape C,H,W")
@@ -107,13 +142,21 @@ def _job(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ExportJob
                 args.images,
                 args.recalibrate,
                 args.recalibrate_batch_size,
+                prep,
             )
         )
     from export.sources.onnx_file import OnnxSource, job_from_onnx
 
     return job_from_onnx(
         OnnxSource(
-            args.onnx, args.labels, args.mean, args.std, args.images, args.recalibrate, args.recalibrate_batch_size
+            args.onnx,
+            args.labels,
+            args.mean,
+            args.std,
+            args.images,
+            args.recalibrate,
+            args.recalibrate_batch_size,
+            prep,
         )
     )
 

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from torch import nn
 
+from contracts.preprocessing import Preprocessing
 from export.errors import ExportError
 
 
@@ -35,12 +36,16 @@ class ExportJob:
     metadata: dict[str, Any] = field(default_factory=dict)  # bnfold.* ONNX metadata of the source
     report: dict[str, Any] = field(default_factory=dict)  # extra export_report.json sections
     onnx_checked: bool = False  # an ONNX ``model`` already passed check_onnx_input (job_from_onnx sets it)
+    preprocessing: Preprocessing | None = None  # the images' recipe (None: a bnfold checkpoint, today's squash)
 
     @property
     def input_meta(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {"name": self.input_name, "shape": list(self.input_shape), "layout": "NCHW"}
+        layout = self.preprocessing.layout if self.preprocessing is not None else "NCHW"
+        meta: dict[str, Any] = {"name": self.input_name, "shape": list(self.input_shape), "layout": layout}
         if self.normalization is not None:
             meta["normalization"] = self.normalization
+        if self.preprocessing is not None:
+            meta["preprocessing"] = self.preprocessing.to_dict()
         return meta
 
     def example(self) -> np.ndarray:

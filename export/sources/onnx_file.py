@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 import onnx
 
+from contracts.preprocessing import Preprocessing
 from export.errors import ExportError
 from export.graph.files import check_onnx_input, load_onnx
 from export.graph.inspect import graph_io
 from export.job import ExportJob
 from export.recalibration.algorithm2 import recalibrate_onnx
-from export.sources.images import load_images
+from export.sources.images import load_images, recipe_for
 from export.sources.torch_factory import resolve_labels
 from export.verification.checks import ort_session, session_runner
 
@@ -37,6 +38,7 @@ class OnnxSource:
     images: Path | None = None
     recalibrate: Path | None = None
     recalibrate_batch_size: int = 32
+    preprocessing: Preprocessing | None = None
 
 
 def _classes(model: onnx.ModelProto, input_name: str, output_name: str, shape: tuple[int, ...]) -> int:
@@ -53,12 +55,13 @@ def job_from_onnx(source: OnnxSource) -> ExportJob:
     model = load_onnx(source.path)
     check_onnx_input(model, source.path, training_ok=source.recalibrate is not None)
     input_name, output_name, shape = graph_io(model)
-    images = load_images(source.images, shape, source.mean, source.std) if source.images else None
+    prep = recipe_for(shape, source.mean, source.std, source.preprocessing)
+    images = load_images(source.images, shape, source.mean, source.std, prep) if source.images else None
     report: dict[str, Any] = {
         "provenance": {"onnx": str(source.path), "producer": f"{model.producer_name} {model.producer_version}"}
     }
     if source.recalibrate is not None:
-        batches = load_images(source.recalibrate, shape, source.mean, source.std)
+        batches = load_images(source.recalibrate, shape, source.mean, source.std, prep)
         names = (input_name, output_name)
         model, report["recalibration"] = recalibrate_onnx(model, names, batches, source.recalibrate_batch_size, images)
     labels = resolve_labels(source.labels_file, _classes(model, input_name, output_name, shape), images)
@@ -67,6 +70,7 @@ def job_from_onnx(source: OnnxSource) -> ExportJob:
         name=source.path.stem,
         model=model,
         input_shape=shape,
+        preprocessing=prep,
         labels=labels,
         normalization={"mean": source.mean, "std": source.std} if source.mean and source.std else None,
         samples=images.x if images is not None else None,

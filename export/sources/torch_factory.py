@@ -25,10 +25,11 @@ import torch
 from torch import nn
 
 from contracts.errors import first_line
+from contracts.preprocessing import Preprocessing
 from export.errors import ExportError
 from export.job import ExportJob
 from export.recalibration.algorithm2 import METHOD, recalibration_batches
-from export.sources.images import ImageSet, load_images
+from export.sources.images import ImageSet, load_images, recipe_for
 from training.population import recalibrate_bn
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class TorchSource:
     images: Path | None = None
     recalibrate: Path | None = None
     recalibrate_batch_size: int = 32
+    preprocessing: Preprocessing | None = None
 
 
 def import_factory(spec: str) -> Callable[..., Any]:
@@ -191,7 +193,7 @@ def resolve_labels(labels_file: Path | None, classes: int, images: ImageSet | No
 def recalibrate(model: nn.Module, source: TorchSource, check: ImageSet | None) -> dict[str, Any]:
     """Algorithm 2 over mini-batches of ``--recalibrate``'s images; accuracy before and after when labelled."""
     assert source.recalibrate is not None
-    images = load_images(source.recalibrate, source.input_shape, source.mean, source.std)
+    images = load_images(source.recalibrate, source.input_shape, source.mean, source.std, source.preprocessing)
     batches = [torch.from_numpy(b) for b in recalibration_batches(images, source.recalibrate_batch_size)]
     labelled = check if check is not None and check.y is not None else (images if images.y is not None else None)
     before = accuracy(model, labelled) if labelled is not None else None
@@ -223,7 +225,12 @@ def job_from_torch(source: TorchSource) -> ExportJob:
     """Build the user's model with its weights (recalibrated if asked) and its data into an export job."""
     model = build_model(source.factory, source.factory_args, load_state_dict(source.weights))
     classes = probe_classes(model, source.input_shape)
-    images = load_images(source.images, source.input_shape, source.mean, source.std) if source.images else None
+    prep = recipe_for(source.input_shape, source.mean, source.std, source.preprocessing)
+    images = (
+        load_images(source.images, source.input_shape, source.mean, source.std, source.preprocessing)
+        if source.images
+        else None
+    )
     labels = resolve_labels(source.labels_file, classes, images)
     report: dict[str, Any] = {
         "provenance": {"factory": source.factory, "factory_args": source.factory_args, "weights": str(source.weights)}
@@ -237,6 +244,7 @@ def job_from_torch(source: TorchSource) -> ExportJob:
         name=default_name(source.factory),
         model=model,
         input_shape=source.input_shape,
+        preprocessing=prep,
         labels=labels,
         normalization=normalization,
         samples=images.x if images is not None else None,
