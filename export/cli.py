@@ -41,6 +41,23 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _image_flags(p: argparse.ArgumentParser) -> None:
+    """The image preprocessing flags (recorded in the model's metadata, applied by /classify)."""
+    i = p.add_argument_group(
+        "image preprocessing the model was trained with (--torch, --onnx; recorded, and applied by /classify)"
+    )
+    i.add_argument("--resize", type=int, metavar="N", help="shorter side to N, then the centre H x W (e.g. 256)")
+    i.add_argument("--crop", type=int, metavar="N", help="the centre crop's side: the model's H and W (e.g. 224)")
+    i.add_argument("--resize-mode", help="squash | shorter-side-crop (default: shorter-side-crop with --resize)")
+    i.add_argument(
+        "--interpolation", default="bilinear", help="nearest | bilinear | bicubic | lanczos (default bilinear)"
+    )
+    i.add_argument("--exif", default="apply", help="apply | ignore a photo's EXIF orientation (default apply)")
+    i.add_argument("--channel-order", default="RGB", help="RGB | BGR (default RGB)")
+    i.add_argument("--layout", default="NCHW", help="NCHW | NHWC: the model's input layout (default NCHW)")
+    i.add_argument("--formats", default="PNG,JPEG,WEBP", help="image formats accepted (default PNG,JPEG,WEBP)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bnfold-export",
@@ -65,19 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--images", type=Path, metavar="DIR", help="real inputs: <DIR>/<class>/<image> (or flat)")
     t.add_argument("--recalibrate", type=Path, metavar="DIR", help="recompute BN statistics by Algorithm 2")
     t.add_argument("--recalibrate-batch-size", type=int, default=32, help="mini-batch size m for it (default 32)")
-    i = p.add_argument_group(
-        "image preprocessing the model was trained with (--torch, --onnx; recorded, and applied by /classify)"
-    )
-    i.add_argument("--resize", type=int, metavar="N", help="shorter side to N, then the centre H x W (e.g. 256)")
-    i.add_argument("--crop", type=int, metavar="N", help="the centre crop's side: the model's H and W (e.g. 224)")
-    i.add_argument("--resize-mode", help="squash | shorter-side-crop (default: shorter-side-crop with --resize)")
-    i.add_argument(
-        "--interpolation", default="bilinear", help="nearest | bilinear | bicubic | lanczos (default bilinear)"
-    )
-    i.add_argument("--exif", default="apply", help="apply | ignore a photo's EXIF orientation (default apply)")
-    i.add_argument("--channel-order", default="RGB", help="RGB | BGR (default RGB)")
-    i.add_argument("--layout", default="NCHW", help="NCHW | NHWC: the model's input layout (default NCHW)")
-    i.add_argument("--formats", default="PNG,JPEG,WEBP", help="image formats accepted (default PNG,JPEG,WEBP)")
+    _image_flags(p)
     r = p.add_argument_group("repository")
     r.add_argument("--repository", type=Path, default=Path("model_repository"), help="model repository root")
     r.add_argument("--name", help="model name in the repository (default from the source)")
@@ -93,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="int8 calibration (default minmax)",
     )
     r.add_argument("--data-dir", type=Path, help="where the checkpoint's dataset lives now, if it moved")
+    r.add_argument(
+        "--padded-bn",
+        default="add",
+        help="BN before a zero-padded conv: add (its shift as one Add before the conv; default) or bias-map (a "
+        "constant map after it, for the fixed input size)",
+    )
     p.add_argument("--json", action="store_true", help="print the export report as JSON instead of tables")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -172,8 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.ERROR)
 
+        job = _job(args, parser)
+        job.padded_bn = args.padded_bn
         written = export_job(
-            _job(args, parser),
+            job,
             args.repository,
             args.name,
             precision="float16" if args.fp16 else "int8" if args.int8 else "float32",

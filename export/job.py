@@ -36,6 +36,7 @@ class ExportJob:
     metadata: dict[str, Any] = field(default_factory=dict)  # bnfold.* ONNX metadata of the source
     report: dict[str, Any] = field(default_factory=dict)  # extra export_report.json sections
     onnx_checked: bool = False  # an ONNX ``model`` already passed check_onnx_input (job_from_onnx sets it)
+    padded_bn: str = "add"  # a BN before a zero-padded conv: its shift as an "add" before it, or a "bias-map"
     preprocessing: Preprocessing | None = None  # the images' recipe (None: a bnfold checkpoint, today's squash)
 
     @property

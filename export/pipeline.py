@@ -98,6 +98,7 @@ def _emit(job: ExportJob, path: Path, metadata: dict[str, Any], precision: str) 
             samples=job.samples,
             validation=job.validation_x,
             input_checked=job.onnx_checked,
+            padded=job.padded_bn,
         )
     return export_onnx(
         job.model,
@@ -109,6 +110,7 @@ def _emit(job: ExportJob, path: Path, metadata: dict[str, Any], precision: str) 
         samples=torch.from_numpy(job.samples) if job.samples is not None else None,
         validation=torch.from_numpy(job.validation_x) if job.validation_x is not None else None,
         fp16=precision == "float16",
+        padded=job.padded_bn,
     )
 
 

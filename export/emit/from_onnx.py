@@ -35,6 +35,7 @@ def export_onnx_graph(
     random_samples: int = 32,
     seed: int = 0,
     input_checked: bool = False,
+    padded: str = "add",
 ) -> ExportReport:
     """Fold every BatchNormalization of ``model``, write it to ``path`` and verify it against float64.
 
@@ -47,7 +48,7 @@ def export_onnx_graph(
     inputs = CheckInputs.build(shape, samples, validation, random_samples, seed)
     timings: dict[str, float] = {}
     with stopwatch(timings, "fold"):
-        folded, fold_report = fold_onnx(model, sample=next(iter(inputs.groups.values()))[:8])
+        folded, fold_report = fold_onnx(model, next(iter(inputs.groups.values()))[:8], padded)
     original = session_runner(ort_session(model.SerializeToString(), "disable_all"), input_name, output_name)
     oracle = onnx_float64_oracle(model)
     with stopwatch(timings, "references (float64 oracle, float32 original)"):

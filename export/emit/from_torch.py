@@ -146,19 +146,21 @@ def export_onnx(
     opset: int | None = None,
     seed: int = 0,
     fp16: bool = False,
+    padded: str = "add",
 ) -> ExportReport:
     """Fold ``model``'s BatchNorms, export ONNX to ``path``, check it and verify it against float64.
 
     ``samples`` are real inputs for the checks (random inputs are always added); ``validation`` (all inputs of
     a validation split) enables the top-1 agreement check. ``fp16`` exports the half-precision variant
     (float32 input and output), held to fp16's own precision. ``metadata`` is embedded as ONNX metadata_props
-    (every value JSON-encoded). Raises :class:`VerificationError` and writes nothing on any breach.
+    (every value JSON-encoded). ``padded`` is ``fold_batchnorm``'s. Raises :class:`VerificationError` and writes
+    nothing on any breach.
     """
     path, names, tol = Path(path), (input_name, output_name), FLOAT16 if fp16 else FLOAT32
     timings: dict[str, float] = {}
     original = copy.deepcopy(model).eval()
     with stopwatch(timings, "fold"):
-        folded, fold_report = fold_batchnorm(model, example_inputs)
+        folded, fold_report = fold_batchnorm(model, example_inputs, padded)
     warnings = check_fp16(original, folded) if fp16 else []
     candidate = to_fp16(folded) if fp16 else folded
     shape = tuple(example_inputs[0].shape[1:])

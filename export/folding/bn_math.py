@@ -26,7 +26,9 @@ Fold the scale into a following ZERO-PADDED convolution, the shift staying in fr
     Conv_W(pad0(s * x + t)) = Conv_W(pad0(s * (x + t / s))) = Conv_{W'}(pad0(x + t / s))
 
   since a padded zero is s * 0; W' as above, b unchanged (``following_weight_bias`` with t = 0), and
-  ``Shift(t / s)`` before the conv: one per-channel Add instead of a Mul and an Add.
+  ``Shift(t / s)`` before the conv: one per-channel Add instead of a Mul and an Add. Or, for one fixed input
+  size, by linearity: Conv_W(pad0(s * x + t)) = Conv_{W'}(pad0(x)) + M with M = Conv_W(pad0(t)) (b included), a
+  constant [C_out, H_out, W_out] map (``BiasMap``) that replaces the conv's bias: no per-channel op is left.
 """
 
 from __future__ import annotations
@@ -157,3 +159,16 @@ class Shift(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.shift.view((1, -1) + (1,) * (x.dim() - 2))
+
+
+class BiasMap(nn.Module):
+    """``y + map``, map [C_out, H, W] fixed: a conv's bias plus a BN shift's effect through its zero padding."""
+
+    def __init__(self, bias_map: torch.Tensor, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.register_buffer("bias_map", bias_map.to(dtype))
+
+    bias_map: torch.Tensor
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y + self.bias_map

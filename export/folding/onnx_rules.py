@@ -216,6 +216,52 @@ def fold_padded(bn: BnAffine, layer: Layer, editor: GraphEditor) -> str:
     return f"{add.name}+{target}"
 
 
+def fold_bias_map(bn: BnAffine, layer: Layer, editor: GraphEditor, spatial: tuple[int, ...]) -> str:
+    """Replace BN -> Conv(padded) by Conv'(x, W', no bias) -> Add(., M): W'[o, c] = W[o, c] * s[c] and
+    M = Conv_W(pad0(t)) + b at BN's input size ``spatial``, run in float64 by the oracle; returns the labels."""
+    x = bn.node.inputs[0]
+    assert x is not None  # read_bn checked the inputs
+    node, zero = layer.node, torch.zeros(bn.channels, dtype=torch.float64)
+    bias = layer.bias if layer.bias is not None else np.zeros(layer.weight.shape[0])
+    w, _ = following_weight_bias(_t(layer.weight), _t(bias), _t(bn.s), zero, layer.attr("group", 1))
+    dtype, base = ir.DataType.from_numpy(layer.weight.dtype), node.name or node_label(node)
+    conv = make_node(
+        "Conv",
+        [x, editor.constant(w.numpy(), dtype, f"{base}_bnfold_weight")],
+        list(node.attributes.values()),
+        node.name,
+    )
+    conv.outputs[0].name = editor.unique(f"{base}_bnfold_unbiased")
+    bias_map = editor.constant(_conv_of_constant(layer, bn.t, bias, spatial), dtype, f"{base}_bnfold_bias_map")
+    add = make_node("Add", [conv.outputs[0], bias_map], [], f"{base}_bnfold_bias_map_add")
+    editor.replace([bn.node, node], [conv, add], node.outputs[0])
+    return f"{node_label(conv)}+{add.name}"
+
+
+def _conv_of_constant(layer: Layer, t: np.ndarray, bias: np.ndarray, spatial: tuple[int, ...]) -> np.ndarray:
+    """Conv_W(pad0(t)) + b for an input holding t[c] at every position of ``spatial``: [C_out, H_out, ...]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.verification.onnx_oracle import onnx_float64_oracle
+
+    x = np.broadcast_to(t.reshape(1, -1, *([1] * len(spatial))), (1, len(t), *spatial)).astype(np.float64)
+    attrs = {a.name: a.value for a in layer.node.attributes.values()}
+    conv = helper.make_node("Conv", ["x", "w", "b"], ["y"], **attrs)
+    inits = [
+        numpy_helper.from_array(layer.weight.astype(np.float64), "w"),
+        numpy_helper.from_array(bias.astype(np.float64), "b"),
+    ]
+    graph = helper.make_graph(
+        [conv],
+        "bias_map",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, x.shape)],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)],
+        initializer=inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    return np.asarray(onnx_float64_oracle(proto)(x)[0])
+
+
 def _emit(
     editor: GraphEditor,
     layer: Layer,

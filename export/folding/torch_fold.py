@@ -34,6 +34,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from export.errors import ExportError
 from export.folding.bn_math import (
+    BiasMap,
     ScaleShift,
     Shift,
     assign,
@@ -42,7 +43,7 @@ from export.folding.bn_math import (
     fold_into_preceding,
     population_scale_shift,
 )
-from export.report import PADDED, PADDED_NOTE, FoldReport, FoldRow
+from export.report import PADDED, PADDED_MAP, PADDED_MAP_NOTE, PADDED_MODES, PADDED_NOTE, FoldReport, FoldRow
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +74,9 @@ def _diff(new: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 class _Folder:
     """Holds the traced graph and the state shared by the predicates and transforms."""
 
-    def __init__(self, gm: fx.GraphModule, values: dict[fx.Node, Any]) -> None:
+    def __init__(self, gm: fx.GraphModule, values: dict[fx.Node, Any], padded: str = "add") -> None:
         self.gm = gm
+        self.padded = padded  # "add" (Shift before the conv) or "bias-map" (BiasMap after it)
         self.values = values
         self.modules = dict(gm.named_modules())
         self.sites = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
@@ -219,6 +221,35 @@ class _Folder:
         reason = f"{why_not}; {PADDED_NOTE}{note}"
         self.report.rows.append(FoldRow(name, PADDED, str(nxt.target), reason, abs_d, rel_d))
 
+    def fold_bias_map(self, bn_node: fx.Node, bn: _BatchNorm, name: str, why_not: str) -> None:
+        """BN -> zero-padded conv  ==>  conv' (W'[o, c] = W[o, c] * s[c], no bias) -> BiasMap(Conv_W(pad0(t)) + b),
+        the map computed in float64 at the size of the example input's value here."""
+        nxt, x_in = next(iter(bn_node.users)), bn_node.args[0]
+        value = self.values.get(x_in)  # type: ignore[arg-type]
+        assert isinstance(value, torch.Tensor)  # the recorder saw every value
+        layer, note = self.own_module(nxt)
+        before = copy.deepcopy(layer)
+        s, t = bn_scale_shift(bn)
+        with torch.no_grad():
+            shift = t.view(1, -1, *([1] * (value.dim() - 2))).expand(1, -1, *value.shape[2:]).contiguous()
+            bias_map = copy.deepcopy(before).double()(shift)[0]
+        assert isinstance(layer, nn.modules.conv._ConvNd)  # why_not_padded checked it
+        weight, _ = fold_into_following(layer, s, torch.zeros_like(t))
+        layer.weight = nn.Parameter(weight.to(layer.weight.dtype), requires_grad=False)
+        layer.register_parameter("bias", None)
+        target = f"{name.replace('.', '_')}_bias_map"
+        module = BiasMap(bias_map, bn.running_mean.dtype)  # type: ignore[union-attr]
+        self.gm.add_submodule(target, module)
+        bn_node.replace_all_uses_with(x_in)  # type: ignore[arg-type]
+        self.gm.graph.erase_node(bn_node)
+        with self.gm.graph.inserting_after(nxt):
+            new = self.gm.graph.call_module(target, (nxt,))
+        nxt.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+        with torch.no_grad():
+            abs_d, rel_d = _diff(module(layer(value)), before(bn(value)))
+        reason = f"{why_not}; {PADDED_MAP_NOTE}{note}"
+        self.report.rows.append(FoldRow(name, PADDED_MAP, str(nxt.target), reason, abs_d, rel_d))
+
     def lower(
         self,
         bn_node: fx.Node,
@@ -320,7 +351,8 @@ def _fold_all(folder: _Folder) -> None:
         if why_next is None:
             folder.fold_following(node, bn, names[node], why_prev)
         elif why_padded is None:
-            folder.fold_padded(node, bn, names[node], f"not into the preceding layer ({why_prev})")
+            fold = folder.fold_bias_map if folder.padded == "bias-map" else folder.fold_padded
+            fold(node, bn, names[node], f"not into the preceding layer ({why_prev})")
         else:
             s, t = bn_scale_shift(bn)
             reason = f"no exact fold: {why_prev}; {why_next}" + (f"; {why_padded}" if why_padded != why_next else "")
@@ -330,18 +362,24 @@ def _fold_all(folder: _Folder) -> None:
         folder.lower(node, s, t, dtype, f"functional:{node.name}", None, "functional batch_norm call")
 
 
-def fold_batchnorm(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> tuple[nn.Module, FoldReport]:
+def fold_batchnorm(
+    model: nn.Module, example_inputs: tuple[torch.Tensor, ...], padded: str = "add"
+) -> tuple[nn.Module, FoldReport]:
     """Return an eval-mode copy of ``model`` with every BatchNorm folded or lowered, and a report.
 
     The original is untouched. Population (running) statistics are used whatever mode ``model`` is in.
+    ``padded``: a BN before a zero-padded conv keeps its shift as an Add before it ("add"), or as a bias map
+    after it fixed to the example inputs' size ("bias-map"; the model then serves that input size only).
     Raises :class:`ExportError` for a BN with ``track_running_stats=False`` or an untraceable model.
     """
+    if padded not in PADDED_MODES:
+        raise ExportError(f"unknown padded-conv fold {padded!r}; expected one of {', '.join(PADDED_MODES)}")
     _refuse_untracked(model)
     gm = _trace(model)
     recorder = _Recorder(gm)
     with torch.no_grad():
         recorder.run(*example_inputs)
-    folder = _Folder(gm, recorder.values)
+    folder = _Folder(gm, recorder.values, padded)
     _fold_all(folder)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()

@@ -257,7 +257,7 @@ def _subgraph_bn(path: Path) -> None:
 BAD_INPUTS = {
     "too few images for one batch": (["--recalibrate-batch-size", "1000"], "holds 600 images, fewer than one"),
     "batch size below 2": (["--recalibrate-batch-size", "1"], "must be at least 2, got 1"),
-    "images that do not fit the input": (["--onnx", "rgba.onnx"], "1 or 3 input channels"),
+    "images that do not fit the input": (["--onnx", "rgba.onnx"], "and 1 or 3 channels; it takes (4, 8, 8)"),
     "a BN whose input cannot be observed": (["--onnx", "subgraph.onnx"], "inside a subgraph, where its input"),
     "a graph with no BN left": (["--onnx", "folded.onnx"], "no BatchNormalization node"),
 }
