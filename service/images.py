@@ -25,6 +25,7 @@ from contracts.preprocessing import Preprocessing
 from service.errors import ApiError, bad_request
 from service.model import ModelVersion
 
+ACCEPTED = Preprocessing().formats  # what a model without a recorded recipe (a bnfold-train checkpoint) opens
 DECODE_THREADS = 2  # images decoded at once, whatever the number of requests: bounds their memory too
 _decoder: ThreadPoolExecutor | None = None
 
