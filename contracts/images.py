@@ -2,9 +2,10 @@
 tensor, bit for bit, in all three.
 
     decode (Pillow; header checked against a pixel budget before any pixel is decoded)
+    -> EXIF orientation applied, when the recipe (``spec.prep``, :mod:`contracts.preprocessing`) says so
     -> grey ("L") or RGB, as the spec's channels say
-    -> bilinear resize to the spec's H x W (Pillow's, with its antialiasing filter support)
-    -> float32 / 255                                   values in [0, 1], shape (C, H, W)
+    -> resize to the spec's H x W as the recipe says (default: bilinear squash, Pillow's antialiasing filter)
+    -> float32 / 255                                   values in [0, 1], shape (C, H, W) (or (H, W, C), BGR)
     -> (x - mean[c]) / std[c] per channel, in float32  only when the spec has a mean or a std
 
 Training fits mean and std on its training split after this step without them (``ImageSpec`` with none) and
@@ -16,11 +17,13 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from contracts.preprocessing import Preprocessing, oriented, resized
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -46,8 +49,10 @@ class ImageSpec:
     width: int
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    prep: Preprocessing = field(default_factory=Preprocessing)  # resize, interpolation, EXIF, channels, layout
 
     def __post_init__(self) -> None:
+        self.prep.check_crop(self.height, self.width)
         if self.channels not in (1, 3):
             raise ValueError(f"an image input has 1 or 3 channels, got {self.channels}")
         if self.height < 1 or self.width < 1:
@@ -60,13 +65,29 @@ class ImageSpec:
 
     @classmethod
     def from_shape(
-        cls, shape: Sequence[int], mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+        cls,
+        shape: Sequence[int],
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        prep: Preprocessing | None = None,
     ) -> ImageSpec:
-        """The spec of a model input shaped (C, H, W) (no batch axis)."""
+        """The spec of a model input shaped (C, H, W), or (H, W, C) for an NHWC recipe (no batch axis)."""
+        prep = prep or Preprocessing()
+        order = "H,W,C" if prep.layout == "NHWC" else "C,H,W"
         if len(shape) != 3:
-            raise ValueError(f"an image input is shaped C,H,W; got {list(shape)}")
-        channels, height, width = (int(d) for d in shape)
-        return cls(channels, height, width, _floats(mean), _floats(std))
+            raise ValueError(f"an image input is shaped {order}; got {list(shape)}")
+        dims = [int(d) for d in shape]
+        channels, height, width = (dims[2], dims[0], dims[1]) if prep.layout == "NHWC" else dims
+        return cls(channels, height, width, _floats(mean), _floats(std), prep)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """One image's array shape in the recipe's layout."""
+        return (self.height, self.width, self.channels) if self.prep.layout == "NHWC" else self.shape_chw
+
+    @property
+    def shape_chw(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
 
     @property
     def mode(self) -> str:
@@ -78,25 +99,32 @@ def _floats(values: Sequence[float] | None) -> tuple[float, ...] | None:
     return None if values is None else tuple(float(v) for v in values)
 
 
-def normalise(x: np.ndarray, mean: Sequence[float] | None, std: Sequence[float] | None) -> np.ndarray:
+def normalise(
+    x: np.ndarray, mean: Sequence[float] | None, std: Sequence[float] | None, layout: str = "NCHW"
+) -> np.ndarray:
     """``(x - mean[c]) / std[c]`` over the channel axis of ``x`` (..., C, H, W), in float32; the identity
     (as float32) when neither is given. Training applies this to its whole split, serving to one image."""
     x = np.asarray(x, dtype=np.float32)
     if mean is None and std is None:
         return x
-    channels = x.shape[-3]
-    m = np.asarray(mean if mean is not None else [0.0] * channels, dtype=np.float32).reshape(-1, 1, 1)
-    s = np.asarray(std if std is not None else [1.0] * channels, dtype=np.float32).reshape(-1, 1, 1)
+    channels = x.shape[-1] if layout == "NHWC" else x.shape[-3]
+    axes = (-1,) if layout == "NHWC" else (-1, 1, 1)
+    m = np.asarray(mean if mean is not None else [0.0] * channels, dtype=np.float32).reshape(axes)
+    s = np.asarray(std if std is not None else [1.0] * channels, dtype=np.float32).reshape(axes)
     return np.ascontiguousarray((x - m) / s, dtype=np.float32)
 
 
 def pixels(img: PILImage.Image, spec: ImageSpec) -> np.ndarray:
-    """An opened image -> float32 (C, H, W) in [0, 1]: converted to the spec's mode, resized bilinearly."""
-    from PIL import Image
-
-    converted = img.convert(spec.mode).resize((spec.width, spec.height), Image.Resampling.BILINEAR)
+    """An opened image -> float32 in [0, 1], (C, H, W) or (H, W, C) as the recipe (``spec.prep``) says:
+    EXIF-oriented, converted to the spec's mode, resized (squash, or shorter side and centre crop), channels
+    in RGB or BGR order."""
+    prep = spec.prep
+    converted = resized(oriented(img, prep).convert(spec.mode), prep, spec.height, spec.width)
     arr = np.asarray(converted, dtype=np.float32) / 255.0
-    return np.ascontiguousarray(arr[None] if spec.channels == 1 else arr.transpose(2, 0, 1))
+    hwc = arr[..., None] if spec.channels == 1 else arr
+    if prep.channel_order == "BGR":
+        hwc = hwc[..., ::-1]
+    return np.ascontiguousarray(hwc if prep.layout == "NHWC" else hwc.transpose(2, 0, 1))
 
 
 def _kind(formats: Sequence[str] | None) -> str:
@@ -127,7 +155,7 @@ def preprocess(
     from PIL import Image
 
     if isinstance(image, Image.Image):
-        return normalise(pixels(image, spec), spec.mean, spec.std)
+        return normalise(pixels(image, spec), spec.mean, spec.std, spec.prep.layout)
     label = name or (str(image) if isinstance(image, Path) else "image")
     try:
         with _open(image, formats) as img:
@@ -145,4 +173,4 @@ def preprocess(
             raise
         detail = _OBJECT_REPR.sub("", str(exc)) or type(exc).__name__
         raise ImageError(f"{label} is not a readable {_kind(formats)} ({detail})") from None
-    return normalise(x, spec.mean, spec.std)
+    return normalise(x, spec.mean, spec.std, spec.prep.layout)

@@ -19,6 +19,7 @@ from training.errors import BnfoldError
 from training.logs import configure_logging
 
 if TYPE_CHECKING:
+    from contracts.preprocessing import Preprocessing
     from export.job import ExportJob
 
 QUIET_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export", "torch._export")
@@ -39,6 +40,48 @@ def _floats(text: str) -> list[float]:
         return [float(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _image_flags(p: argparse.ArgumentParser) -> None:
+    """The image preprocessing flags (recorded in the model's metadata, applied by /classify)."""
+    i = p.add_argument_group(
+        "image preprocessing the model was trained with (--torch, --onnx; recorded, and applied by /classify)"
+    )
+    i.add_argument("--resize", type=int, metavar="N", help="shorter side to N, then the centre H x W (e.g. 256)")
+    i.add_argument("--crop", type=int, metavar="N", help="the centre crop's side: the model's H and W (e.g. 224)")
+    i.add_argument("--resize-mode", help="squash | shorter-side-crop (default: shorter-side-crop with --resize)")
+    i.add_argument(
+        "--interpolation", default="bilinear", help="nearest | bilinear | bicubic | lanczos (default bilinear)"
+    )
+    i.add_argument("--exif", default="apply", help="apply | ignore a photo's EXIF orientation (default apply)")
+    i.add_argument("--channel-order", default="RGB", help="RGB | BGR (default RGB)")
+    i.add_argument("--layout", default="NCHW", help="NCHW | NHWC: the model's input layout (default NCHW)")
+    i.add_argument("--formats", default="PNG,JPEG,WEBP", help="image formats accepted (default PNG,JPEG,WEBP)")
+
+
+def _repository_flags(p: argparse.ArgumentParser) -> None:
+    """Where and how the verified graph is written: repository, name, batching, variant, padded-BN fold."""
+    r = p.add_argument_group("repository")
+    r.add_argument("--repository", type=Path, default=Path("model_repository"), help="model repository root")
+    r.add_argument("--name", help="model name in the repository (default from the source)")
+    r.add_argument("--max-batch-size", type=int, default=64, help="config.pbtxt max_batch_size (default 64)")
+    r.add_argument("--max-queue-delay-us", type=int, default=500, help="dynamic batching delay (default 500)")
+    variant = r.add_mutually_exclusive_group()
+    variant.add_argument("--fp16", action="store_true", help="export the half-precision variant as <name>-fp16")
+    variant.add_argument("--int8", action="store_true", help="export the int8 variant as <name>-int8 (QDQ, gated)")
+    r.add_argument(
+        "--calibration-method",
+        choices=("minmax", "entropy", "percentile"),
+        default="minmax",
+        help="int8 calibration (default minmax)",
+    )
+    r.add_argument("--data-dir", type=Path, help="where the checkpoint's dataset lives now, if it moved")
+    r.add_argument(
+        "--padded-bn",
+        default="add",
+        help="BN before a zero-padded conv: add (its shift as one Add before the conv; default) or bias-map (a "
+        "constant map after it, for the fixed input size)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,26 +108,31 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mean", type=_floats, help="per-channel input mean the model expects, e.g. 0.485,0.456,0.406")
     t.add_argument("--std", type=_floats, help="per-channel input std the model expects, e.g. 0.229,0.224,0.225")
     t.add_argument("--images", type=Path, metavar="DIR", help="real inputs: <DIR>/<class>/<image> (or flat)")
-    t.add_argument("--recalibrate", type=Path, metavar="DIR", help="recompute BN statistics by Algorithm 2 (--torch)")
+    t.add_argument("--recalibrate", type=Path, metavar="DIR", help="recompute BN statistics by Algorithm 2")
     t.add_argument("--recalibrate-batch-size", type=int, default=32, help="mini-batch size m for it (default 32)")
-    r = p.add_argument_group("repository")
-    r.add_argument("--repository", type=Path, default=Path("model_repository"), help="model repository root")
-    r.add_argument("--name", help="model name in the repository (default from the source)")
-    r.add_argument("--max-batch-size", type=int, default=64, help="config.pbtxt max_batch_size (default 64)")
-    r.add_argument("--max-queue-delay-us", type=int, default=500, help="dynamic batching delay (default 500)")
-    variant = r.add_mutually_exclusive_group()
-    variant.add_argument("--fp16", action="store_true", help="export the half-precision variant as <name>-fp16")
-    variant.add_argument("--int8", action="store_true", help="export the int8 variant as <name>-int8 (QDQ, gated)")
-    r.add_argument(
-        "--calibration-method",
-        choices=("minmax", "entropy", "percentile"),
-        default="minmax",
-        help="int8 calibration (default minmax)",
-    )
-    r.add_argument("--data-dir", type=Path, help="where the checkpoint's dataset lives now, if it moved")
+    _image_flags(p)
+    _repository_flags(p)
     p.add_argument("--json", action="store_true", help="print the export report as JSON instead of tables")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
+
+
+def _preprocessing(args: argparse.Namespace) -> Preprocessing:
+    """The recipe the image flags name; ExportError (one line) for an unknown value or a crop over the resize."""
+    from contracts.preprocessing import Preprocessing
+    from export.errors import ExportError
+
+    if args.exif not in ("apply", "ignore"):
+        raise ExportError(f"--exif {args.exif!r}: expected apply or ignore")
+    mode = args.resize_mode or ("shorter-side-crop" if args.resize is not None else "squash")
+    formats = tuple(f.strip().upper() for f in args.formats.split(",") if f.strip())
+    try:
+        return Preprocessing(
+            mode, args.resize, args.crop, args.interpolation, args.exif == "apply", args.channel_order.upper(),
+            args.layout.upper(), formats,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ExportError(f"image preprocessing: {exc}") from exc
 
 
 def _job(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ExportJob:
@@ -92,7 +140,10 @@ def _job(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ExportJob
     if args.checkpoint is not None:
         from export.sources.checkpoint import job_from_checkpoint
 
+        if args.resize is not None or args.crop is not None or args.resize_mode is not None:
+            parser.error("--resize, --crop and --resize-mode are for --torch and --onnx; a checkpoint keeps its own")
         return job_from_checkpoint(args.checkpoint, args.data_dir)
+    prep = _preprocessing(args)
     if args.torch is not None:
         if args.weights is None or args.input_shape is None:
             parser.error("--torch needs --weights FILE and --input-shape C,H,W")
@@ -110,13 +161,23 @@ def _job(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ExportJob
                 args.images,
                 args.recalibrate,
                 args.recalibrate_batch_size,
+                prep,
             )
         )
-    if args.recalibrate is not None:
-        parser.error("--recalibrate needs a PyTorch model (--torch): an ONNX graph has no training mode to run")
     from export.sources.onnx_file import OnnxSource, job_from_onnx
 
-    return job_from_onnx(OnnxSource(args.onnx, args.labels, args.mean, args.std, args.images))
+    return job_from_onnx(
+        OnnxSource(
+            args.onnx,
+            args.labels,
+            args.mean,
+            args.std,
+            args.images,
+            args.recalibrate,
+            args.recalibrate_batch_size,
+            prep,
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.ERROR)
 
+        job = _job(args, parser)
+        job.padded_bn = args.padded_bn
         written = export_job(
             job,
             args.repository,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
+from contracts.preprocessing import Preprocessing
 from export.errors import ExportError
 
 if TYPE_CHECKING:
@@ -37,12 +38,17 @@ class ExportJob:
     metadata: dict[str, Any] = field(default_factory=dict)  # bnfold.* ONNX metadata of the source
     report: dict[str, Any] = field(default_factory=dict)  # extra export_report.json sections
     onnx_checked: bool = False  # an ONNX ``model`` already passed check_onnx_input (job_from_onnx sets it)
+    padded_bn: str = "add"  # a BN before a zero-padded conv: its shift as an "add" before it, or a "bias-map"
+    preprocessing: Preprocessing | None = None  # the images' recipe (None: a bnfold checkpoint, today's squash)
 
     @property
     def input_meta(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {"name": self.input_name, "shape": list(self.input_shape), "layout": "NCHW"}
+        layout = self.preprocessing.layout if self.preprocessing is not None else "NCHW"
+        meta: dict[str, Any] = {"name": self.input_name, "shape": list(self.input_shape), "layout": layout}
         if self.normalization is not None:
             meta["normalization"] = self.normalization
+        if self.preprocessing is not None:
+            meta["preprocessing"] = self.preprocessing.to_dict()
         return meta
 
     def example(self) -> np.ndarray:

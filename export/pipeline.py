@@ -71,14 +71,14 @@ def _candidate(job: ExportJob, precision: str, inputs: CheckInputs) -> Candidate
     if isinstance(job.model, onnx.ModelProto):
         from export.emit.from_onnx import onnx_candidate
 
-        return onnx_candidate(job.model, inputs.first(), fp16=precision == "float16")
+        return onnx_candidate(job.model, inputs.first(), fp16=precision == "float16", padded=job.padded_bn)
     import torch
 
     from export.emit.from_torch import torch_candidate
 
     example = (torch.from_numpy(job.example()),)
     names = (job.input_name, job.output_name)
-    return torch_candidate(job.model, example, names, fp16=precision == "float16")
+    return torch_candidate(job.model, example, names, fp16=precision == "float16", padded=job.padded_bn)
 
 
 def _require_int8_data(job: ExportJob) -> None:

@@ -16,12 +16,22 @@ if TYPE_CHECKING:
     from export.verification.checks import Check, Tolerance
 
 
+PADDED = "folded-into-following-padded"  # scale into the padded conv's weights, shift left as one Add before it
+PADDED_NOTE = "scale folded into the padded conv, shift t/s left as one per-channel Add (1 op fewer than Mul+Add)"
+PADDED_MAP = "folded-into-following-padded-bias-map"  # scale into the conv, shift as a constant map after it
+PADDED_MAP_NOTE = (
+    "scale folded into the padded conv, shift's effect a constant [C_out, H, W] map that replaces its bias (for "
+    "this input size only): the conv's bias Add is the only one left (1 op fewer than Mul+Add)"
+)
+PADDED_MODES = ("add", "bias-map")
+
+
 @dataclass
 class FoldRow:
     """One BatchNorm layer: what it became, why, and the largest difference that introduced."""
 
     bn: str
-    action: str  # "folded-into-preceding" | "folded-into-following" | "lowered-to-scale-shift"
+    action: str  # "folded-into-preceding" | "folded-into-following" | PADDED | "lowered-to-scale-shift"
     target: str  # the layer it went into, or the new scale-shift module
     reason: str
     max_abs_diff: float = 0.0
@@ -53,8 +63,9 @@ class FoldReport:
         """One line: how many BN layers were folded and lowered."""
         t = self.totals
         folded = t.get("folded-into-preceding", 0) + t.get("folded-into-following", 0)
-        lowered = t.get("lowered-to-scale-shift", 0)
-        return f"{t['batchnorm_layers']} BatchNorm layers: {folded} folded, {lowered} lowered to scale-shift"
+        lowered, padded = t.get("lowered-to-scale-shift", 0), t.get(PADDED, 0) + t.get(PADDED_MAP, 0)
+        shifts = f", {padded} folded into a padded conv (shift as an Add or a bias map)" if padded else ""
+        return f"{t['batchnorm_layers']} BatchNorm layers: {folded} folded{shifts}, {lowered} lowered to scale-shift"
 
     def table(self) -> str:
         """A fixed-width text table, one row per BN layer."""

@@ -110,10 +110,12 @@ RENDERED = {"input 'input': shape [...], expected [-1, 1, 8, 8]"}
 
 def _unreadable_upload() -> str:
     from contracts.images import ImageError, ImageSpec, preprocess
-    from service.images import ACCEPTED
+    from contracts.preprocessing import Preprocessing
 
     with pytest.raises(ImageError) as info:
-        preprocess(b"GIF89a", ImageSpec(1, 8, 8), name="x.png", formats=ACCEPTED)
+        preprocess(
+            b"GIF89a", ImageSpec(1, 8, 8), name="x.png", formats=Preprocessing().formats
+        )  # a model with no recorded recipe
     return str(info.value)
 
 

@@ -25,16 +25,19 @@ from export.verification.onnx_oracle import onnx_float64_oracle
 from training.atomic import staged_file
 
 
-def onnx_candidate(model: onnx.ModelProto, sample: np.ndarray | None = None, *, fp16: bool = False) -> Candidate:
+def onnx_candidate(
+    model: onnx.ModelProto, sample: np.ndarray | None = None, *, fp16: bool = False, padded: str = "add"
+) -> Candidate:
     """``model`` folded, with its original (ONNX Runtime, ORT_DISABLE_ALL) and float64 oracle as judges.
 
     ``sample``: a few inputs on which each fold site's difference is measured for the fold report. ``fp16``:
-    the half-precision variant (``export.variants.fp16_onnx``), held to fp16's tolerance.
+    the half-precision variant (``export.variants.fp16_onnx``), held to fp16's tolerance. ``padded``: how a BN
+    before a zero-padded conv is folded (``fold_onnx``'s).
     """
     input_name, output_name, _ = graph_io(model)
     timings: dict[str, float] = {}
     with stopwatch(timings, "fold"):
-        folded, fold_report = fold_onnx(model, sample=sample)
+        folded, fold_report = fold_onnx(model, sample=sample, padded=padded)
     if fp16:
         folded = to_fp16_graph(folded)
     original = session_runner(ort_session(model.SerializeToString(), "disable_all"), input_name, output_name)
@@ -53,6 +56,7 @@ def export_onnx_graph(
     random_samples: int = 32,
     seed: int = 0,
     input_checked: bool = False,
+    padded: str = "add",
 ) -> ExportReport:
     """Fold every BatchNormalization of ``model``, write it to ``path`` and verify it against float64.
 
@@ -62,7 +66,7 @@ def export_onnx_graph(
     if not input_checked:
         check_onnx_input(model)
     inputs = CheckInputs.build(graph_io(model)[2], samples, validation, random_samples, seed)
-    candidate = onnx_candidate(model, inputs.first())
+    candidate = onnx_candidate(model, inputs.first(), padded=padded)
     with staged_file(Path(path)) as tmp:
         report = write_verified(candidate, tmp, inputs, metadata)
         report.path = Path(path)

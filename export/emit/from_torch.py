@@ -99,12 +99,16 @@ def torch_candidate(
     *,
     fp16: bool = False,
     opset: int | None = None,
+    padded: str = "add",
 ) -> Candidate:
-    """``model`` folded (fp16 with ``fp16``: float32 at its edges) and emitted as ONNX, with its judges."""
+    """``model`` folded (fp16 with ``fp16``: float32 at its edges) and emitted as ONNX, with its judges.
+
+    ``padded``: how a BN before a zero-padded conv is folded (``fold_batchnorm``'s).
+    """
     timings: dict[str, float] = {}
     original = copy.deepcopy(model).eval()
     with stopwatch(timings, "fold"):
-        folded, fold_report = fold_batchnorm(model, example_inputs)
+        folded, fold_report = fold_batchnorm(model, example_inputs, padded)
     warnings = check_fp16(original, folded) if fp16 else []
     module = to_fp16(folded) if fp16 else folded
     tol = FLOAT16 if fp16 else FLOAT32
@@ -141,17 +145,19 @@ def export_onnx(
     opset: int | None = None,
     seed: int = 0,
     fp16: bool = False,
+    padded: str = "add",
 ) -> ExportReport:
     """Fold ``model``'s BatchNorms, export ONNX to ``path``, check it and verify it against float64.
 
     ``samples`` are real inputs for the checks (random inputs are always added); ``validation`` (all inputs of
     a validation split) enables the top-1 agreement check. ``fp16`` exports the half-precision variant
     (float32 input and output), held to fp16's own precision. ``metadata`` is embedded as ONNX metadata_props
-    (every value JSON-encoded). Raises :class:`VerificationError` and writes nothing on any breach.
+    (every value JSON-encoded). ``padded`` is ``fold_batchnorm``'s. Raises :class:`VerificationError` and writes
+    nothing on any breach.
     """
     shape = tuple(example_inputs[0].shape[1:])
     inputs = CheckInputs.build(shape, _numpy(samples), _numpy(validation), random_samples, seed)
-    candidate = torch_candidate(model, example_inputs, (input_name, output_name), fp16=fp16, opset=opset)
+    candidate = torch_candidate(model, example_inputs, (input_name, output_name), fp16=fp16, opset=opset, padded=padded)
     with staged_file(Path(path)) as tmp:
         report = write_verified(candidate, tmp, inputs, metadata)
         report.path = Path(path)

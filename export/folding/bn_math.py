@@ -21,6 +21,15 @@ Fold into the FOLLOWING layer z = W * BN(x) + b (BN acts on the layer's input ch
 
   exact for Linear, and for a convolution only where no padding is read (padding 0): a zero-padded
   position holds 0, not t. Grouped: input channel c of output o is g(o) * (C_in/groups) + j.
+
+Fold the scale into a following ZERO-PADDED convolution, the shift staying in front of it (every s non-zero):
+
+    Conv_W(pad0(s * x + t)) = Conv_W(pad0(s * (x + t / s))) = Conv_{W'}(pad0(x + t / s))
+
+  since a padded zero is s * 0; W' as above, b unchanged (``following_weight_bias`` with t = 0), and
+  ``Shift(t / s)`` before the conv: one per-channel Add instead of a Mul and an Add. Or, for one fixed input
+  size, by linearity: Conv_W(pad0(s * x + t)) = Conv_{W'}(pad0(x)) + M with M = Conv_W(pad0(t)) (b included), a
+  constant [C_out, H_out, W_out] map (``BiasMap``) that replaces the conv's bias: no per-channel op is left.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ What each opset version means, and what bnfold accepts:
     14, 15   attribute ``training_mode`` (default 0); 1 is refused. Outputs running_mean/running_var with
              training_mode=0 are not valid ONNX; unused ones are dropped, consumed ones refused.
 
+Training mode is refused here; ``--recalibrate`` (``export.recalibration.training_form``) converts such a node
+to inference mode, with statistics recomputed by Algorithm 2, before this module reads it.
+
 ``s`` and ``t`` come from ``export.folding.bn_math.scale_shift``, the one formula for BN's scale and shift (float64).
 """
 
@@ -60,13 +63,17 @@ def training_reason(node: ir.Node, opset: int) -> str | None:
     """Why ``node`` computes with batch statistics (training mode), or None when it is in inference mode."""
     if opset >= 14:
         if node.attributes.get_int("training_mode", 0) == 1:
-            return "training_mode=1 (it normalises with batch statistics; export the model in eval mode)"
+            return (
+                "training_mode=1 (it normalises with batch statistics; export the model in eval mode, or pass "
+                "--recalibrate DIR to recompute its statistics and convert it)"
+            )
         return None
     extra = [v.name for v in node.outputs[1:] if v is not None and v.name]
     if extra:
         return (
             f"it has training outputs {extra} (at opset {opset} outputs beyond Y mean training mode, "
-            "where it normalises with batch statistics; export the model in eval mode)"
+            "where it normalises with batch statistics; export the model in eval mode, or pass --recalibrate DIR "
+            "to recompute its statistics and convert it)"
         )
     return None
 

@@ -21,10 +21,11 @@ ORPHAN_OPS = ("Constant", "Identity", "Transpose")  # producers of constants, dr
 class GraphEditor:
     """Owns one graph's edits: unique names, new constants, node replacement, dropping orphaned constants."""
 
-    def __init__(self, model: ir.Model, ranks: dict[str, int]) -> None:
+    def __init__(self, model: ir.Model, ranks: dict[str, int], dims: dict[str, tuple[int | None, ...]] | None = None):
         self.model = model
         self.graph = model.graph
         self.ranks = ranks
+        self.dims = dims or {}  # value name -> inferred dims (None where symbolic), when the caller asked
         self._names = {v.name for v in _all_values(self.graph) if v.name}
 
     def unique(self, base: str) -> str:
@@ -48,6 +49,13 @@ class GraphEditor:
         if value.shape is not None:
             return len(value.shape)
         return self.ranks.get(value.name or "")
+
+    def static_spatial(self, value: ir.Value) -> tuple[int, ...] | None:
+        """The value's dims after N and C when all are fixed numbers, else None."""
+        own = tuple(d if isinstance(d, int) else None for d in value.shape.dims) if value.shape is not None else None
+        dims = own or self.dims.get(value.name or "")
+        spatial = tuple(d for d in (dims or ())[2:] if isinstance(d, int))
+        return spatial if dims is not None and len(dims) >= 3 and len(spatial) == len(dims) - 2 else None
 
     def replace(self, old_nodes: Sequence[ir.Node], new_nodes: Sequence[ir.Node], old_out: ir.Value) -> None:
         """Put ``new_nodes`` where ``old_nodes`` were; the last new node's output takes over ``old_out``.
@@ -87,18 +95,18 @@ def _all_values(graph: ir.Graph) -> list[ir.Value]:
     return values
 
 
-def inferred_ranks(model_copy: ir.Model) -> dict[str, int]:
-    """Value name -> rank from ONNX shape inference on a throwaway copy (the model to fold is not touched)."""
+def inferred_dims(model_copy: ir.Model) -> dict[str, tuple[int | None, ...]]:
+    """Value name -> dims (None where symbolic) from ONNX shape inference on a throwaway copy."""
     try:
         ShapeInferencePass(check_type=False, strict_mode=False)(model_copy)
     except Exception as exc:  # inference is a hint; the folds that need a rank refuse without it
         logger.warning("ONNX shape inference failed (%s); folds that need a rank will lower instead", exc)
         return {}
-    ranks: dict[str, int] = {}
-    for value in _all_values(model_copy.graph):
-        if value.name and value.shape is not None:
-            ranks[value.name] = len(value.shape)
-    return ranks
+    return {
+        value.name: tuple(d if isinstance(d, int) else None for d in value.shape.dims)
+        for value in _all_values(model_copy.graph)
+        if value.name and value.shape is not None
+    }
 
 
 def make_node(op_type: str, inputs: Sequence[ir.Value | None], attrs: Sequence[ir.Attr], name: str | None) -> ir.Node:

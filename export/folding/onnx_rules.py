@@ -1,5 +1,7 @@
 """Predicates ("may this BN fold here? if not, why?") and transforms for the ONNX fold, one pair per pattern.
 
+Pattern 3 (BN before a zero-padded Conv) is ``why_not_padded`` / ``fold_padded``.
+
 The math is ``export.folding.bn_math``'s (``preceding_weight_bias``, ``following_weight_bias``) on float64 tensors,
 cast once to the weight's dtype; ``export.folding.onnx_fold`` states the patterns, preconditions and formulas.
 A predicate returns the layer to fold into, or the reason there is none (the report keeps it).
@@ -9,6 +11,7 @@ Gemm's B is L when transB=1 and L^T when transB=0; MatMul's constant right opera
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,8 +125,8 @@ def fold_preceding(bn: BnAffine, layer: Layer, editor: GraphEditor) -> str:
 # ---- BN folded into the layer after it --------------------------------------------------------------------
 
 
-def why_not_following(bn: BnAffine) -> Layer | str:
-    """The layer after ``bn`` to fold it into, or the reason there is none."""
+def _following_layer(bn: BnAffine) -> Layer | str:
+    """The Conv or Gemm reading ``bn``'s output as its data input, with matching channels; or why there is none."""
     if not bn.per_channel:
         return "spatial=0: per-element statistics"
     use = _only_use(bn.node.outputs[0])
@@ -136,8 +139,6 @@ def why_not_following(bn: BnAffine) -> Layer | str:
     if isinstance(layer, str):
         return layer
     if layer.op == "Conv":
-        if reads_padding(consumer):
-            return f"Conv {node_label(consumer)!r} reads padding (a padded zero is not BN's shift)"
         c_in = layer.weight.shape[1] * layer.attr("group", 1)
     else:
         if layer.attr("transA", 0) != 0:
@@ -145,6 +146,28 @@ def why_not_following(bn: BnAffine) -> Layer | str:
         c_in = layer.linear().shape[1]
     if c_in != bn.channels:
         return f"{node_label(consumer)!r} has {c_in} input channels, BN has {bn.channels}"
+    return layer
+
+
+def why_not_following(bn: BnAffine) -> Layer | str:
+    """The layer after ``bn`` to fold it into (pattern 2), or the reason there is none."""
+    layer = _following_layer(bn)
+    if not isinstance(layer, str) and layer.op == "Conv" and reads_padding(layer.node):
+        return f"Conv {node_label(layer.node)!r} reads padding (a padded zero is not BN's shift)"
+    return layer
+
+
+def why_not_padded(bn: BnAffine) -> Layer | str:
+    """The zero-padded Conv after ``bn`` to fold its scale into, its shift staying as one Add (pattern 3), or why
+    not: that needs every scale non-zero, so that the shift can move in front of it."""
+    layer = _following_layer(bn)
+    if isinstance(layer, str):
+        return layer
+    if layer.op != "Conv" or not reads_padding(layer.node):
+        return f"{node_label(layer.node)!r} is no padded Conv"
+    zero = np.flatnonzero(bn.s == 0)
+    if len(zero):
+        return f"its scale is 0 in channel(s) {zero[:5].tolist()} (gamma = 0): the shift cannot move before the scale"
     return layer
 
 
@@ -174,6 +197,70 @@ def fold_following(bn: BnAffine, layer: Layer, editor: GraphEditor) -> str:
     return _emit(editor, layer, new_w, new_b, attrs, old, layer.node.outputs[0], data=bn.node.inputs[0])
 
 
+def fold_padded(bn: BnAffine, layer: Layer, editor: GraphEditor) -> str:
+    """Replace BN -> Conv(padded) by Add(x, t/s) -> Conv' with W'[o, c] = W[o, c] * s[c]; returns the labels."""
+    x = bn.node.inputs[0]
+    assert x is not None  # read_bn checked the inputs
+    s, zero = _t(bn.s), np.zeros(bn.channels, dtype=np.float64)
+    bias = layer.bias if layer.bias is not None else np.zeros(layer.weight.shape[0])
+    w, b = following_weight_bias(_t(layer.weight), _t(bias), s, zero, layer.attr("group", 1))  # b: unchanged
+    shape = (bn.channels, *([1] * (layer.weight.ndim - 2)))
+    dtype = x.dtype if x.dtype is not None else bn.dtype
+    shift = editor.constant((bn.t / bn.s).reshape(shape), dtype, f"{bn.label}_bnfold_padded_shift")
+    add = make_node("Add", [x, shift], [], f"{bn.label}_bnfold_add")
+    add.outputs[0].name = editor.unique(f"{bn.label}_bnfold_shifted")
+    attrs = dict(layer.node.attributes)
+    old = [bn.node, layer.node]
+    target = _emit(editor, layer, w, b, attrs, old, layer.node.outputs[0], add.outputs[0], [add])
+    return f"{add.name}+{target}"
+
+
+def fold_bias_map(bn: BnAffine, layer: Layer, editor: GraphEditor, spatial: tuple[int, ...]) -> str:
+    """Replace BN -> Conv(padded) by Conv'(x, W', no bias) -> Add(., M): W'[o, c] = W[o, c] * s[c] and
+    M = Conv_W(pad0(t)) + b at BN's input size ``spatial``, run in float64 by the oracle; returns the labels."""
+    x = bn.node.inputs[0]
+    assert x is not None  # read_bn checked the inputs
+    node, zero = layer.node, np.zeros(bn.channels, dtype=np.float64)
+    bias = layer.bias if layer.bias is not None else np.zeros(layer.weight.shape[0])
+    w, _ = following_weight_bias(_t(layer.weight), _t(bias), _t(bn.s), zero, layer.attr("group", 1))
+    dtype, base = ir.DataType.from_numpy(layer.weight.dtype), node.name or node_label(node)
+    conv = make_node(
+        "Conv",
+        [x, editor.constant(w, dtype, f"{base}_bnfold_weight")],
+        list(node.attributes.values()),
+        node.name,
+    )
+    conv.outputs[0].name = editor.unique(f"{base}_bnfold_unbiased")
+    bias_map = editor.constant(_conv_of_constant(layer, bn.t, bias, spatial), dtype, f"{base}_bnfold_bias_map")
+    add = make_node("Add", [conv.outputs[0], bias_map], [], f"{base}_bnfold_bias_map_add")
+    editor.replace([bn.node, node], [conv, add], node.outputs[0])
+    return f"{node_label(conv)}+{add.name}"
+
+
+def _conv_of_constant(layer: Layer, t: np.ndarray, bias: np.ndarray, spatial: tuple[int, ...]) -> np.ndarray:
+    """Conv_W(pad0(t)) + b for an input holding t[c] at every position of ``spatial``: [C_out, H_out, ...]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.verification.onnx_oracle import onnx_float64_oracle
+
+    x = np.broadcast_to(t.reshape(1, -1, *([1] * len(spatial))), (1, len(t), *spatial)).astype(np.float64)
+    attrs = {a.name: a.value for a in layer.node.attributes.values()}
+    conv = helper.make_node("Conv", ["x", "w", "b"], ["y"], **attrs)
+    inits = [
+        numpy_helper.from_array(layer.weight.astype(np.float64), "w"),
+        numpy_helper.from_array(bias.astype(np.float64), "b"),
+    ]
+    graph = helper.make_graph(
+        [conv],
+        "bias_map",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, x.shape)],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)],
+        initializer=inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    return np.asarray(onnx_float64_oracle(proto)(x)[0])
+
+
 def _emit(
     editor: GraphEditor,
     layer: Layer,
@@ -183,8 +270,9 @@ def _emit(
     old_nodes: list[ir.Node],
     old_out: ir.Value,
     data: ir.Value | None = None,
+    before: Sequence[ir.Node] = (),
 ) -> str:
-    """One new node (fresh weight and bias initializers) standing in for ``old_nodes``."""
+    """One new node (fresh weight and bias initializers), after ``before``, standing in for ``old_nodes``."""
     node = layer.node
     dtype = ir.DataType.from_numpy(layer.weight.dtype)  # cast once, to the weight's own type
     base = node.name or node_label(node)
@@ -193,7 +281,7 @@ def _emit(
     op = "Gemm" if layer.op == "MatMul" else layer.op
     x = data if data is not None else node.inputs[0]
     new = make_node(op, [x, weight_value, bias_value], list(attrs.values()), node.name)
-    editor.replace(old_nodes, [new], old_out)
+    editor.replace(old_nodes, [*before, new], old_out)
     return node_label(new)
 
 

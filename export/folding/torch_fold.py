@@ -8,7 +8,10 @@ Pattern and result, per BatchNorm call site (population statistics, whatever mod
     2. BN -> layer            ==>  layer'         layer is Linear on 2-D input, or a Conv with padding 0;
                                                   preconditions: BN's output feeds only this layer, as its
                                                   input; BN's channels are its input channels.
-    3. anything else          ==>  x * s + t      one per-channel scale-and-shift (exact; two ONNX ops).
+    3. BN -> zero-padded conv ==>  x + t/s -> conv'  the scale into the conv's weights, the shift as one
+                                                  per-channel Add (``Shift``); preconditions as 2., and every s
+                                                  non-zero. Exact: Conv_W(pad0(s*x + t)) = Conv_{W*s}(pad0(x + t/s)).
+    4. anything else          ==>  x * s + t      one per-channel scale-and-shift (exact; two ONNX ops).
 
 A layer module called at several sites is copied per site before a fold touches it, so a fold at one site
 never changes another. The math (``export.folding.bn_math``) runs in float64 and is cast once. Predicates
@@ -31,14 +34,16 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from export.errors import ExportError
 from export.folding.torch_layers import (
+    BiasMap,
     ScaleShift,
+    Shift,
     assign,
     bn_scale_shift,
     fold_into_following,
     fold_into_preceding,
     population_scale_shift,
 )
-from export.report import FoldReport, FoldRow
+from export.report import PADDED, PADDED_MAP, PADDED_MAP_NOTE, PADDED_MODES, PADDED_NOTE, FoldReport, FoldRow
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +74,9 @@ def _diff(new: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 class _Folder:
     """Holds the traced graph and the state shared by the predicates and transforms."""
 
-    def __init__(self, gm: fx.GraphModule, values: dict[fx.Node, Any]) -> None:
+    def __init__(self, gm: fx.GraphModule, values: dict[fx.Node, Any], padded: str = "add") -> None:
         self.gm = gm
+        self.padded = padded  # "add" (Shift before the conv) or "bias-map" (BiasMap after it)
         self.values = values
         self.modules = dict(gm.named_modules())
         self.sites = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
@@ -144,6 +150,20 @@ class _Folder:
             return f"{nxt.target} has {in_channels} input channels, BN has {bn.num_features}"
         return None
 
+    def why_not_padded(self, bn_node: fx.Node, bn: _BatchNorm) -> str | None:
+        """Why pattern 3 (BN -> zero-padded conv) does not apply, or None."""
+        nxt = next(iter(bn_node.users)) if len(bn_node.users) == 1 else None
+        layer = self.module(nxt) if nxt is not None else None
+        if nxt is None or not isinstance(layer, FOLLOWING_CONV_TYPES) or nxt.args != (bn_node,) or nxt.kwargs:
+            return "its output is not the only input of a convolution"
+        if layer.padding_mode != "zeros" or layer.in_channels != bn.num_features:
+            return f"{nxt.target} pads with {layer.padding_mode!r} or has {layer.in_channels} input channels"
+        s, _ = bn_scale_shift(bn)
+        zero = torch.nonzero(s == 0).flatten()
+        if len(zero):
+            return f"its scale is 0 in channel(s) {zero[:5].tolist()} (gamma = 0): the shift cannot move before it"
+        return None
+
     # ---- transforms -------------------------------------------------------------------------------------
     def fold_preceding(self, bn_node: fx.Node, bn: _BatchNorm, name: str) -> None:
         prev = bn_node.args[0]
@@ -177,6 +197,58 @@ class _Folder:
         self.gm.graph.erase_node(bn_node)
         reason = f"not into the preceding layer ({why_not_prev}); {nxt.target} reads no padding{note}"
         self.report.rows.append(FoldRow(name, "folded-into-following", str(nxt.target), reason, abs_d, rel_d))
+
+    def fold_padded(self, bn_node: fx.Node, bn: _BatchNorm, name: str, why_not: str) -> None:
+        """BN -> zero-padded conv  ==>  Shift(t / s) -> conv with W'[o, c] = W[o, c] * s[c], bias unchanged."""
+        nxt = next(iter(bn_node.users))
+        layer, note = self.own_module(nxt)
+        before = copy.deepcopy(layer)
+        s, t = bn_scale_shift(bn)
+        assign(layer, *fold_into_following(layer, s, torch.zeros_like(t)))  # zero shift: the bias stays b
+        target = f"{name.replace('.', '_')}_shift"
+        shift = Shift(t / s, bn.running_mean.dtype)  # type: ignore[union-attr]
+        self.gm.add_submodule(target, shift)
+        x_in = bn_node.args[0]
+        with self.gm.graph.inserting_after(bn_node):
+            new = self.gm.graph.call_module(target, (x_in,))
+        bn_node.replace_all_uses_with(new)
+        self.gm.graph.erase_node(bn_node)
+        value = self.values.get(x_in)  # type: ignore[arg-type]
+        abs_d, rel_d = (0.0, 0.0)
+        if isinstance(value, torch.Tensor):
+            with torch.no_grad():
+                abs_d, rel_d = _diff(layer(shift(value)), before(bn(value)))
+        reason = f"{why_not}; {PADDED_NOTE}{note}"
+        self.report.rows.append(FoldRow(name, PADDED, str(nxt.target), reason, abs_d, rel_d))
+
+    def fold_bias_map(self, bn_node: fx.Node, bn: _BatchNorm, name: str, why_not: str) -> None:
+        """BN -> zero-padded conv  ==>  conv' (W'[o, c] = W[o, c] * s[c], no bias) -> BiasMap(Conv_W(pad0(t)) + b),
+        the map computed in float64 at the size of the example input's value here."""
+        nxt, x_in = next(iter(bn_node.users)), bn_node.args[0]
+        value = self.values.get(x_in)  # type: ignore[arg-type]
+        assert isinstance(value, torch.Tensor)  # the recorder saw every value
+        layer, note = self.own_module(nxt)
+        before = copy.deepcopy(layer)
+        s, t = bn_scale_shift(bn)
+        with torch.no_grad():
+            shift = t.view(1, -1, *([1] * (value.dim() - 2))).expand(1, -1, *value.shape[2:]).contiguous()
+            bias_map = copy.deepcopy(before).double()(shift)[0]
+        assert isinstance(layer, nn.modules.conv._ConvNd)  # why_not_padded checked it
+        weight, _ = fold_into_following(layer, s, torch.zeros_like(t))
+        layer.weight = nn.Parameter(weight.to(layer.weight.dtype), requires_grad=False)
+        layer.register_parameter("bias", None)
+        target = f"{name.replace('.', '_')}_bias_map"
+        module = BiasMap(bias_map, bn.running_mean.dtype)  # type: ignore[union-attr]
+        self.gm.add_submodule(target, module)
+        bn_node.replace_all_uses_with(x_in)  # type: ignore[arg-type]
+        self.gm.graph.erase_node(bn_node)
+        with self.gm.graph.inserting_after(nxt):
+            new = self.gm.graph.call_module(target, (nxt,))
+        nxt.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+        with torch.no_grad():
+            abs_d, rel_d = _diff(module(layer(value)), before(bn(value)))
+        reason = f"{why_not}; {PADDED_MAP_NOTE}{note}"
+        self.report.rows.append(FoldRow(name, PADDED_MAP, str(nxt.target), reason, abs_d, rel_d))
 
     def lower(
         self,
@@ -275,29 +347,39 @@ def _fold_all(folder: _Folder) -> None:
             remaining.append((node, bn, why))
     for node, bn, why_prev in remaining:
         why_next = folder.why_not_following(node, bn)
+        why_padded = folder.why_not_padded(node, bn) if why_next is not None and "padding" in why_next else why_next
         if why_next is None:
             folder.fold_following(node, bn, names[node], why_prev)
+        elif why_padded is None:
+            fold = folder.fold_bias_map if folder.padded == "bias-map" else folder.fold_padded
+            fold(node, bn, names[node], f"not into the preceding layer ({why_prev})")
         else:
             s, t = bn_scale_shift(bn)
-            reason = f"no exact fold: {why_prev}; {why_next}"
+            reason = f"no exact fold: {why_prev}; {why_next}" + (f"; {why_padded}" if why_padded != why_next else "")
             folder.lower(node, s, t, bn.running_mean.dtype, names[node], bn, reason)  # type: ignore[union-attr]
     for node in [n for n in gm.graph.nodes if n.op == "call_function" and n.target in FUNCTIONAL_BN]:
         s, t, dtype = _functional_bn(gm, node)
         folder.lower(node, s, t, dtype, f"functional:{node.name}", None, "functional batch_norm call")
 
 
-def fold_batchnorm(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> tuple[nn.Module, FoldReport]:
+def fold_batchnorm(
+    model: nn.Module, example_inputs: tuple[torch.Tensor, ...], padded: str = "add"
+) -> tuple[nn.Module, FoldReport]:
     """Return an eval-mode copy of ``model`` with every BatchNorm folded or lowered, and a report.
 
     The original is untouched. Population (running) statistics are used whatever mode ``model`` is in.
+    ``padded``: a BN before a zero-padded conv keeps its shift as an Add before it ("add"), or as a bias map
+    after it fixed to the example inputs' size ("bias-map"; the model then serves that input size only).
     Raises :class:`ExportError` for a BN with ``track_running_stats=False`` or an untraceable model.
     """
+    if padded not in PADDED_MODES:
+        raise ExportError(f"unknown padded-conv fold {padded!r}; expected one of {', '.join(PADDED_MODES)}")
     _refuse_untracked(model)
     gm = _trace(model)
     recorder = _Recorder(gm)
     with torch.no_grad():
         recorder.run(*example_inputs)
-    folder = _Folder(gm, recorder.values)
+    folder = _Folder(gm, recorder.values, padded)
     _fold_all(folder)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()

@@ -88,3 +88,29 @@ class ScaleShift(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         view = (1, -1) + (1,) * (x.dim() - 2)  # broadcast over (N, C, *spatial)
         return x * self.scale.view(view) + self.shift.view(view)
+
+
+class Shift(nn.Module):
+    """``x + shift`` per channel (axis 1): a BN's shift t / s left in front of a zero-padded conv (one ONNX Add)."""
+
+    def __init__(self, shift: torch.Tensor, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.register_buffer("shift", shift.to(dtype))
+
+    shift: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.shift.view((1, -1) + (1,) * (x.dim() - 2))
+
+
+class BiasMap(nn.Module):
+    """``y + map``, map [C_out, H, W] fixed: a conv's bias plus a BN shift's effect through its zero padding."""
+
+    def __init__(self, bias_map: torch.Tensor, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.register_buffer("bias_map", bias_map.to(dtype))
+
+    bias_map: torch.Tensor
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y + self.bias_map

@@ -52,8 +52,10 @@ def save_onnx(model: onnx.ModelProto, path: str | Path, external_data: bool | No
     logger.info("wrote %s with external data %s.data", path, path.name)
 
 
-def check_onnx_input(model: onnx.ModelProto, path: str | Path | None = None) -> None:
+def check_onnx_input(model: onnx.ModelProto, path: str | Path | None = None, training_ok: bool = False) -> None:
     """Raise ExportError (one line) unless ``model`` is a valid single-input graph in inference mode.
+
+    ``training_ok``: BN in training mode is accepted (``--recalibrate`` converts it to inference mode).
 
     ``path``: the file the model came from. onnx.checker cannot take a model of 2 GB or more in memory: such a
     model is checked from ``path``, or from a temporary copy with external data when there is no file.
@@ -74,6 +76,8 @@ def check_onnx_input(model: onnx.ModelProto, path: str | Path | None = None) -> 
     inputs = [i.name for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1:
         raise ExportError(f"{where} has {len(inputs)} graph inputs {inputs}; bnfold serves models with exactly one")
+    if training_ok:
+        return
     ir_model = ir.serde.deserialize_model(model)
     for node in ir.traversal.RecursiveGraphIterator(ir_model.graph):
         if node.op_type == BN_OP and node.domain == "":

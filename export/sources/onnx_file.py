@@ -1,18 +1,25 @@
-"""An ONNX file from any exporter as an export job: read (with external data), checked, with the user's data."""
+"""An ONNX file from any exporter as an export job: read (with external data), checked, with the user's data.
+
+With ``--recalibrate DIR`` every BatchNormalization gets population statistics recomputed by the paper's
+Algorithm 2 inside the graph (``export.recalibration.algorithm2``), and BN in training mode becomes inference BN.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
+from contracts.preprocessing import Preprocessing
 from export.errors import ExportError
 from export.graph.files import check_onnx_input, load_onnx
 from export.graph.inspect import graph_io
 from export.job import ExportJob
-from export.sources.images import load_images
+from export.recalibration.algorithm2 import recalibrate_onnx
+from export.sources.images import load_images, recipe_for
 from export.sources.labels import resolve_labels
 from export.verification.checks import ort_session, session_runner
 
@@ -26,6 +33,9 @@ class OnnxSource:
     mean: list[float] | None = None
     std: list[float] | None = None
     images: Path | None = None
+    recalibrate: Path | None = None
+    recalibrate_batch_size: int = 32
+    preprocessing: Preprocessing | None = None
 
 
 def _classes(model: onnx.ModelProto, path: Path, names: tuple[str, str], shape: tuple[int, ...]) -> int:
@@ -46,15 +56,25 @@ def _classes(model: onnx.ModelProto, path: Path, names: tuple[str, str], shape: 
 def job_from_onnx(source: OnnxSource) -> ExportJob:
     """The file's graph, its I/O names and shape, and the user's labels and images, as an export job."""
     model = load_onnx(source.path)
-    check_onnx_input(model, source.path)
+    check_onnx_input(model, source.path, training_ok=source.recalibrate is not None)
     input_name, output_name, shape = graph_io(model)
-    images = load_images(source.images, shape, source.mean, source.std) if source.images else None
-    labels = resolve_labels(source.labels_file, _classes(model, source.path, (input_name, output_name), shape), images)
+    prep = recipe_for(shape, source.mean, source.std, source.preprocessing)
+    images = load_images(source.images, shape, source.mean, source.std, prep) if source.images else None
+    report: dict[str, Any] = {
+        "provenance": {"onnx": str(source.path), "producer": f"{model.producer_name} {model.producer_version}"}
+    }
+    if source.recalibrate is not None:
+        batches = load_images(source.recalibrate, shape, source.mean, source.std, prep)
+        names = (input_name, output_name)
+        model, report["recalibration"] = recalibrate_onnx(model, names, batches, source.recalibrate_batch_size, images)
+    classes = _classes(model, source.path, (input_name, output_name), shape)
+    labels = resolve_labels(source.labels_file, classes, images)
     labelled = images is not None and images.y is not None
     return ExportJob(
         name=source.path.stem,
         model=model,
         input_shape=shape,
+        preprocessing=prep,
         labels=labels,
         normalization={"mean": source.mean, "std": source.std} if source.mean and source.std else None,
         samples=images.x if images is not None else None,
@@ -65,7 +85,5 @@ def job_from_onnx(source: OnnxSource) -> ExportJob:
         output_name=output_name,
         metadata={"bnfold.model": {"name": source.path.stem, "source_onnx": str(source.path)}},
         onnx_checked=True,  # checked above, from the file (onnx.checker cannot hold a model of 2 GB or more)
-        report={
-            "provenance": {"onnx": str(source.path), "producer": f"{model.producer_name} {model.producer_version}"}
-        },
+        report=report,
     )

@@ -25,9 +25,11 @@ import torch
 from torch import nn
 
 from contracts.errors import first_line
+from contracts.preprocessing import Preprocessing
 from export.errors import ExportError
 from export.job import ExportJob
-from export.sources.images import ImageSet, load_images
+from export.recalibration.algorithm2 import METHOD, recalibration_batches
+from export.sources.images import ImageSet, load_images, recipe_for
 from export.sources.labels import resolve_labels
 from training.population import recalibrate_bn
 
@@ -48,6 +50,7 @@ class TorchSource:
     images: Path | None = None
     recalibrate: Path | None = None
     recalibrate_batch_size: int = 32
+    preprocessing: Preprocessing | None = None
 
 
 def import_factory(spec: str) -> Callable[..., Any]:
@@ -172,32 +175,20 @@ def accuracy(model: nn.Module, images: ImageSet, batch: int = 64) -> float:
     return float((logits.argmax(1).numpy() == images.y).mean())
 
 
-def _batches(images: ImageSet, size: int) -> list[torch.Tensor]:
-    """Mini-batches of ``size``; a last batch of one image joins the one before (Algorithm 2 needs m >= 2)."""
-    batches = list(torch.from_numpy(images.x).split(size))
-    if len(batches) > 1 and len(batches[-1]) == 1:
-        batches[-2:] = [torch.cat(batches[-2:])]
-    if len(batches[0]) < 2:
-        raise ExportError(f"--recalibrate {images.root}: Algorithm 2 needs at least 2 images, found {len(images.x)}")
-    return batches
-
-
 def recalibrate(model: nn.Module, source: TorchSource, check: ImageSet | None) -> dict[str, Any]:
     """Algorithm 2 over mini-batches of ``--recalibrate``'s images; accuracy before and after when labelled."""
     assert source.recalibrate is not None
-    if source.recalibrate_batch_size < 2:
-        raise ExportError(f"--recalibrate-batch-size must be at least 2, got {source.recalibrate_batch_size}")
-    images = load_images(source.recalibrate, source.input_shape, source.mean, source.std)
+    images = load_images(source.recalibrate, source.input_shape, source.mean, source.std, source.preprocessing)
+    batches = [torch.from_numpy(b) for b in recalibration_batches(images, source.recalibrate_batch_size)]
     labelled = check if check is not None and check.y is not None else (images if images.y is not None else None)
     before = accuracy(model, labelled) if labelled is not None else None
-    batches = _batches(images, source.recalibrate_batch_size)
     try:
         layers = recalibrate_bn(model, batches)
     except ValueError as exc:  # Algorithm 2's preconditions: running statistics, 2+ values per channel
         raise ExportError(f"--recalibrate {images.root}: {exc}") from exc
     model.eval()
     result: dict[str, Any] = {
-        "method": "Algorithm 2 (Ioffe & Szegedy, 2015): E[x] = E_B[mu_B], Var[x] = m/(m-1) E_B[sigma_B^2]",
+        "method": METHOD,
         "images": str(images.root),
         "samples": len(images.x),
         "batch_size": source.recalibrate_batch_size,
@@ -222,7 +213,12 @@ def job_from_torch(source: TorchSource) -> ExportJob:
     """Build the user's model with its weights (recalibrated if asked) and its data into an export job."""
     model = build_model(source.factory, source.factory_args, load_state_dict(source.weights))
     classes = probe_classes(model, source.input_shape)
-    images = load_images(source.images, source.input_shape, source.mean, source.std) if source.images else None
+    prep = recipe_for(source.input_shape, source.mean, source.std, source.preprocessing)
+    images = (
+        load_images(source.images, source.input_shape, source.mean, source.std, source.preprocessing)
+        if source.images
+        else None
+    )
     labels = resolve_labels(source.labels_file, classes, images)
     report: dict[str, Any] = {
         "provenance": {"factory": source.factory, "factory_args": source.factory_args, "weights": str(source.weights)}
@@ -236,6 +232,7 @@ def job_from_torch(source: TorchSource) -> ExportJob:
         name=default_name(source.factory),
         model=model,
         input_shape=source.input_shape,
+        preprocessing=prep,
         labels=labels,
         normalization=normalization,
         samples=images.x if images is not None else None,

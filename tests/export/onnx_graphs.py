@@ -15,6 +15,7 @@ from export.verification.checks import Check, Reference, against_oracle
 from export.verification.onnx_oracle import onnx_float64_oracle
 
 FOLD_PREV, FOLD_NEXT, LOWER = "folded-into-preceding", "folded-into-following", "lowered-to-scale-shift"
+PADDED = "folded-into-following-padded"
 IR_VERSION = 8  # onnxruntime 1.31 reads IR versions up to 11; onnx's default may be newer
 
 

@@ -74,8 +74,10 @@ def test_shared_conv_gets_a_copy_per_call_site() -> None:
 def test_lowering_reasons_are_reported() -> None:
     case = next(c for c in CASES if c.name == "bn_then_padded_conv")
     model, x = build_case(case)
+    with torch.no_grad():
+        model[0].weight[1] = 0.0  # gamma = 0: s = 0 in channel 1, so the shift cannot move in front of the scale
     _, report = fold_batchnorm(model, (x,))
-    assert "reads padding" in report.rows[0].reason
+    assert "reads padding" in report.rows[0].reason and "scale is 0 in channel(s) [1]" in report.rows[0].reason
     table = report.table()
     assert "lowered-to-scale-shift" in table and "1 BatchNorm layers: 0 folded, 1 lowered" in table
     assert report.to_dict()["totals"]["lowered-to-scale-shift"] == 1

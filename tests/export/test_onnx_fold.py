@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from export.folding.onnx_fold import fold_onnx
-from tests.export.onnx_graphs import FOLD_NEXT, FOLD_PREV, LOWER, bn_stats, count_ops, judge, model
+from tests.export.onnx_graphs import FOLD_NEXT, FOLD_PREV, LOWER, PADDED, bn_stats, count_ops, judge, model
 
 OPSETS = [9, 12, 15]
 BN = "BatchNormalization"
@@ -92,7 +92,7 @@ CASES: dict[str, tuple[Case, list[str]]] = {
     "gemm-transB1": (gemm(1), [FOLD_PREV]),
     "matmul-const": (matmul_const, [FOLD_PREV]),
     "bn-conv-pads0": (bn_then_conv(0), [FOLD_NEXT]),
-    "bn-conv-padded": (bn_then_conv(1), [LOWER]),
+    "bn-conv-padded": (bn_then_conv(1), [PADDED]),
     "bn-gemm": (bn_then_gemm, [FOLD_NEXT]),
     "fan-out": (fan_out, [LOWER]),
 }

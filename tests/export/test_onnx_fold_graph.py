@@ -10,7 +10,7 @@ from onnx import numpy_helper
 import export.folding.onnx_rules as rules
 from export.errors import ExportError
 from export.folding.onnx_fold import fold_onnx
-from tests.export.onnx_graphs import FOLD_NEXT, FOLD_PREV, LOWER, bn_stats, count_ops, judge, model
+from tests.export.onnx_graphs import FOLD_NEXT, FOLD_PREV, LOWER, PADDED, bn_stats, count_ops, judge, model
 
 BN = "BatchNormalization"
 
@@ -177,7 +177,7 @@ def test_statistics_that_are_graph_inputs_are_refused() -> None:
 
 
 def _deep(rng: np.random.Generator) -> onnx.ModelProto:
-    """Conv+BN, BN before a padded grouped Conv (lowered), ConvTranspose+BN (grouped), BN before a 1x1 Conv."""
+    """Conv+BN, BN before a padded grouped Conv (scale folded, shift an Add), ConvTranspose+BN, BN before a 1x1 Conv."""
     body = """
         c1 = Conv <pads = [1, 1, 1, 1]> (x, w1)
         b1 = BatchNormalization (c1, p_g, p_b, p_m, p_v)
@@ -246,7 +246,7 @@ def test_wrong_folds_of_a_deep_graph_are_caught(how: str, monkeypatch: pytest.Mo
     assert count_ops(folded, BN) == 0
     verdict = judge(original, folded, rng.normal(size=(2, 4, 8, 8)).astype(np.float32))
     if how == "correct":
-        assert [r.action for r in report.rows] == [FOLD_PREV, LOWER, FOLD_PREV, FOLD_NEXT]
+        assert [r.action for r in report.rows] == [FOLD_PREV, PADDED, FOLD_PREV, FOLD_NEXT]
         assert verdict.passed, verdict.line()
     else:
         assert not verdict.passed, f"{how} went unnoticed: {verdict.line()}"

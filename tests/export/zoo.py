@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 FOLD_PREV, FOLD_NEXT, LOWER = "folded-into-preceding", "folded-into-following", "lowered-to-scale-shift"
+PADDED = "folded-into-following-padded"
 
 
 def randomise_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -140,7 +141,13 @@ CASES = [
         (FOLD_NEXT,),
     ),
     Case("bn_then_linear", lambda: Seq(nn.Flatten(), nn.BatchNorm1d(10), nn.Linear(10, 3)), (10,), (FOLD_NEXT,)),
-    Case("bn_then_padded_conv", lambda: Seq(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3, padding=1)), (3, 6, 6), (LOWER,)),
+    Case("bn_then_padded_conv", lambda: Seq(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3, padding=1)), (3, 6, 6), (PADDED,)),
+    Case(
+        "bn_then_padded_grouped_conv",
+        lambda: Seq(nn.BatchNorm2d(4), nn.Conv2d(4, 6, 3, padding=(2, 1), groups=2, dilation=2)),
+        (4, 7, 6),
+        (PADDED,),
+    ),
     Case(
         "bn_after_relu", lambda: Seq(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.ReLU()), (3, 7, 7), (LOWER,)
     ),
