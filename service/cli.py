@@ -1,8 +1,9 @@
 """``bnfold-serve`` (also ``python -m service``): run the inference server under uvicorn.
 
-Flags override ``BNFOLD_*`` environment variables; every setting has its flag. On SIGTERM or SIGINT readiness
-turns false at once, every request received is answered, then the process exits 0; a second signal stops it
-at once (exit 1).
+Flags override ``BNFOLD_*`` environment variables; every setting has its flag. With ``--workers`` above 1 a
+supervisor runs that many worker processes on the same ports (:mod:`service.workers`). On SIGTERM or SIGINT
+readiness turns false at once, every request received is answered, then the process exits 0; a second
+signal stops it at once (exit 1).
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="listen address (BNFOLD_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (BNFOLD_PORT, default 8000)")
     p.add_argument("--providers", choices=["auto", "cpu", "cuda"], help="execution provider (default auto)")
-    p.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads (default: its own)")
+    p.add_argument(
+        "--workers",
+        help="worker processes serving the same ports (BNFOLD_WORKERS): a number, or auto (default): "
+        "min(cores, 4) on CPU, 2 on CUDA",
+    )
+    p.add_argument(
+        "--intra-op-threads", type=int, help="ONNX Runtime threads per worker (default: the cores split across them)"
+    )
     p.add_argument(
         "--intra-op-spinning",
         choices=["run", "always", "off"],
@@ -81,9 +89,26 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
-    from service.server import serve
+    return run(settings)
 
-    return serve(settings)
+
+def run(settings: Settings) -> int:
+    """One process (one worker), or a supervisor and its workers (see :mod:`service.workers`)."""
+    from service.workers import WorkersError, resolve_workers, threads_per_worker
+
+    try:
+        workers = resolve_workers(settings)
+    except WorkersError as exc:
+        print(f"bnfold-serve: error: {exc}", file=sys.stderr)
+        return 2
+    threads = threads_per_worker(settings, workers)
+    if workers == 1:
+        from service.server import serve
+
+        return serve(settings)
+    from service.workers.supervisor import Supervisor
+
+    return Supervisor(settings, workers, threads).run()
 
 
 if __name__ == "__main__":
