@@ -10,8 +10,9 @@ stops the batchers, and the process exits 0. A second SIGTERM or SIGINT stops at
 With ``BNFOLD_GRPC_PORT`` set, the gRPC server (``service.grpc``) starts once the models are loaded and drains
 alongside the HTTP connections, both before the lifespan shutdown stops the batchers.
 
-No request that reached the server is lost in the drain: a connection accepted but still without its first
-request when the listeners close (typically a client that got ``Connection: close`` and reconnected at
+No request that reached the server is lost in the drain: connections the kernel completed before the
+listeners close are accepted and served (otherwise the close would reset them), and a connection accepted
+but still without its first request (typically a client that got ``Connection: close`` and reconnected at
 once, its request not yet read on a loaded machine) is given up to ``FRESH_CONNECTION_GRACE_S`` for that
 request, which is answered with ``Connection: close``, instead of being closed as idle.
 
@@ -22,7 +23,9 @@ supervisor bound, reports its readiness to the other workers, and takes model co
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 import socket
 import time
 from typing import TYPE_CHECKING, Any
@@ -97,12 +100,47 @@ class DrainingServer(uvicorn.Server):
             task = asyncio.get_running_loop().create_task(self.grpc.stop())
             self.server_state.tasks.add(task)
             task.add_done_callback(self.server_state.tasks.discard)
+        listeners = self._listeners()  # kept open past the close to accept what the kernel already queued
         for server in self.servers:  # stop accepting, then read what idle connections already received
             server.close()
         if not self.force_exit:
+            await self._accept_queued(listeners)
             await asyncio.sleep(LAST_READS_S)
             await self._wait_first_requests()
+        for listener in listeners:
+            listener.close()
         await super().shutdown(sockets)
+
+    def _listeners(self) -> list[socket.socket]:
+        """Non-blocking duplicates of the listening sockets."""
+        dups = []
+        for server in self.servers:
+            for sock in server.sockets or ():
+                dup = socket.socket(fileno=os.dup(sock.fileno()))
+                dup.setblocking(False)
+                dups.append(dup)
+        return dups
+
+    async def _accept_queued(self, listeners: list[socket.socket]) -> None:
+        """Accept every connection the kernel completed before the close (the last process to close a
+        listening socket would otherwise reset them) and serve it like any other, then close the listeners."""
+        loop = asyncio.get_running_loop()
+        config = self.config
+        protocol: Any = functools.partial(
+            config.http_protocol_class,
+            config=config,
+            server_state=self.server_state,
+            app_state=self.lifespan.state,  # type: ignore[call-arg]
+        )
+        for listener in listeners:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:  # BlockingIOError: none queued
+                    break
+                conn.setblocking(False)
+                await loop.connect_accepted_socket(protocol, conn)
+            listener.close()
 
     async def _wait_first_requests(self) -> None:
         """Until every accepted connection has its first request (or ``FRESH_CONNECTION_GRACE_S``): uvicorn
