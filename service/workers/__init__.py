@@ -4,18 +4,21 @@ With one worker the server runs in this process, as :func:`service.server.serve`
 supervisor (:mod:`service.workers.supervisor`) binds the ports, starts the workers
 (:mod:`service.workers.worker`), and keeps them one server (:mod:`service.workers.cluster`).
 
-``auto`` picks, with ``C`` the usable cores: on CPU ``min(C, 4)`` workers, each with ``C // workers`` ONNX
-Runtime threads; on CUDA 2 workers. Why: benchmarks/RESULTS.md ("Worker processes") measures on 2 cores that
-two one-thread workers serve more than one two-thread worker (one event loop spends about 160 us of CPU per
-request, and while ONNX Runtime runs on both cores that loop waits), and beyond 4 workers each worker's
-share of the cores is what bounds it, not the loop, while every worker costs its own sessions' memory. On a
-GPU the model's compute is not on the cores, so the front end's ceiling (requests/s per event loop) is what
-extra workers raise; each one costs its own CUDA context and arena on the device.
+``auto`` picks, with ``C`` the usable cores (CPU affinity, capped by a container's CPU quota): on CPU
+``min(C, 4)`` workers, each with ``C // workers`` ONNX Runtime threads; on CUDA 2 workers. Why:
+benchmarks/RESULTS.md ("Worker processes") measures on 2 cores that two one-thread workers serve more than
+one two-thread worker (one event loop spends about 160 us of CPU per request, and while ONNX Runtime runs on
+both cores that loop waits), and beyond 4 workers each worker's share of the cores is what bounds it, not the
+loop, while every worker costs its own sessions' memory. On a GPU the model's compute is not on the cores, so
+the front end's ceiling (requests/s per event loop) is what extra workers raise; each one costs its own CUDA
+context and arena on the device.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from pathlib import Path
 
 from service.settings import Settings
 
@@ -27,12 +30,24 @@ class WorkersError(ValueError):
     """``BNFOLD_WORKERS`` cannot be honoured on this machine."""
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, else the machine's count)."""
+def cgroup_cores(path: Path = Path("/sys/fs/cgroup/cpu.max")) -> int | None:
+    """The CPU quota of this container in whole cores (cgroup v2 ``cpu.max``, rounded up), None without one."""
     try:
-        return len(os.sched_getaffinity(0))
+        quota, period = path.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+
+
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity (else the machine's count), capped by a container's
+    CPU quota (a pod limited to 2 CPUs on a 64-core node has 2)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_cores()
+    return min(cores, quota) if quota else cores
 
 
 def cuda_likely(settings: Settings) -> bool:

@@ -251,6 +251,16 @@ def test_workers_setting_is_checked_with_one_clear_line() -> None:
     assert threads_per_worker(Settings(), 1, cores=16) == 0  # one worker: ONNX Runtime's own default
 
 
+def test_a_container_cpu_quota_caps_the_cores(tmp_path: Path) -> None:
+    from service.workers import cgroup_cores
+
+    (tmp_path / "limited").write_text("150000 100000\n")
+    (tmp_path / "unlimited").write_text("max 100000\n")
+    assert cgroup_cores(tmp_path / "limited") == 2
+    assert cgroup_cores(tmp_path / "unlimited") is None
+    assert cgroup_cores(tmp_path / "absent") is None
+
+
 def test_cli_refuses_zero_workers_with_the_setting_named(model_repo: Path) -> None:
     srv = ServerProcess(model_repo, "--workers", "0")
     try:
