@@ -299,3 +299,32 @@ def test_a_worker_that_cannot_start_stops_the_start_and_leaves_no_orphans(tmp_pa
     assert "before the server was ready" in out and "BNFOLD_WORKERS=2" in out, out
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_readiness_needs_every_worker_and_no_drain() -> None:
+    from service.workers.cluster import Shared
+
+    shared = Shared([1, 1], type("Flag", (), {"value": 0})())
+    assert shared.all_ready()
+    shared.ready[1] = 0  # one worker dead or still starting
+    assert not shared.all_ready()
+    shared.ready[1] = 1
+    shared.draining.value = 1
+    assert not shared.all_ready()
+
+
+def test_repeated_crashes_stop_the_server_instead_of_a_restart_loop(caplog: pytest.LogCaptureFixture) -> None:
+    from service.workers import supervisor as sup_module
+
+    sup = sup_module.Supervisor(Settings(), 2, 1)
+    restarted: list[int] = []
+    drained: list[bool] = []
+    sup._start = restarted.append  # type: ignore[method-assign]
+    sup._drain = lambda: drained.append(True)  # type: ignore[method-assign]
+    dead = type("Dead", (), {"slot": 1, "exit_code": -9, "process": type("P", (), {"pid": 1})()})()
+    for _ in range(sup_module.MAX_CRASHES):
+        sup._replace(dead)
+    assert restarted == [1] * sup_module.MAX_CRASHES and not drained and not sup.forced
+    sup._replace(dead)  # one more within the window: stop, do not restart
+    assert restarted == [1] * sup_module.MAX_CRASHES and drained == [True] and sup.forced
+    assert "stopping the server instead of restarting in a loop" in caplog.text
