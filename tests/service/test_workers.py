@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from service.settings import Settings
@@ -80,7 +81,7 @@ def two_workers(model_repo: Path, tmp_path: Path) -> Any:
     shutil.copytree(model_repo, repo)
     metrics_dir = tmp_path / "metrics"
     env = {"BNFOLD_API_KEY": "k", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    srv = ServerProcess(repo, "--workers", "2", env=env)
+    srv = ServerProcess(repo, "--workers", "2", "--grpc-port", str(free_port()), env=env)
     try:
         srv.wait_ready()
         yield srv, repo, metrics_dir
@@ -99,6 +100,18 @@ def test_two_workers_answer_on_one_port_and_metrics_sum_over_them(
     served = per_worker_counts(metrics_dir, tmp_path)
     assert len(served) == 2 and all(c.get("1", 0) > 0 for c in served.values()), served  # both answered
     assert success_total(srv.url) == 40  # /metrics is the sum over the workers, whichever one answers
+
+    import tritonclient.grpc as grpcclient
+
+    grpc_port = srv.proc.args[srv.proc.args.index("--grpc-port") + 1]
+    x = np.ascontiguousarray(digits_val[0][:1], np.float32)
+    for _ in range(8):  # fresh channels: the kernel spreads them over the workers listening on the port
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        inp = grpcclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        assert client.infer("digits", [inp]).as_numpy("logits").shape == (1, 10)
+        client.close()
+    assert success_total(srv.url) == 48
 
 
 def test_model_control_through_one_worker_reaches_every_worker(
@@ -172,6 +185,26 @@ def test_kill_9_of_a_worker_is_survived_and_the_worker_replaced(two_workers: Any
     assert all(o in ("RemoteProtocolError", "ReadError", "ConnectError") for o in failed), failed
     assert len(failed) <= 4, failed  # only those in flight on the dead worker
     assert srv.proc.poll() is None
+
+
+def test_a_second_signal_stops_every_worker_at_once(model_repo: Path) -> None:
+    srv = ServerProcess(model_repo, "--workers", "2", "--drain-delay-s", "30")
+    try:
+        srv.wait_ready()
+        pids = worker_pids(srv)
+        srv.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while httpx.get(f"{srv.url}/v2/health/ready", timeout=5).status_code != 503:
+            assert time.monotonic() < deadline, "readiness still on after SIGTERM"
+            time.sleep(0.01)
+        assert srv.proc.poll() is None, "the first signal must drain, not stop"
+        signalled = time.monotonic()
+        srv.proc.send_signal(signal.SIGINT)
+        assert srv.proc.wait(timeout=15) == 1
+        assert time.monotonic() - signalled < 10
+        assert not any(Path(f"/proc/{p}").exists() for p in pids)  # no worker outlives the supervisor
+    finally:
+        srv.stop()
 
 
 def _reconnecting_client(port: int, body: bytes, headers: dict[str, str], outcomes: list[Any]) -> None:
