@@ -361,3 +361,15 @@ def test_repeated_crashes_stop_the_server_instead_of_a_restart_loop(caplog: pyte
     sup._replace(dead)  # one more within the window: stop, do not restart
     assert restarted == [1] * sup_module.MAX_CRASHES and drained == [True] and sup.forced
     assert "stopping the server instead of restarting in a loop" in caplog.text
+
+
+def test_the_readme_states_the_code_s_worker_rules() -> None:
+    from service.workers import AUTO_CPU_MAX, AUTO_CUDA
+    from service.workers.supervisor import CRASH_WINDOW_S, MAX_CRASHES
+
+    readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
+    assert f"more than {MAX_CRASHES} deaths within {CRASH_WINDOW_S:.0f} s stop the server" in readme
+    assert f"`auto` (on CPU `min(cores, {AUTO_CPU_MAX})`, on CUDA `{AUTO_CUDA}`)" in readme
+    assert (
+        f"`auto` is `min(cores, {AUTO_CPU_MAX})` on CPU" in readme and f"on a GPU host `auto` is {AUTO_CUDA}" in readme
+    )
