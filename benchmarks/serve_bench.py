@@ -365,7 +365,7 @@ def workers_section(args: argparse.Namespace, results: dict[str, Any], repo: Pat
     return 0
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each throughput phase")
     p.add_argument("--soak", type=float, default=130.0, help="duration of the memory phase (0: skip)")
@@ -382,7 +382,11 @@ def main() -> int:
         help="instead of the sections above: compare these worker counts (e.g. 1,2), see serve_workers.py",
     )
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the --workers comparison")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
