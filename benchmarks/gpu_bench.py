@@ -3,13 +3,15 @@
 Measures, for the serving benchmark's ResNet-20 (3x32x32, BN folded) in fp32 and its fp16 variant (float32 at
 the API), on the CUDA provider with bnfold's options:
   1. in-process ONNX Runtime throughput at batch 1, 2, 4, ..., 64 (samples/s);
-  2. bnfold-serve on CUDA under 16 concurrent clients, one sample per binary v2 request (samples/s);
+  2. bnfold-serve on CUDA under 16 concurrent clients, one sample per binary v2 request (samples/s), for each
+     worker count of --workers (default 1,2,4), with the GPU memory each server takes (nvidia-smi, MiB) and,
+     with wrk installed, the near-zero-compute requests/s ceiling (serve_workers.py's ``tiny`` model);
   3. the latency of the first and the second request at each batch size, on a fresh server with batch buckets
      off and on (BNFOLD_BATCH_BUCKETS=off / auto): without buckets cuDNN's algorithm search runs on the first
      request of every new batch shape; with them every shape was warmed before readiness.
 
 On a machine where CUDA is not usable (no GPU, or CUDA/cuDNN libraries missing) it says so and exits 0.
-Usage:  .venv/bin/python benchmarks/gpu_bench.py [--seconds 5] [--json PATH]
+Usage:  .venv/bin/python benchmarks/gpu_bench.py [--seconds 5] [--workers 1,2,4] [--json PATH]
 """
 
 from __future__ import annotations
@@ -88,9 +90,10 @@ def build_fp16(root: Path) -> Path:
 class Server:
     """``python -m service`` on CUDA on a free port, with extra environment; waited for until ready."""
 
-    def __init__(self, repo: Path, env: dict[str, str]) -> None:
+    def __init__(self, repo: Path, env: dict[str, str], workers: int = 1) -> None:
         self.port = free_port()
         cmd = [sys.executable, "-m", "service", "--repository", str(repo), "--port", str(self.port)]
+        cmd += ["--workers", str(workers)]
         full_env = {**os.environ, "BNFOLD_PROVIDERS": "cuda", "BNFOLD_LOG_LEVEL": "warning", **env}
         self.proc = subprocess.Popen(cmd, env=full_env)
         wait_ready(self.port, self.proc)
@@ -126,6 +129,41 @@ def timed_request(port: int, model: str, rows: int) -> float:
     return elapsed
 
 
+def gpu_memory_mib() -> float:
+    """GPU memory in use on device 0 (nvidia-smi), or NaN without nvidia-smi."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return float(out.split()[0])
+    except (OSError, subprocess.CalledProcessError, ValueError, IndexError):
+        return float("nan")
+
+
+def served(repo: Path, workers: int, seconds: float) -> dict[str, float]:
+    """One server with ``workers`` workers: samples/s of fp32 and fp16 at 16 clients, its GPU memory, and
+    (with wrk) the tiny model's requests/s at 64 connections."""
+    import shutil
+
+    from serve_workers import TINY, wrk
+
+    before = gpu_memory_mib()
+    server = Server(repo, {}, workers)
+    out: dict[str, float] = {"gpu_memory_mib": round(gpu_memory_mib() - before)}
+    try:
+        load(server.port, True, 16, 2)  # warm-up
+        for name, model in (("fp32", "resnet20"), ("fp16", "resnet20-fp16")):
+            out[f"{name}_samples_per_s"] = round(load(server.port, True, 16, seconds, model=model)[0])
+        if shutil.which("wrk"):
+            out["tiny_requests_per_s"] = round(wrk(server.port, TINY, (4,), 64, seconds, repo)["rate"])
+    finally:
+        server.stop()
+    return out
+
+
 def first_requests(repo: Path, buckets: str) -> dict[str, list[float]]:
     """On a fresh server: first and second request latency (ms) at each batch size of resnet20."""
     server = Server(repo, {"BNFOLD_BATCH_BUCKETS": buckets})
@@ -142,6 +180,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput phase")
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--workers", default="1,2,4", help="worker counts of the served phase (default 1,2,4)")
     args = p.parse_args()
     if not cuda_usable():
         print("CUDA is not usable on this machine (no GPU, or CUDA/cuDNN libraries missing): nothing to measure")
@@ -156,15 +195,10 @@ def main() -> int:
             name: {str(b): round(r) for b, r in ort_throughput(path, SAMPLE, seconds=args.seconds / 2).items()}
             for name, path in paths.items()
         }
-        server = Server(repo, {})
-        try:
-            load(server.port, True, 16, 2)  # warm-up
-            results["served_binary_16_clients"] = {
-                name: round(load(server.port, True, 16, args.seconds, model=model)[0])
-                for name, model in (("fp32", "resnet20"), ("fp16", "resnet20-fp16"))
-            }
-        finally:
-            server.stop()
+        from serve_workers import build_tiny
+
+        build_tiny(repo)
+        results["served_by_workers"] = {w: served(repo, int(w), args.seconds) for w in args.workers.split(",")}
         results["first_and_second_request_ms"] = {
             "buckets off": first_requests(repo, "off"),
             "buckets auto": first_requests(repo, "auto"),

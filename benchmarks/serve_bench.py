@@ -14,6 +14,9 @@ clients in eight pairs of short phases (see :func:`compare_int8`).
 
 The load generator runs on the same machine (threads with keep-alive http.client connections), as in the
 targets of issue 4. Usage:  .venv/bin/python benchmarks/serve_bench.py [--seconds 10] [--soak 130] [--int8]
+
+With --workers 1,2 it compares worker counts instead (issue 19, see serve_workers.py): everything the issue
+asks in one run of about 4 minutes:  .venv/bin/python benchmarks/serve_bench.py --workers 1,2 --seconds 10
 Figures are printed as a table and written as JSON (--json PATH).
 """
 
@@ -335,6 +338,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def workers_section(args: argparse.Namespace, results: dict[str, Any], repo: Path, path: Path, best: float) -> int:
+    """``--workers 1,2``: the worker counts side by side (serve_workers.py), with the in-process figures."""
+    from serve_workers import compare_workers
+
+    int8_path, results["int8_gate"] = build_int8(repo, path)
+    results["ort_int8_vs_fp32_batch16"] = round(
+        ort_throughput(int8_path, 16, args.seconds / 2) / ort_throughput(path, 16, args.seconds / 2), 3
+    )
+    counts = [int(w) for w in args.workers.split(",")]
+    paths = {"resnet20": path, INT8_MODEL: int8_path}
+    results["workers"] = compare_workers(counts, repo, paths, best, args.seconds, args.rounds)
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each throughput phase")
@@ -347,6 +367,11 @@ def _parser() -> argparse.ArgumentParser:
         help="who sends the 16-client load: Python threads (default) or wrk",
     )
     p.add_argument("--int8", action="store_true", help="also serve the int8 variant and compare it with fp32")
+    p.add_argument(
+        "--workers",
+        help="instead of the sections above: compare these worker counts (e.g. 1,2), see serve_workers.py",
+    )
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the --workers comparison")
     return p
 
 
@@ -427,6 +452,8 @@ def main() -> int:
             int8_path, results["int8_gate"] = build_int8(Path(tmp), path)
         batches = {b: ort_throughput(path, b, args.seconds / 2) for b in (1, 4, 8, 16, 32, 64)}
         results["ort_samples_per_s"] = {str(b): round(v) for b, v in batches.items()}
+        if args.workers:
+            return workers_section(args, results, Path(tmp), path, max(batches.values()))
         results["ort_latency_ms_batch1"] = ort_latency(path, 2000) * 1e3
         _served(args, Path(tmp), path, int8_path, results)
     print(json.dumps(results, indent=2))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from service.batching import Batcher
 from service.errors import ApiError, bad_request, not_found, unavailable
@@ -52,7 +53,13 @@ class ModelManager:
         self.index: dict[str, IndexEntry] = {}
         self.ready = False
         self.draining = False
+        self.cluster: Any = None  # a service.workers.cluster.Cluster when this is one worker of several
         self._lock = asyncio.Lock()
+
+    def is_ready(self) -> bool:
+        """Models loaded and warm, not draining, and (with several workers) every worker so."""
+        ok = self.ready and not self.draining and bool(self.models)
+        return ok and (self.cluster is None or self.cluster.ready())
 
     # ---- lookup ------------------------------------------------------------------------------------------
     def get(self, name: str, version: str | None = None) -> Served:
@@ -78,8 +85,9 @@ class ModelManager:
         return by_version[int(version)]
 
     # ---- loading ----------------------------------------------------------------------------------------
-    def _load_sync(self, name: str, fallback: bool) -> tuple[list[ModelVersion], str]:
-        """The newest ``model_versions`` versions of ``name``, and a note naming any version skipped.
+    def _load_sync(self, name: str, fallback: bool, only: list[int] | None = None) -> tuple[list[ModelVersion], str]:
+        """The newest ``model_versions`` versions of ``name`` (or ``only`` these), and a note naming any
+        version skipped.
 
         Without ``fallback`` any failure among them fails the load; with it, a failing version is skipped for
         the next older one.
@@ -87,6 +95,11 @@ class ModelManager:
         s = self.settings
         model_dir = s.repository / name
         found = versions(model_dir)
+        if only is not None:
+            missing = sorted(set(only) - set(found))
+            if missing:
+                raise ModelLoadError(f"{model_dir} has no version {missing[0]} any more")
+            found = sorted(only)
         if not found:
             raise ModelLoadError(f"{model_dir} has no version folder with a model.onnx")
         delay = None if s.max_queue_delay_ms is None else round(s.max_queue_delay_ms * 1000)
@@ -122,59 +135,93 @@ class ModelManager:
             logger.warning("model %s: %s", name, note)
         return loaded, note
 
-    async def load(self, name: str) -> IndexEntry:
-        """Load (or reload) ``name``: new versions are warmed before they replace the old ones."""
+    def _check_name(self, name: str, old: dict[int, Served]) -> None:
         if not NAME_RE.fullmatch(name):  # the rule export names models by (contracts.repository)
             raise ApiError(400, f"invalid model name {name!r}")
-        async with self._lock:
-            old = self.models.get(name, {})
-            if not old and not (self.settings.repository / name).is_dir():
-                raise not_found(f"no model {name!r} in the repository {self.settings.repository}")
-            try:
-                loaded, note = await asyncio.to_thread(self._load_sync, name, not old)
-            except ModelLoadError as exc:
-                logger.error("cannot load model %s: %s", name, exc)
-                state = "READY" if old else "UNAVAILABLE"
-                entry = IndexEntry(name, state, f"last load failed: {exc}", sorted(old), failed=True)
-                self.index[name] = entry
-                return entry
-            new = {
-                m.version: Served(
-                    m, Batcher(m, self.settings.max_queue_size, self.metrics.version(name, str(m.version)))
-                )
-                for m in loaded
-            }
-            for served in new.values():
-                served.batcher.start()
-                self.metrics.model_info.labels(*served.model.info_labels()).set(1)
-            self.models[name] = new
-            self.index[name] = IndexEntry(name, "READY", note, sorted(new))
-        for served in old.values():  # requests they admitted are answered; later ones go to the new versions
+        if not old and not (self.settings.repository / name).is_dir():
+            raise not_found(f"no model {name!r} in the repository {self.settings.repository}")
+
+    async def open(self, name: str, only: list[int] | None = None) -> tuple[list[ModelVersion], str]:
+        """Open and warm ``name``'s versions (``only`` these, else the newest) without serving them yet;
+        raises ApiError for a bad or unknown name, ModelLoadError when they cannot be loaded."""
+        old = self.models.get(name, {})
+        self._check_name(name, old)
+        return await asyncio.to_thread(self._load_sync, name, not old and only is None, only)
+
+    def failed(self, name: str, reason: str) -> IndexEntry:
+        """Record a failed load of ``name``: what served before serves on."""
+        logger.error("cannot load model %s: %s", name, reason)
+        old = self.models.get(name, {})
+        entry = IndexEntry(name, "READY" if old else "UNAVAILABLE", f"last load failed: {reason}", sorted(old), True)
+        self.index[name] = entry
+        return entry
+
+    def swap(self, name: str, loaded: list[ModelVersion], note: str) -> dict[int, Served]:
+        """Serve ``loaded`` as ``name`` from now on (synchronously: no request sees a mix); returns the old."""
+        old = self.models.get(name, {})
+        new = {
+            m.version: Served(m, Batcher(m, self.settings.max_queue_size, self.metrics.version(name, str(m.version))))
+            for m in loaded
+        }
+        for served in new.values():
+            served.batcher.start()
+            self.metrics.model_info.labels(*served.model.info_labels()).set(1)
+        self.models[name] = new
+        self.index[name] = IndexEntry(name, "READY", note, sorted(new))
+        return old
+
+    def drop(self, name: str) -> dict[int, Served]:
+        """Stop serving ``name`` (404 when it is unknown); returns what served."""
+        old = self.models.pop(name, None)
+        if old is None and name not in self.index:
+            raise not_found(f"unknown model {name!r}")
+        self.index[name] = IndexEntry(name, "UNAVAILABLE", "unloaded", [])
+        return old or {}
+
+    async def retire(self, old: dict[int, Served]) -> None:
+        """Answer what the replaced versions admitted, then stop their batchers."""
+        for served in old.values():
             await served.batcher.stop(self.settings.request_timeout_s)
+
+    async def load(self, name: str, only: list[int] | None = None) -> IndexEntry:
+        """Load (or reload) ``name``: new versions are warmed before they replace the old ones."""
+        async with self._lock:
+            try:
+                loaded, note = await self.open(name, only)
+            except ModelLoadError as exc:
+                return self.failed(name, str(exc))
+            old = self.swap(name, loaded, note)
+        await self.retire(old)  # requests they admitted are answered; later ones go to the new versions
         return self.index[name]
 
     async def unload(self, name: str) -> None:
         async with self._lock:
-            old = self.models.pop(name, None)
-            if old is None and name not in self.index:
-                raise not_found(f"unknown model {name!r}")
-            self.index[name] = IndexEntry(name, "UNAVAILABLE", "unloaded", [])
-        for served in (old or {}).values():
-            await served.batcher.stop(self.settings.request_timeout_s)
+            old = self.drop(name)
+        await self.retire(old)
 
     async def load_all(self) -> None:
-        """Load every model of the repository; refuse to start with none when ``require_model``."""
+        """Load every model of the repository; refuse to start with none when ``require_model``.
+
+        As a replacement worker (see :mod:`service.workers.cluster`), its cluster's plan names the versions the
+        other workers serve: those exactly, no others, and nothing for a name planned with none (unloaded).
+        Then the worker takes model control from its supervisor."""
         repo = self.settings.repository
         names = model_names(repo)
         if not names and self.settings.require_model:
             where = "does not exist" if not repo.exists() else "holds no model (<name>/<version>/model.onnx)"
             raise RuntimeError(f"model repository {repo} {where}; run bnfold-export first")
-        for name in names:
-            await self.load(name)
+        plan = self.cluster.plan if self.cluster is not None else None
+        for name in sorted(set(names) | set(plan or {})):
+            if plan is None or plan.get(name):
+                await self.load(name, None if plan is None else plan[name])
+            elif name in plan:
+                self.index[name] = IndexEntry(name, "UNAVAILABLE", "unloaded", [])
         if self.settings.require_model and not self.models:
             reasons = "; ".join(f"{e.name}: {e.reason}" for e in self.index.values())
             raise RuntimeError(f"no model in {repo} could be loaded ({reasons})")
         self.ready = True
+        if self.cluster is not None:
+            self.cluster.attach(self)
 
     def scan_index(self) -> list[IndexEntry]:
         """Index of the repository: every model folder, loaded or not."""

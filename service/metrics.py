@@ -1,11 +1,22 @@
-"""Prometheus metrics, one registry per app (so several apps in one process, as in tests, never clash)."""
+"""Prometheus metrics, one registry per app (so several apps in one process, as in tests, never clash).
+
+With several workers (``BNFOLD_WORKERS``) prometheus_client runs in its multiprocess mode: the supervisor
+sets ``PROMETHEUS_MULTIPROC_DIR`` before it starts the workers, every worker's values are written to files
+there, and :func:`collecting_registry` (what ``/metrics`` collects) sums them over every worker, so a counter
+equals the requests the server took whichever worker took them. A metric aggregates when it is declared with
+``registry=metrics.registry`` like those below (the multiprocess files are written whatever the registry),
+and a Gauge also says how workers combine: ``multiprocess_mode="livesum"`` (summed over live workers) or
+``"livemax"``; counters and histograms are summed, dead workers included.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -52,13 +63,17 @@ class Metrics:
         self.batch_size = Histogram(
             "bnfold_batch_size", "Samples per executed batch", per_version, buckets=BATCH_BUCKETS, registry=r
         )
-        self.queue_depth = Gauge("bnfold_queue_depth", "Requests waiting", per_version, registry=r)
+        self.queue_depth = Gauge(
+            "bnfold_queue_depth", "Requests waiting", per_version, registry=r, multiprocess_mode="livesum"
+        )
         self.model_info = Gauge(
             "bnfold_model_info",
             "1 per loaded version: the execution provider, and the provider and session options in force",
             [*per_version, "provider", "provider_options", "session_options", "batch_buckets", "precision"],
             registry=r,
+            multiprocess_mode="livemax",
         )
+        self._collecting: CollectorRegistry | None = None
 
         self._versions: dict[tuple[str, str], VersionMetrics] = {}
 
@@ -75,3 +90,15 @@ class Metrics:
                 queue_depth=self.queue_depth.labels(*key),
             )
         return self._versions[key]
+
+
+def collecting_registry(metrics: Metrics) -> CollectorRegistry:
+    """The registry ``/metrics`` collects: with several workers one that sums every worker's files in
+    ``PROMETHEUS_MULTIPROC_DIR`` (made once), else ``metrics.registry``."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return metrics.registry
+    if metrics._collecting is None:
+        metrics._collecting = CollectorRegistry()
+        MultiProcessCollector(metrics._collecting, path=directory)
+    return metrics._collecting

@@ -9,33 +9,52 @@ stops the batchers, and the process exits 0. A second SIGTERM or SIGINT stops at
 
 With ``BNFOLD_GRPC_PORT`` set, the gRPC server (``service.grpc``) starts once the models are loaded and drains
 alongside the HTTP connections, both before the lifespan shutdown stops the batchers.
+
+No request that reached the server is lost in the drain: connections the kernel completed before the
+listeners close are accepted and served (otherwise the close would reset them), and a connection accepted
+but still without its first request (typically a client that got ``Connection: close`` and reconnected at
+once, its request not yet read on a loaded machine) is given up to ``FRESH_CONNECTION_GRACE_S`` for that
+request, which is answered with ``Connection: close``, instead of being closed as idle.
+
+As a worker of a supervised server (``cluster``, see :mod:`service.workers`) it serves on the sockets the
+supervisor bound, reports its readiness to the other workers, and takes model control from the supervisor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 import socket
 import time
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from service.app import create_app
 from service.settings import Settings
 
 if TYPE_CHECKING:
     from service.grpc.server import GrpcServer
+    from service.workers.cluster import Cluster
 
 logger = logging.getLogger(__name__)
 LAST_READS_S = 0.05  # after the listeners close: time for bytes already received to be read as requests
+FRESH_CONNECTION_GRACE_S = 2.0  # after that: longest wait for the first request of a just-accepted connection
 
 
 class DrainingServer(uvicorn.Server):
     """uvicorn with bnfold's two-step shutdown (see the module docstring)."""
 
     def __init__(
-        self, config: uvicorn.Config, manager: Any, drain_delay_s: float = 0.0, grpc: GrpcServer | None = None
+        self,
+        config: uvicorn.Config,
+        manager: Any,
+        drain_delay_s: float = 0.0,
+        grpc: GrpcServer | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         super().__init__(config)
         self.manager = manager
@@ -44,6 +63,7 @@ class DrainingServer(uvicorn.Server):
         self.forced = False
         self.grpc = grpc
         self.grpc_failed = False
+        self.cluster = cluster
 
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)
@@ -53,6 +73,8 @@ class DrainingServer(uvicorn.Server):
             except RuntimeError as exc:
                 logger.error("%s", exc)
                 self.grpc_failed = self.should_exit = True
+        if self.cluster is not None and self.started and not self.should_exit:
+            self.cluster.mark_ready(True)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         if self.manager.draining:  # the second signal (or one during shutdown): stop now
@@ -64,6 +86,8 @@ class DrainingServer(uvicorn.Server):
             "signal %d: readiness off; draining in %.1f s, then answering what was received", sig, self.drain_delay_s
         )
         self.manager.draining = True
+        if self.cluster is not None:
+            self.cluster.mark_ready(False)
         self.drain_until = time.monotonic() + self.drain_delay_s
 
     async def on_tick(self, counter: int) -> bool:
@@ -76,11 +100,58 @@ class DrainingServer(uvicorn.Server):
             task = asyncio.get_running_loop().create_task(self.grpc.stop())
             self.server_state.tasks.add(task)
             task.add_done_callback(self.server_state.tasks.discard)
+        listeners = self._listeners()  # kept open past the close to accept what the kernel already queued
         for server in self.servers:  # stop accepting, then read what idle connections already received
             server.close()
         if not self.force_exit:
+            await self._accept_queued(listeners)
             await asyncio.sleep(LAST_READS_S)
+            await self._wait_first_requests()
+        for listener in listeners:
+            listener.close()
         await super().shutdown(sockets)
+
+    def _listeners(self) -> list[socket.socket]:
+        """Non-blocking duplicates of the listening sockets."""
+        dups = []
+        for server in self.servers:
+            for sock in server.sockets or ():
+                dup = socket.socket(fileno=os.dup(sock.fileno()))
+                dup.setblocking(False)
+                dups.append(dup)
+        return dups
+
+    async def _accept_queued(self, listeners: list[socket.socket]) -> None:
+        """Accept every connection the kernel completed before the close (the last process to close a
+        listening socket would otherwise reset them) and serve it like any other, then close the listeners."""
+        loop = asyncio.get_running_loop()
+        config = self.config
+        protocol: Any = functools.partial(
+            config.http_protocol_class,
+            config=config,
+            server_state=self.server_state,
+            app_state=self.lifespan.state,  # type: ignore[call-arg]
+        )
+        for listener in listeners:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:  # BlockingIOError: none queued
+                    break
+                conn.setblocking(False)
+                await loop.connect_accepted_socket(protocol, conn)
+            listener.close()
+
+    async def _wait_first_requests(self) -> None:
+        """Until every accepted connection has its first request (or ``FRESH_CONNECTION_GRACE_S``): uvicorn
+        would close one still without a request as idle, and its client's request would be lost."""
+        deadline = time.monotonic() + FRESH_CONNECTION_GRACE_S
+        while time.monotonic() < deadline and not self.force_exit:
+            fresh = [c for c in self.server_state.connections if getattr(c, "cycle", True) is None]
+            if not fresh:
+                return
+            await asyncio.sleep(0.005)
+        logger.debug("closing connections that sent no request within %.1f s", FRESH_CONNECTION_GRACE_S)
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         with self.capture_signals():
@@ -88,14 +159,18 @@ class DrainingServer(uvicorn.Server):
             self._captured_signals.clear()  # handled: uvicorn would re-raise them and the exit status be -15
 
 
-def serve(settings: Settings) -> int:
-    """Serve until a signal; returns the exit code (0 after a drain, 1 when forced, 3 when it could not start)."""
+def serve(settings: Settings, sockets: list[socket.socket] | None = None, cluster: Cluster | None = None) -> int:
+    """Serve until a signal; returns the exit code (0 after a drain, 1 when forced, 3 when it could not start).
+
+    ``sockets`` and ``cluster``: as one worker of a supervised server (:mod:`service.workers.worker`)."""
     app = create_app(settings)
+    app.state.manager.cluster = cluster
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None if cluster is not None else LOGGING_CONFIG,  # workers: the tagged format
         access_log=False,
         timeout_graceful_shutdown=int(settings.graceful_timeout_s),
         lifespan="on",
@@ -104,9 +179,9 @@ def serve(settings: Settings) -> int:
     if settings.grpc_port:
         from service.grpc.server import GrpcServer  # tritonclient's stubs load only when gRPC is on
 
-        grpc = GrpcServer(app.state.manager, settings)
-    server = DrainingServer(config, app.state.manager, settings.drain_delay_s, grpc)
-    server.run()
+        grpc = GrpcServer(app.state.manager, settings, shared_port=cluster is not None)
+    server = DrainingServer(config, app.state.manager, settings.drain_delay_s, grpc, cluster)
+    server.run(sockets)
     if not server.started or server.grpc_failed:
         logger.error("the server did not start (see the error above)")
         return 3

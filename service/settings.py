@@ -28,7 +28,12 @@ class Settings(BaseSettings):
     providers: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when it is actually usable, else CPU"
     )
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: its default)")
+    workers: str = Field(
+        "auto", description="worker processes serving the same ports (auto: see service.workers.resolve_workers)"
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads per worker (0: the cores split across the workers)"
+    )
     intra_op_spinning: Literal["run", "always", "off"] = Field(
         "run", description="intra-op threads spin while a run lasts (run), also between runs (always), or never"
     )
@@ -57,6 +62,14 @@ class Settings(BaseSettings):
     def _buckets(cls, value: str) -> str:
         parse_buckets(value)  # a BucketError (a ValueError) names the value and what was expected
         return value
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: object) -> str:
+        text = str(value).strip().lower()
+        if text != "auto" and not (text.isascii() and text.isdigit() and int(text) >= 1):
+            raise ValueError(f"BNFOLD_WORKERS (--workers) must be auto or a whole number >= 1, got {value!r}")
+        return text
 
     @model_validator(mode="after")
     def _coherent(self) -> Settings:

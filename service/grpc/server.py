@@ -1,6 +1,7 @@
 """The ``grpc.aio`` server's lifecycle, inside the HTTP server's event loop (see :mod:`service.server`).
 
-It listens on ``BNFOLD_GRPC_PORT`` at ``BNFOLD_HOST`` once the models are loaded, takes messages up to
+It listens on ``BNFOLD_GRPC_PORT`` at ``BNFOLD_HOST`` once the models are loaded (with ``SO_REUSEPORT`` in
+each worker of a supervised server, see :mod:`service.workers.supervisor`), takes messages up to
 ``BNFOLD_MAX_BODY_BYTES`` (larger ones end RESOURCE_EXHAUSTED before any decoding), and on shutdown stops
 taking RPCs at once and gives those in flight ``BNFOLD_GRACEFUL_TIMEOUT_S`` to finish.
 """
@@ -22,8 +23,9 @@ logger = logging.getLogger(__name__)
 class GrpcServer:
     """Start and drain the gRPC side of a bnfold server."""
 
-    def __init__(self, manager: ModelManager, settings: Settings) -> None:
+    def __init__(self, manager: ModelManager, settings: Settings, shared_port: bool = False) -> None:
         self.manager = manager
+        self.shared_port = shared_port  # a worker of a supervised server: every worker listens on the port
         self.settings = settings
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -39,7 +41,9 @@ class GrpcServer:
         options = [
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),  # a port in use must fail here, not be shared with another process
+            # a port in use must fail here, not be shared with another process; the workers of one server share
+            # it (the supervisor holds it with SO_REUSEPORT, so a taken port fails the start there)
+            ("grpc.so_reuseport", int(self.shared_port)),
         ]
         server = grpc.aio.server(options=options)
         add_GRPCInferenceServiceServicer_to_server(Servicer(self.manager, self.settings), server)

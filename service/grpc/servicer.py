@@ -88,7 +88,7 @@ class Servicer(GRPCInferenceServiceServicer):
     @rpc
     async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         m = self.manager
-        return pb.ServerReadyResponse(ready=m.ready and not m.draining and bool(m.models))
+        return pb.ServerReadyResponse(ready=m.is_ready())
 
     @rpc
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

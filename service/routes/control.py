@@ -1,4 +1,7 @@
-"""Model control (``/v2/repository/*``), guarded by the API key; disabled when no key is configured."""
+"""Model control (``/v2/repository/*``), guarded by the API key; disabled when no key is configured.
+
+With several workers a load or unload runs on every worker before it is answered
+(:mod:`service.workers.cluster`); the index is this worker's, which every load and unload keeps equal."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from service.deps import ApiKeyDep, ManagerDep
+from service.errors import ApiError
 from service.repository import versions
 
 router = APIRouter(tags=["model control"], dependencies=[ApiKeyDep])
@@ -27,6 +31,8 @@ async def index(manager: ManagerDep) -> list[dict[str, Any]]:
 
 @router.post("/v2/repository/models/{model}/load", summary="Load or reload a model (newest version)")
 async def load(model: str, manager: ManagerDep) -> JSONResponse:
+    if manager.cluster is not None:
+        return await _everywhere("load", model, manager)
     entry = await manager.load(model)
     if entry.failed:
         return JSONResponse({"error": entry.reason}, status_code=400)
@@ -35,5 +41,14 @@ async def load(model: str, manager: ManagerDep) -> JSONResponse:
 
 @router.post("/v2/repository/models/{model}/unload", summary="Unload a model")
 async def unload(model: str, manager: ManagerDep) -> JSONResponse:
+    if manager.cluster is not None:
+        return await _everywhere("unload", model, manager)
     await manager.unload(model)
+    return JSONResponse({})
+
+
+async def _everywhere(op: str, model: str, manager: ManagerDep) -> JSONResponse:
+    status, error = await manager.cluster.control(op, model)
+    if status != 200:
+        raise ApiError(status, error)
     return JSONResponse({})

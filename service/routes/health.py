@@ -1,4 +1,4 @@
-"""Server metadata, liveness and readiness (a real check: 503 until models are loaded and warm)."""
+"""Server metadata, liveness and readiness (a real check: 503 until models are loaded and warm on every worker)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/v2/health/ready", summary="Readiness: models loaded and warmed, not shutting down")
+@router.get("/v2/health/ready", summary="Readiness: models loaded and warmed, not shutting down, every worker so")
 async def ready(manager: ManagerDep) -> JSONResponse:
-    ok = manager.ready and not manager.draining and bool(manager.models)
+    ok = manager.is_ready()
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)

@@ -38,14 +38,19 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m service`` on a free loopback port, waited for until ready."""
+    """``python -m service`` on a free loopback port, waited for until ready; one worker process unless the
+    test asks for more (``--workers``), so that the suite's servers start fast and batch in one process."""
 
     def __init__(self, repo: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "service", "--repository", str(repo), "--port", str(self.port), *args]
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "BNFOLD_WORKERS": "1", **(env or {})},
         )
 
     def wait_ready(self, timeout: float = 60) -> None:

@@ -1,0 +1,183 @@
+"""Worker processes (issue 19): one server per worker count, side by side, interleaved, wrk as the load.
+
+For each worker count (``serve_bench.py --workers 1,2``) one server serves the same repository: the
+ResNet-20, its int8 variant and ``tiny``, a near-zero-compute model (one Add on 4 floats) whose requests/s
+is the front end's ceiling. All servers run at once (idle ones cost nothing) and every round measures each
+in turn, so machine drift hits all alike. Per round and server:
+
+* in-process ONNX Runtime's best (batch 32 or 64) and binary v2 under 16 wrk connections, fp32 then int8
+  (samples/s; 1 sample per request), and the served/in-process ratio of the round;
+* the median latency of one wrk connection, against a direct ``session.run`` at batch 1 in the same round;
+* the tiny model under 64 wrk connections: requests/s, and the server's CPU per request (its processes'
+  user + system time over the phase, divided by the requests: the front end's cost, ONNX Runtime's compute
+  being next to nothing);
+* errors: wrk's socket errors and non-2xx answers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+TINY = "tiny"
+
+
+def build_tiny(root: Path) -> None:
+    """``tiny``: output = input + 1 on 4 floats, max batch 64."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from export.repository import TensorSpec, new_version, render_config, write_model_files
+
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["input", "one"], ["logits"])],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        [one],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    with new_version(root, TINY) as (staging, _):
+        onnx.save(model, staging / "model.onnx")
+    spec = [TensorSpec("input", "float32", (4,))], [TensorSpec("logits", "float32", (4,))]
+    config = render_config(TINY, *spec, max_batch_size=64, max_queue_delay_us=0)
+    write_model_files(root / TINY, config, ["a", "b", "c", "d"])
+
+
+def body(shape: tuple[int, ...]) -> tuple[bytes, dict[str, str]]:
+    """A binary v2 request for one sample of ``shape``."""
+    x = np.random.default_rng(2).standard_normal((1, *shape)).astype(np.float32)
+    tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}
+    header = orjson.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}})
+    return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+
+
+def wrk(port: int, model: str, shape: tuple[int, ...], clients: int, seconds: float, workdir: Path) -> dict[str, float]:
+    """One wrk run (one thread): requests/s, requests, errors and the median latency (s)."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("--workers needs the wrk binary (Debian package 'wrk')")
+    data, headers = body(shape)
+    name = f"{model}-{'x'.join(map(str, shape))}"
+    (workdir / f"{name}.bin").write_bytes(data)
+    lines = ['wrk.method = "POST"', f'local f = io.open("{workdir / name}.bin", "rb")', "wrk.body = f:read('*all')"]
+    lines += ["f:close()"] + [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    (workdir / f"{name}.lua").write_text("\n".join(lines) + "\n")
+    url = f"http://127.0.0.1:{port}/v2/models/{model}/infer"
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{clients}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "-s",
+        f"{workdir / name}.lua",
+        url,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)\b", out)
+    if rate is None or total is None or p50 is None:
+        raise SystemExit(f"cannot read wrk's report:\n{out}")
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rate": float(rate.group(1)),
+        "requests": float(total.group(1)),
+        "errors": errors + (int(non2xx.group(1)) if non2xx else 0),
+        "p50_s": float(p50.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[p50.group(2)],
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants (alive ones), from /proc."""
+    total = 0.0
+    pending = [pid]
+    tick = os.sysconf("SC_CLK_TCK")
+    while pending:
+        p = pending.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            pending += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def start(repo: Path, workers: int, port: int) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "service", "--repository", str(repo), "--port", str(port), "--workers", str(workers)]
+    return subprocess.Popen([*cmd, "--log-level", "warning"])
+
+
+def one_round(port: int, pid: int, paths: dict[str, Path], phase: float, workdir: Path) -> dict[str, float]:
+    """Every figure of one server, once (see the module docstring)."""
+    from serve_bench import INT8_MODEL, ort_latency, ort_throughput
+
+    image = (3, 32, 32)
+    best = max(ort_throughput(paths["resnet20"], b, phase / 2) for b in (32, 64))  # in-process, this round
+    fp32 = wrk(port, "resnet20", image, 16, phase, workdir)
+    int8 = wrk(port, INT8_MODEL, image, 16, phase, workdir)
+    direct = ort_latency(paths["resnet20"], 1000)
+    single = wrk(port, "resnet20", image, 1, phase, workdir)
+    before = cpu_seconds(pid)
+    tiny = wrk(port, TINY, (4,), 64, phase, workdir)
+    cpu = cpu_seconds(pid) - before
+    return {
+        "ort_best_samples_per_s": best,
+        "binary_16_clients": fp32["rate"],
+        "binary_vs_best_ort": fp32["rate"] / best,
+        "int8_binary_16_clients": int8["rate"],
+        "int8_vs_fp32": int8["rate"] / fp32["rate"],
+        "single_client_p50_ms": single["p50_s"] * 1e3,
+        "direct_session_run_ms": direct * 1e3,
+        "p50_overhead_ms": (single["p50_s"] - direct) * 1e3,
+        "tiny_requests_per_s": tiny["rate"],
+        "server_cpu_us_per_request": cpu / tiny["requests"] * 1e6,
+        "errors": fp32["errors"] + int8["errors"] + single["errors"] + tiny["errors"],
+    }
+
+
+def compare_workers(
+    counts: list[int], repo: Path, paths: dict[str, Path], ort_best: float, seconds: float, rounds: int = 2
+) -> dict[str, Any]:
+    """Every worker count's figures, ``rounds`` interleaved rounds, medians and ratios (module docstring)."""
+    from serve_bench import free_port, load_wrk, wait_ready
+
+    build_tiny(repo)
+    ports = {w: free_port() for w in counts}
+    servers = {w: start(repo, w, ports[w]) for w in counts}
+    figures: dict[int, list[dict[str, float]]] = {w: [] for w in counts}
+    try:
+        for w in counts:
+            wait_ready(ports[w], servers[w], timeout=300)
+            load_wrk(ports[w], True, 16, 2, repo)  # warm-up
+        for i in range(rounds):
+            for w in counts[:: 1 if i % 2 == 0 else -1]:
+                figures[w].append(one_round(ports[w], servers[w].pid, paths, max(2.0, seconds / 2), repo))
+    finally:
+        for server in servers.values():
+            server.terminate()
+        codes = {w: server.wait(timeout=120) for w, server in servers.items()}
+    out: dict[str, Any] = {"rounds": rounds, "phase_s": max(2.0, seconds / 2), "exit_codes": codes}
+    for w, rows in figures.items():
+        median = {k: round(statistics.median(r[k] for r in rows), 3) for k in rows[0]}
+        median["errors"] = sum(r["errors"] for r in rows)
+        median["binary_vs_best_ort_of_the_whole_run"] = round(median["binary_16_clients"] / ort_best, 3)
+        out[f"workers_{w}"] = {"median": median, "rounds": [{k: round(v, 3) for k, v in r.items()} for r in rows]}
+    first = out[f"workers_{counts[0]}"]["median"]["tiny_requests_per_s"]
+    out["tiny_ceiling_growth"] = {
+        w: round(out[f"workers_{w}"]["median"]["tiny_requests_per_s"] / first, 2) for w in counts
+    }
+    return out
