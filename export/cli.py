@@ -191,8 +191,6 @@ def main(argv: list[str] | None = None) -> int:
 
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.ERROR)
-
-        job = _job(args, parser)
         job.padded_bn = args.padded_bn
         written = export_job(
             job,
