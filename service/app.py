@@ -17,7 +17,7 @@ from service.draining import DrainingConnections
 from service.errors import ApiError, error_response
 from service.manager import ModelManager
 from service.metrics import Metrics
-from service.routes import classify, control, health, infer, models
+from service.routes import classify, control, health, infer, models, statistics
 from service.routes import metrics as metrics_route
 from service.schemas import add_body_schemas
 from service.settings import Settings, get_settings
@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.manager = manager
     inference = infer.routes()
     app.router.routes[:0] = inference  # documented and routed like any route
-    for module in (health, models, classify, control, metrics_route):
+    for module in (health, statistics, models, classify, control, metrics_route):  # stats before {model}
         app.include_router(module.router)
     app.add_middleware(infer.InferenceRoutes, routes=inference)  # the hot path: innermost user middleware
     app.add_middleware(DrainingConnections, manager=manager)

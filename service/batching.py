@@ -32,6 +32,7 @@ import numpy as np
 from service.errors import ApiError, bad_request, unavailable
 from service.metrics import VersionMetrics
 from service.model import ModelVersion
+from service.statistics import BatchTimes
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class Admission:
 class _Pending:
     x: np.ndarray
     future: asyncio.Future[np.ndarray]
-    enqueued: float = field(default_factory=time.perf_counter)
+    enqueued: int = field(default_factory=time.perf_counter_ns)
     abandoned: bool = False
 
 
@@ -248,29 +249,37 @@ class Batcher:
         """Run ``batch`` in the ONNX Runtime thread; when it ends, answer each request and wake the worker if
         requests queued meanwhile."""
         self._running = True
-        started = time.perf_counter()
+        started = time.perf_counter_ns()
         for item in batch:
-            self.metrics.queue_seconds.observe(started - item.enqueued)
+            self.metrics.queue_seconds.observe((started - item.enqueued) / 1e9)
         x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
+        prepared = time.perf_counter_ns()
 
-        def answer(out: np.ndarray | None, exc: BaseException | None) -> None:  # on the event loop
+        def answer(out: np.ndarray | None, exc: BaseException | None, run_ns: int) -> None:  # on the event loop
             self._running = False
             if self._items:
                 self._wake.set()
-            self._answer(out, exc, batch, samples, started)
+            self._answer(out, exc, batch, samples, (started, prepared - started, run_ns))
 
         def work() -> None:  # in the ONNX Runtime thread; one hop back to the loop, no future chaining
+            begin = time.perf_counter_ns()
             try:
                 out, exc = self.model.run(x), None
             except BaseException as error:  # handed to the requests of this batch
                 out, exc = None, error
-            loop.call_soon_threadsafe(answer, out, exc)
+            loop.call_soon_threadsafe(answer, out, exc, time.perf_counter_ns() - begin)
 
         self._executor.submit(work)
 
     def _answer(
-        self, out: np.ndarray | None, exc: BaseException | None, batch: list[_Pending], samples: int, started: float
+        self,
+        out: np.ndarray | None,
+        exc: BaseException | None,
+        batch: list[_Pending],
+        samples: int,
+        timing: tuple[int, int, int],
     ) -> None:
+        """Hand each request its rows; ``timing``: when the batch started, and its input and run nanoseconds."""
         if out is None:  # a failing batch fails its requests, not the worker
             exc = exc or RuntimeError("the inference run returned nothing")
             logger.error("inference failed for %s version %d", self.model.name, self.model.version, exc_info=exc)
@@ -278,11 +287,20 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
-        self.metrics.compute_seconds.observe(time.perf_counter() - started)
+        started, input_ns, run_ns = timing
+        split = time.perf_counter_ns()
+        self.metrics.compute_seconds.observe((split - started) / 1e9)
         self.metrics.batch_size.observe(samples)
         offset = 0
+        answered = []
         for item in batch:
             n = item.x.shape[0]
             if not item.future.done():
                 item.future.set_result(out[offset : offset + n])
+                answered.append(item)
             offset += n
+        times = BatchTimes(input_ns, run_ns, time.perf_counter_ns() - split)
+        stats = self.metrics.stats
+        stats.batch(samples, times)
+        for item in answered:
+            stats.answered(started - item.enqueued, times)

@@ -18,9 +18,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from service.statistics import StatisticsMetrics, VersionStatistics
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-OUTCOMES = ("success", "bad_request", "rejected", "timeout")
+OUTCOMES = ("success", "bad_request", "rejected", "timeout", "cancelled", "error")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class VersionMetrics:
     compute_seconds: Any
     batch_size: Any
     queue_depth: Any
+    stats: VersionStatistics  # Triton's statistics extension (service.statistics)
 
     def count(self, outcome: str) -> None:
         """One request ended with ``outcome`` (one of :data:`OUTCOMES`)."""
@@ -74,7 +77,7 @@ class Metrics:
             multiprocess_mode="livemax",
         )
         self._collecting: CollectorRegistry | None = None
-
+        self.statistics = StatisticsMetrics(r)
         self._versions: dict[tuple[str, str], VersionMetrics] = {}
 
     def version(self, model: str, version: str) -> VersionMetrics:
@@ -88,6 +91,7 @@ class Metrics:
                 compute_seconds=self.compute_seconds.labels(*key),
                 batch_size=self.batch_size.labels(*key),
                 queue_depth=self.queue_depth.labels(*key),
+                stats=self.statistics.version(*key),
             )
         return self._versions[key]
 

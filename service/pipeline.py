@@ -22,8 +22,10 @@ to :func:`service.errors.error_response`, the one error policy.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,9 +135,29 @@ def build_outputs(request: InferRequest, model: ModelVersion, logits: np.ndarray
     return outputs
 
 
-def _done(served: Served, started: float) -> None:
-    served.batcher.metrics.count("success")
-    served.batcher.metrics.request_seconds.observe(time.perf_counter() - started)
+@contextlib.contextmanager
+def counted(served: Served) -> Iterator[None]:
+    """Count one admitted request: a success, or a fail in Triton's statistics (cancelled ones included).
+
+    Expected refusals (:class:`ApiError`) are counted by their outcome where they are raised; a request whose
+    client went away (its task cancelled: HTTP disconnect, gRPC cancel) is counted ``cancelled``, a failed
+    run ``error``.
+    """
+    metrics = served.batcher.metrics
+    started = time.perf_counter_ns()
+    try:
+        yield
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError):
+            metrics.count("cancelled")
+        elif not isinstance(exc, ApiError):
+            metrics.count("error")
+        metrics.stats.request("fail", time.perf_counter_ns() - started)
+        raise
+    ns = time.perf_counter_ns() - started
+    metrics.count("success")
+    metrics.request_seconds.observe(ns / 1e9)
+    metrics.stats.request("success", ns)
 
 
 # ---- front ends -----------------------------------------------------------------------------------------------
@@ -147,62 +169,56 @@ async def infer_decoded(
     timeout_s: float | None = None,
 ) -> InferResult:
     """A transport that decodes its own requests (gRPC): admit -> ``decode()`` -> run, counted as over HTTP."""
-    started = time.perf_counter()
     served, admission = admit(manager, model_name, version)
-    with admission:
+    with counted(served), admission:
         try:
             request = decode()
         except ApiError:
             served.batcher.metrics.count("bad_request")
             raise
-        result = await run(served, admission, request, manager.settings, timeout_s)
-    _done(served, started)
-    return result
+        return await run(served, admission, request, manager.settings, timeout_s)
 
 
 async def infer_http(
     manager: ModelManager, model: str, version: str | None, headers: Mapping[str, str], chunks: AsyncIterator[bytes]
 ) -> tuple[bytes, dict[str, str]]:
     """A v2 HTTP inference: body chunks in (``headers`` with lower-case names), response body and headers out."""
-    started = time.perf_counter()
     settings = manager.settings
     served, admission = admit(manager, model, version)
-    with admission:
-        try:
-            body = await read_body(headers, chunks, settings.max_body_bytes)
-            request = decode_request(body, headers.get("inference-header-content-length"))
-        except ApiError:
-            served.batcher.metrics.count("bad_request")
-            raise
-        result = await run(served, admission, request, settings)
-    encoded = encode_response(result.model_name, result.model_version, result.id, result.outputs)
-    _done(served, started)
-    return encoded
+    with counted(served):
+        with admission:
+            try:
+                body = await read_body(headers, chunks, settings.max_body_bytes)
+                request = decode_request(body, headers.get("inference-header-content-length"))
+            except ApiError:
+                served.batcher.metrics.count("bad_request")
+                raise
+            result = await run(served, admission, request, settings)
+        return encode_response(result.model_name, result.model_version, result.id, result.outputs)
 
 
 async def classify_http(
     manager: ModelManager, model: str, headers: Mapping[str, str], chunks: AsyncIterator[bytes], k: int
 ) -> dict[str, Any]:
     """Images in (multipart ``file`` fields or a raw PNG/JPEG body), the top ``k`` classes of each out."""
-    started = time.perf_counter()
     settings = manager.settings
     served, admission = admit(manager, model, None)
     m = served.model
-    with admission:
-        try:
-            images = await read_images(headers, chunks, settings.max_body_bytes)
-            x = await decode_images(images, m, settings.max_image_pixels)
-        except ApiError:
-            served.batcher.metrics.count("bad_request")
-            raise
-        logits = await admission.infer(x, settings.request_timeout_s)
-    probs = softmax(logits.astype(np.float64))
-    predictions = [
-        {
-            "filename": name,
-            "top": [{"label": label(m.labels, i), "index": int(i), "probability": float(row[i])} for i in indices],
-        }
-        for (name, _), row, indices in zip(images, probs, top_k(probs, k), strict=True)
-    ]
-    _done(served, started)
+    with counted(served):
+        with admission:
+            try:
+                images = await read_images(headers, chunks, settings.max_body_bytes)
+                x = await decode_images(images, m, settings.max_image_pixels)
+            except ApiError:
+                served.batcher.metrics.count("bad_request")
+                raise
+            logits = await admission.infer(x, settings.request_timeout_s)
+        probs = softmax(logits.astype(np.float64))
+        predictions = [
+            {
+                "filename": name,
+                "top": [{"label": label(m.labels, i), "index": int(i), "probability": float(row[i])} for i in indices],
+            }
+            for (name, _), row, indices in zip(images, probs, top_k(probs, k), strict=True)
+        ]
     return {"model_name": m.name, "model_version": str(m.version), "predictions": predictions}

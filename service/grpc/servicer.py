@@ -32,6 +32,7 @@ from service.pipeline import infer_decoded
 from service.routes.control import index
 from service.routes.health import EXTENSIONS, server_version
 from service.routes.models import config, metadata
+from service.routes.statistics import statistics
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class _Metadata:
 
 
 class Servicer(GRPCInferenceServiceServicer):
-    """Every RPC of the v2 protocol that bnfold serves over HTTP (no shared memory, statistics or tracing)."""
+    """Every RPC of the v2 protocol that bnfold serves over HTTP (no shared memory, trace settings or logging)."""
 
     def __init__(self, manager: ModelManager, settings: Settings) -> None:
         self.manager = manager
@@ -113,6 +114,12 @@ class Servicer(GRPCInferenceServiceServicer):
     async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         served = self.manager.get(request.name, request.version)
         return pb.ModelConfigResponse(config=json_format.ParseDict(config(served), mc.ModelConfig()))
+
+    @rpc
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Triton's statistics, read from the same registry as HTTP ``/v2/models/.../stats``."""
+        doc = statistics(self.manager, self.manager.metrics, request.name, request.version)
+        return json_format.ParseDict(doc, pb.ModelStatisticsResponse())
 
     # ---- inference ---------------------------------------------------------------------------------------
     @rpc

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from service.deps import ManagerDep
 
 router = APIRouter(tags=["health"])
-EXTENSIONS = ["classification", "binary_tensor_data", "model_repository"]
+EXTENSIONS = ["classification", "binary_tensor_data", "model_repository", "statistics"]
 
 
 def server_version() -> str:
