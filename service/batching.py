@@ -7,6 +7,9 @@ off the event loop (ONNX Runtime releases the GIL) and hands each request exactl
 A request that finds the batcher idle (no batch running, nothing queued, nobody else arriving) starts its
 own batch of one at once, without the round trip through the worker task; requests that arrive while it
 runs queue up and form the next batch as usual.
+The queue holds one FIFO per priority level (:mod:`service.queues`): a batch takes the highest level's
+requests first, so a high-priority request waits behind no low-priority one; each request's level and queue
+timeout come from the model's queue policy and its parameters (:mod:`service.queue_policy`).
 The queue is bounded: a full queue refuses at once (503 with Retry-After) instead of growing without
 limit; a request that waits and runs longer than its timeout gets 504 and is skipped if still queued.
 
@@ -20,7 +23,6 @@ request is left to wait for its timeout because of a stop, and nothing is submit
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
@@ -32,9 +34,12 @@ import numpy as np
 from service.errors import ApiError, bad_request, unavailable
 from service.metrics import VersionMetrics
 from service.model import ModelVersion
+from service.queue_policy import TIMED_OUT, Ticket
+from service.queues import PriorityQueue
 from service.statistics import BatchTimes
 
 logger = logging.getLogger(__name__)
+DEFAULT_TICKET = Ticket()
 
 
 class Retired(ApiError):
@@ -66,16 +71,17 @@ class Admission:
             self._decoding = False
             self._batcher.arriving -= 1
 
-    async def infer(self, x: np.ndarray, timeout_s: float) -> np.ndarray:
+    async def infer(self, x: np.ndarray, timeout_s: float, ticket: Ticket = DEFAULT_TICKET) -> np.ndarray:
         """Queue ``x`` (n samples) and wait for its outputs (n rows); see :meth:`Batcher.infer`."""
         self._arrived()
-        return await self._batcher._infer(x, timeout_s)
+        return await self._batcher._infer(x, timeout_s, ticket)
 
 
-@dataclass
+@dataclass(eq=False)  # queued requests are told apart by identity
 class _Pending:
     x: np.ndarray
     future: asyncio.Future[np.ndarray]
+    level: int = 0  # priority level, 0 first
     enqueued: int = field(default_factory=time.perf_counter_ns)
     abandoned: bool = False
 
@@ -89,7 +95,7 @@ class Batcher:
         self.max_delay = model.max_queue_delay_us / 1e6
         self.max_queue_size = max_queue_size
         self.metrics = metrics
-        self._items: collections.deque[_Pending] = collections.deque()
+        self._items = PriorityQueue(len(model.queue_policy.levels))
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{model.name}-{model.version}")
         self._task: asyncio.Task[None] | None = None
@@ -120,13 +126,15 @@ class Batcher:
         if self._closed and self._admitted == 0:
             self._drained.set()
 
-    async def infer(self, x: np.ndarray, timeout_s: float) -> np.ndarray:
-        """Admit, queue ``x`` (n samples) and wait for its outputs (n rows).
+    async def infer(self, x: np.ndarray, timeout_s: float, ticket: Ticket = DEFAULT_TICKET) -> np.ndarray:
+        """Admit, queue ``x`` (n samples) at ``ticket``'s priority level and wait for its outputs (n rows).
 
+        ``timeout_s`` bounds the wait and the run (504); ``ticket.timeout_s`` the time queued (the queue
+        policy: REJECT answers 503 "Request timeout expired", DELAY queues it behind its level).
         Requests refused or timed out here are counted here (outcomes bad_request, rejected, timeout).
         """
         with self.admit() as admission:
-            return await admission.infer(x, timeout_s)
+            return await admission.infer(x, timeout_s, ticket)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Refuse new requests, answer every admitted one (waiting at most ``grace_s``; then those still
@@ -166,7 +174,19 @@ class Batcher:
         if self._task is not None:
             self._task.cancel()
 
-    async def _infer(self, x: np.ndarray, timeout_s: float) -> np.ndarray:
+    def _refuse_full(self, ticket: Ticket) -> None:
+        if len(self._items) >= self.max_queue_size:
+            self.metrics.count("rejected")
+            raise unavailable(f"model {self.model.name!r} queue is full ({self.max_queue_size} requests); retry", 1)
+        if ticket.max_queue_size and self._items.level_size(ticket.level) >= ticket.max_queue_size:
+            self.metrics.count("rejected")
+            raise unavailable(
+                f"Exceeds maximum queue size: model {self.model.name!r} priority level {ticket.level + 1} holds "
+                f"{ticket.max_queue_size} requests (max_queue_size); retry",
+                1,
+            )
+
+    async def _infer(self, x: np.ndarray, timeout_s: float, ticket: Ticket) -> np.ndarray:
         n = x.shape[0]
         if n > self.max_batch:
             self.metrics.count("bad_request")
@@ -176,28 +196,45 @@ class Batcher:
         if self._stopped:
             self.metrics.count("rejected")
             raise unavailable(f"model {self.model.name!r} stopped; retry", 1)
-        if len(self._items) >= self.max_queue_size:
-            self.metrics.count("rejected")
-            raise unavailable(f"model {self.model.name!r} queue is full ({self.max_queue_size} requests); retry", 1)
+        self._refuse_full(ticket)
         loop = asyncio.get_running_loop()
-        item = _Pending(x, loop.create_future())
+        item = _Pending(x, loop.create_future(), ticket.level)
+        queue_timer = None
         if not self._running and not self._items and self.arriving == 0:
             self._start(loop, [item], n)
         else:
             self._items.append(item)
             self.metrics.queue_depth.set(len(self._items))
             self._wake.set()
+            if ticket.timeout_s is not None:
+                queue_timer = loop.call_later(ticket.timeout_s, self._queue_timeout, item, ticket.delay)
         timer = loop.call_later(timeout_s, self._expire, item, timeout_s)
         try:
             return await item.future
         finally:
             timer.cancel()
-            if item.future.cancelled():  # the request went away (client disconnect, shutdown)
+            if queue_timer is not None:
+                queue_timer.cancel()
+            if item.future.cancelled():  # the request went away (client disconnect, shutdown): drop it
                 item.abandoned = True
+                if self._items.remove(item):
+                    self.metrics.queue_depth.set(len(self._items))
+
+    def _queue_timeout(self, item: _Pending, delay: bool) -> None:
+        """The queue policy's timeout passed while ``item`` waits: DELAY moves it behind its level, REJECT fails
+        it with Triton's error (a request already in a batch is not affected)."""
+        if delay:
+            self._items.delay(item)
+        elif self._items.remove(item) and not item.future.done():
+            item.abandoned = True
+            self.metrics.count("timeout")
+            self.metrics.queue_depth.set(len(self._items))
+            item.future.set_exception(unavailable(f"{TIMED_OUT} (model {self.model.name!r}, queue policy timeout)"))
 
     def _expire(self, item: _Pending, timeout_s: float) -> None:
         if not item.future.done():
             item.abandoned = True
+            self._items.remove(item)
             self.metrics.count("timeout")
             item.future.set_exception(ApiError(504, f"request to {self.model.name!r} timed out after {timeout_s:g} s"))
 
@@ -211,7 +248,7 @@ class Batcher:
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 except TimeoutError:  # not the builtin TimeoutError before Python 3.11
                     return None
-        return self._items[0]
+        return self._items.head()
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -225,7 +262,7 @@ class Batcher:
             deadline = time.perf_counter() + self.max_delay
             while samples < self.max_batch:
                 remaining = deadline - time.perf_counter()
-                head = self._items[0] if self._items else await self._next(max(remaining, 0) if batch else None)
+                head = self._items.head() if self._items else await self._next(max(remaining, 0) if batch else None)
                 if head is None:
                     break
                 if head.abandoned:

@@ -14,6 +14,7 @@ from contracts.errors import first_line
 from contracts.sessions import open_session
 from service.buckets import resolve_buckets, run_padded
 from service.providers import CUDA, CudaOptions, options_in_force, resolve_providers, session_in_force, session_options
+from service.queue_policy import QueuePolicy, QueuePolicyError
 from service.repository import RepositoryFormatError, read_config, read_labels
 from service.repository import max_queue_delay_us as max_queue_delay_us_of
 
@@ -61,7 +62,8 @@ class ModelVersion:
     provider_options: dict[str, str] = field(default_factory=dict)  # as ONNX Runtime reports them in force
     session_options: dict[str, str] = field(default_factory=dict)  # threads and spinning, as reported in force
     buckets: tuple[int, ...] = ()  # batch sizes each batch is padded up to (empty: no padding)
-    config: ModelConfig | None = None  # config.pbtxt as read: Triton's own message (contracts.repository)
+    queue_policy: QueuePolicy = field(default_factory=QueuePolicy)  # priority levels and queue timeouts
+    config: ModelConfig | None = None  # config.pbtxt as read (Triton's ModelConfig message)
 
     @property
     def normalization(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -140,6 +142,13 @@ def _custom_metadata(session: Any) -> dict[str, Any]:
     return metadata
 
 
+def _queue_policy(config: ModelConfig, model_dir: Path) -> QueuePolicy:
+    try:
+        return QueuePolicy.from_config(config.dynamic_batching, model_dir / "config.pbtxt")
+    except QueuePolicyError as exc:
+        raise ModelLoadError(str(exc)) from None
+
+
 def _describe(
     session: Any,
     model_dir: Path,
@@ -173,6 +182,7 @@ def _describe(
         metadata=metadata,
         provider_options=options_in_force(session),
         session_options=session_in_force(session),
+        queue_policy=_queue_policy(config, model_dir),
         config=config,
     )
 

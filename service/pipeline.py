@@ -113,11 +113,12 @@ async def run(
     try:
         x = validate_input(request, m, settings.allow_non_finite)
         check_outputs(request, m)
+        ticket = m.queue_policy.ticket(request.priority, request.timeout_us)
     except ApiError:
         served.batcher.metrics.count("bad_request")
         raise
     timeout = settings.request_timeout_s if timeout_s is None else min(timeout_s, settings.request_timeout_s)
-    logits = await admission.infer(x, timeout)  # counts its own refusals and timeouts
+    logits = await admission.infer(x, timeout, ticket)  # counts its own refusals and timeouts
     return InferResult(m.name, str(m.version), request.id, build_outputs(request, m, logits))
 
 

@@ -5,6 +5,8 @@
   the raw little-endian tensors in input order; an input with ``parameters.binary_data_size`` takes its
   bytes from there. Outputs are binary when the output asks (``parameters.binary_data``) or the request
   does (``parameters.binary_data_output``); their sizes go in ``binary_data_size``.
+- Request parameters ``priority`` and ``timeout`` (microseconds) choose the queue level and timeout
+  (:mod:`service.queue_policy`).
 - Classification: ``parameters.classification: k`` on an output returns, per sample, the top k classes as
   BYTES ``"score:index:label"``.
 
@@ -27,6 +29,7 @@ import orjson
 import simdjson
 
 from service.errors import bad_request
+from service.queue_policy import request_integer
 
 DATATYPES: dict[str, np.dtype[Any]] = {  # little-endian, as the binary extension sends them
     name: np.dtype(t).newbyteorder("<")
@@ -76,6 +79,8 @@ class InferRequest:
     inputs: list[InputTensor]
     outputs: list[RequestedOutput] | None
     binary_output: bool
+    priority: int | None = None  # request parameter: priority level (0 or None: the model's default)
+    timeout_us: int | None = None  # request parameter: queue timeout in microseconds
 
 
 def _param(obj: dict[str, Any], key: str) -> Any:
@@ -291,6 +296,8 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
         inputs=inputs,
         outputs=[_decode_output(o) for o in raw_outputs] if raw_outputs else None,
         binary_output=bool(_param(doc, "binary_data_output")),
+        priority=request_integer("priority", _param(doc, "priority")),
+        timeout_us=request_integer("timeout", _param(doc, "timeout")),
     )
 
 

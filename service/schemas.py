@@ -31,6 +31,8 @@ class InferRequestedOutput(BaseModel):
 
 class RequestParameters(BaseModel):
     binary_data_output: bool | None = Field(None, description="return every output as binary tensor data")
+    priority: int | None = Field(None, description="priority level, 1 the highest (0: the model's default)")
+    timeout: int | None = Field(None, description="queue timeout in microseconds, if the queue policy allows it")
 
 
 class InferRequest(BaseModel):

@@ -9,8 +9,9 @@ Tensor data travels in one of two ways, as in the protocol:
   ``int_contents``, ...; FP16 has no typed field and must be raw). A request with typed inputs gets typed
   outputs. The protocol allows no mixing: raw contents are given for every input or for none.
 
-Requested outputs take ``parameters["classification"]`` (int64) exactly as over HTTP: top-k
-``"score:index:label"`` BYTES per sample.
+The request parameters ``priority`` and ``timeout`` (int64 or uint64, as tritonclient sends them) choose the
+queue level and timeout (:mod:`service.queue_policy`). Requested outputs take
+``parameters["classification"]`` (int64) exactly as over HTTP: top-k ``"score:index:label"`` BYTES per sample.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from service.errors import bad_request
 from service.protocol import DATATYPES, InferRequest, InputTensor, OutputTensor, RequestedOutput, raw_output
+from service.queue_policy import request_integer
 
 TYPED_FIELDS = {
     "BOOL": "bool_contents",
@@ -92,6 +94,18 @@ def _requested_output(output: Any) -> RequestedOutput:
     return RequestedOutput(output.name, None, classes)
 
 
+def _integer_parameter(request: Any, name: str) -> int | None:
+    """Request parameter ``name`` (``priority``, ``timeout``) as tritonclient sends it (uint64 or int64)."""
+    if name not in request.parameters:
+        return None
+    param = request.parameters[name]
+    kind = param.WhichOneof("parameter_choice")
+    value = getattr(param, kind) if kind in ("int64_param", "uint64_param") else None
+    if value is None:
+        raise bad_request(f"parameter {name!r} must be an int64 or uint64 parameter, got {kind}")
+    return request_integer(name, value)
+
+
 def decode_infer_request(request: Any) -> InferRequest:
     """The request as bnfold's protocol-neutral :class:`InferRequest` (outputs raw when inputs are raw)."""
     if not request.inputs:
@@ -108,7 +122,14 @@ def decode_infer_request(request: Any) -> InferRequest:
         else [_typed_input(t) for t in request.inputs]
     )
     outputs = [_requested_output(o) for o in request.outputs] or None
-    return InferRequest(id=request.id or None, inputs=inputs, outputs=outputs, binary_output=bool(raw))
+    return InferRequest(
+        id=request.id or None,
+        inputs=inputs,
+        outputs=outputs,
+        binary_output=bool(raw),
+        priority=_integer_parameter(request, "priority"),
+        timeout_us=_integer_parameter(request, "timeout"),
+    )
 
 
 def _typed_output(out: OutputTensor, tensor: Any) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 
 from service.batching import Batcher
 from service.metrics import Metrics
+from service.queue_policy import QueuePolicy
 
 
 @dataclass
@@ -25,6 +26,7 @@ class FakeModel:
     batches: list[int] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
     started: threading.Event = field(default_factory=threading.Event)
+    queue_policy: QueuePolicy = field(default_factory=QueuePolicy)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         self.batches.append(x.shape[0])
