@@ -6,7 +6,8 @@ with no per-request pydantic, dependency injection or response class, which toge
 decoding a binary tensor. :class:`InferenceRoutes`, the innermost user middleware, hands matching requests to
 those same route objects before FastAPI's exception middleware and full route table: every middleware added
 to the app still wraps inference, and there is one handler, :func:`serve_infer`. The body is read as raw
-bytes whatever its Content-Type (tritonclient sends none).
+bytes whatever its Content-Type (tritonclient sends none). A client that disconnects while its request waits
+cancels it (:class:`RequestStream`).
 
 FastAPI documents the routes from :func:`infer_newest` / :func:`infer_version` (path parameters, response
 model) and :data:`OPENAPI_BODY`; those functions only declare signatures: :func:`serve_infer` is what runs.
@@ -14,6 +15,7 @@ model) and :data:`OPENAPI_BODY`; those functions only declare signatures: :func:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -43,14 +45,38 @@ OPENAPI_BODY = {
 }
 
 
-async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
+class RequestStream:
+    """The request body as chunks; once it is read, a watcher cancels the request's task if the client
+    disconnects, so a request that is still queued is dropped before it reaches ONNX Runtime (counted
+    ``cancelled``; one already in a running batch finishes with the batch, its answer unsent)."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._watcher: asyncio.Task[None] | None = None
+        self.disconnected = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                return
+            yield message.get("body", b"")
+            if not message.get("more_body", False):
+                task = asyncio.current_task()
+                if task is not None:
+                    self._watcher = asyncio.get_running_loop().create_task(self._watch(task))
+                return
+
+    async def _watch(self, task: asyncio.Task[Any]) -> None:
+        message = await self._receive()  # after the body, the next message is the client going away
         if message["type"] == "http.disconnect":
-            return
-        yield message.get("body", b"")
-        if not message.get("more_body", False):
-            return
+            self.disconnected = True
+            task.cancel()
+
+    def close(self) -> None:
+        """Stop watching (before the answer is sent: a finished request is not cancelled)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
 
 
 async def serve_infer(scope: Scope, receive: Receive, send: Send) -> None:
@@ -59,12 +85,22 @@ async def serve_infer(scope: Scope, receive: Receive, send: Send) -> None:
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
     manager = scope["app"].state.manager
     status, content_type = 200, b"application/json"
+    stream = RequestStream(receive)
     try:
-        body, extra = await infer_http(manager, params["model"], params.get("version"), headers, _chunks(receive))
+        body, extra = await infer_http(manager, params["model"], params.get("version"), headers, stream.chunks())
         if HEADER_LENGTH in extra:
             content_type = b"application/octet-stream"
+    except asyncio.CancelledError:
+        if not stream.disconnected:
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return  # the client is gone: nobody to answer
     except Exception as exc:  # the error policy decides: ApiError -> its status, anything else -> 500
         status, body, extra = error_response(exc, f"POST {scope['path']}")
+    finally:
+        stream.close()
     raw = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})

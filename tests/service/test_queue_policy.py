@@ -32,12 +32,15 @@ POLICIES = {  # model name -> dynamic_batching fields besides the delay
     "reject": "default_queue_policy { timeout_action: REJECT allow_timeout_override: true }",
     "delay": "default_queue_policy { timeout_action: DELAY allow_timeout_override: true }",
     "strict": "default_queue_policy { default_timeout_microseconds: 60000000 }",
+    "cancel": "",  # batches of up to CANCEL_BATCH samples (tests/service/test_cancellation.py)
 }
+CANCEL_BATCH = 64
 
 
 def policy_config(name: str, fields: str) -> str:
-    """config.pbtxt of a one-sample-per-batch model with the given dynamic_batching fields."""
-    config = mc.ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=1)
+    """config.pbtxt of a one-sample-per-batch model (but ``cancel``) with the given dynamic_batching fields."""
+    batch = CANCEL_BATCH if name == "cancel" else 1
+    config = mc.ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=batch)
     config.input.add(name="input", data_type=mc.TYPE_FP32, dims=list(SHAPE))
     config.output.add(name="logits", data_type=mc.TYPE_FP32, dims=[4], label_filename="labels.txt")
     text_format.Parse(f"max_queue_delay_microseconds: 0 {fields}", config.dynamic_batching)
@@ -56,7 +59,7 @@ def policy_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("policy_repo")
     onnx = tmp_path_factory.mktemp("policy_onnx") / "model.onnx"
     model = build_model("resnet", in_channels=3, depth=20, width=32, num_classes=4).eval()
-    export_onnx(model, (torch.randn(1, *SHAPE),), onnx, random_samples=1)
+    export_onnx(model, (torch.randn(2, *SHAPE),), onnx, random_samples=2)
     for name, fields in POLICIES.items():
         with new_version(repo, name, policy_config(name, fields), ["a", "b", "c", "d"]) as (staging, _):
             shutil.copy(onnx, staging / "model.onnx")
