@@ -20,7 +20,6 @@ from typing import Any, TypeVar, cast
 import grpc
 from google.protobuf import json_format
 from starlette.requests import Request
-from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc.service_pb2_grpc import GRPCInferenceServiceServicer
 
@@ -28,10 +27,11 @@ from service.deps import require_api_key
 from service.errors import ApiError
 from service.grpc.codec import decode_infer_request, encode_infer_response
 from service.manager import ModelManager
+from service.model_config import model_config
 from service.pipeline import infer_decoded
 from service.routes.control import index
 from service.routes.health import EXTENSIONS, server_version
-from service.routes.models import config, metadata
+from service.routes.models import metadata
 from service.routes.statistics import statistics
 from service.settings import Settings
 
@@ -113,7 +113,7 @@ class Servicer(GRPCInferenceServiceServicer):
     @rpc
     async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         served = self.manager.get(request.name, request.version)
-        return pb.ModelConfigResponse(config=json_format.ParseDict(config(served), mc.ModelConfig()))
+        return pb.ModelConfigResponse(config=model_config(served.model))
 
     @rpc
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -8,6 +8,8 @@ from fastapi import APIRouter
 
 from service.deps import ManagerDep
 from service.manager import Served
+from service.model_config import config_json
+from service.model_config import model_config as served_config
 from service.schemas import ERROR_RESPONSES
 
 router = APIRouter(tags=["models"], responses=ERROR_RESPONSES)
@@ -38,24 +40,8 @@ def metadata(served: Served, all_versions: list[int], note: str = "") -> dict[st
 
 
 def config(served: Served) -> dict[str, Any]:
-    m = served.model
-    return {
-        "name": m.name,
-        "platform": m.platform,
-        "backend": "onnxruntime",
-        "max_batch_size": m.max_batch_size,
-        "input": [{"name": m.input_name, "data_type": f"TYPE_{m.input_datatype}", "dims": list(m.sample_shape)}],
-        "output": [
-            {
-                "name": m.output_name,
-                "data_type": f"TYPE_{m.output_datatype}",
-                "dims": list(m.output_shape),
-                "label_filename": "labels.txt",
-            }
-        ],
-        "dynamic_batching": {"max_queue_delay_microseconds": m.max_queue_delay_us},
-        "parameters": {"execution_provider": {"string_value": m.provider}},
-    }
+    """The configuration the version is served with, in Triton's JSON form (:mod:`service.model_config`)."""
+    return config_json(served_config(served.model))
 
 
 @router.get("/v2/models/{model}", summary="Model metadata (newest version)")

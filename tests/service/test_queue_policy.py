@@ -244,3 +244,36 @@ def test_policy_levels_timeouts_and_config_errors() -> None:
         QueuePolicy.from_config(
             batching("priority_levels: 2 priority_queue_policy { key: 5 value { } }"), Path("m/config.pbtxt")
         )
+
+
+def test_config_is_tritons_model_config_over_http_and_grpc(server: GrpcServerProcess) -> None:
+    http = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    g = grpcclient.InferenceServerClient(server.grpc_url)
+    doc = http.get_model_config("prio")
+    assert doc["name"] == "prio" and doc["backend"] == "onnxruntime" and doc["max_batch_size"] == 1
+    assert doc["dynamic_batching"]["priority_levels"] == 2 and doc["dynamic_batching"]["default_priority_level"] == 2
+    assert doc["input"][0]["dims"] == list(SHAPE) and doc["input"][0]["data_type"] == "TYPE_FP32"
+    assert doc["output"][0]["label_filename"] == "labels.txt"
+    assert doc["parameters"]["execution_provider"]["string_value"] == "CPUExecutionProvider"
+    strict = http.get_model_config("strict")["dynamic_batching"]["default_queue_policy"]
+    assert strict == {"default_timeout_microseconds": 60_000_000}  # a number, as Triton writes it
+    message = g.get_model_config("prio").config
+    assert message.dynamic_batching.priority_levels == 2 and list(message.input[0].dims) == list(SHAPE)
+    assert g.get_model_config("prio", as_json=True)["config"]["name"] == "prio"
+
+
+def test_config_json_turns_every_64_bit_field_into_a_number() -> None:
+    from service.model_config import config_json
+
+    config = mc.ModelConfig(name="m", max_batch_size=4)
+    text_format.Parse(
+        "max_queue_delay_microseconds: 7 priority_levels: 2 "
+        "priority_queue_policy { key: 1 value { default_timeout_microseconds: 9 } }",
+        config.dynamic_batching,
+    )
+    config.input.add(name="x", dims=[3, 8])
+    doc = config_json(config)
+    assert doc["input"] == [{"name": "x", "dims": [3, 8]}]
+    batching = doc["dynamic_batching"]
+    assert batching["max_queue_delay_microseconds"] == 7 and batching["priority_levels"] == 2
+    assert batching["priority_queue_policy"] == {"1": {"default_timeout_microseconds": 9}}
