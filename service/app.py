@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contracts.errors import validation_problems
+from service import tracing
 from service.draining import DrainingConnections
 from service.errors import ApiError, error_response
 from service.manager import ModelManager
@@ -81,6 +82,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.add_middleware(infer.InferenceRoutes, routes=inference)  # the hot path: innermost user middleware
     app.add_middleware(DrainingConnections, manager=manager)
+    provider = tracing.configure(settings.tracing)
+    if provider is not None:
+        tracing.add_http_tracing(app, provider)
     _add_error_handlers(app)
     generate = app.openapi
 

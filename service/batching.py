@@ -28,9 +28,11 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from service import tracing
 from service.errors import ApiError, bad_request, unavailable
 from service.metrics import VersionMetrics
 from service.model import ModelVersion
@@ -82,6 +84,7 @@ class _Pending:
     x: np.ndarray
     future: asyncio.Future[np.ndarray]
     level: int = 0  # priority level, 0 first
+    trace: Any = None  # the request's OpenTelemetry context when it is traced (service.tracing)
     enqueued: int = field(default_factory=time.perf_counter_ns)
     abandoned: bool = False
 
@@ -198,7 +201,7 @@ class Batcher:
             raise unavailable(f"model {self.model.name!r} stopped; retry", 1)
         self._refuse_full(ticket)
         loop = asyncio.get_running_loop()
-        item = _Pending(x, loop.create_future(), ticket.level)
+        item = _Pending(x, loop.create_future(), ticket.level, tracing.current())
         queue_timer = None
         if not self._running and not self._items and self.arriving == 0:
             self._start(loop, [item], n)
@@ -292,11 +295,11 @@ class Batcher:
         x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
         prepared = time.perf_counter_ns()
 
-        def answer(out: np.ndarray | None, exc: BaseException | None, run_ns: int) -> None:  # on the event loop
+        def answer(out: np.ndarray | None, exc: BaseException | None, begin: int, end: int) -> None:  # on the loop
             self._running = False
             if self._items:
                 self._wake.set()
-            self._answer(out, exc, batch, samples, (started, prepared - started, run_ns))
+            self._answer(out, exc, batch, samples, (started, prepared, begin, end))
 
         def work() -> None:  # in the ONNX Runtime thread; one hop back to the loop, no future chaining
             begin = time.perf_counter_ns()
@@ -304,7 +307,7 @@ class Batcher:
                 out, exc = self.model.run(x), None
             except BaseException as error:  # handed to the requests of this batch
                 out, exc = None, error
-            loop.call_soon_threadsafe(answer, out, exc, time.perf_counter_ns() - begin)
+            loop.call_soon_threadsafe(answer, out, exc, begin, time.perf_counter_ns())
 
         self._executor.submit(work)
 
@@ -314,9 +317,10 @@ class Batcher:
         exc: BaseException | None,
         batch: list[_Pending],
         samples: int,
-        timing: tuple[int, int, int],
+        timing: tuple[int, int, int, int],
     ) -> None:
-        """Hand each request its rows; ``timing``: when the batch started, and its input and run nanoseconds."""
+        """Hand each request its rows; ``timing``: when the batch started, its input was ready, and its run
+        began and ended (perf_counter_ns)."""
         if out is None:  # a failing batch fails its requests, not the worker
             exc = exc or RuntimeError("the inference run returned nothing")
             logger.error("inference failed for %s version %d", self.model.name, self.model.version, exc_info=exc)
@@ -324,7 +328,7 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
-        started, input_ns, run_ns = timing
+        started, prepared, begin, end = timing
         split = time.perf_counter_ns()
         self.metrics.compute_seconds.observe((split - started) / 1e9)
         self.metrics.batch_size.observe(samples)
@@ -336,8 +340,12 @@ class Batcher:
                 item.future.set_result(out[offset : offset + n])
                 answered.append(item)
             offset += n
-        times = BatchTimes(input_ns, run_ns, time.perf_counter_ns() - split)
+        done = time.perf_counter_ns()
+        times = BatchTimes(prepared - started, end - begin, done - split)
         stats = self.metrics.stats
         stats.batch(samples, times)
         for item in answered:
             stats.answered(started - item.enqueued, times)
+        traced = [(item.trace, item.enqueued) for item in answered if item.trace is not None]
+        if traced:
+            tracing.record_batch(traced, (started, begin, end, done), samples)

@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     drain_delay_s: float = Field(1.0, ge=0, description="readiness off this long after SIGTERM before draining")
     graceful_timeout_s: float = Field(30.0, gt=0, description="time to finish in-flight requests on SIGTERM")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    tracing: bool = Field(False, description="OpenTelemetry spans per request, exported as OTEL_* configures OTLP")
 
     @field_validator("batch_buckets")
     @classmethod

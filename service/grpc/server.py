@@ -16,6 +16,7 @@ from tritonclient.grpc.service_pb2_grpc import add_GRPCInferenceServiceServicer_
 from service.grpc.servicer import Servicer
 from service.manager import ModelManager
 from service.settings import Settings
+from service.tracing import grpc_interceptors
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class GrpcServer:
             # it (the supervisor holds it with SO_REUSEPORT, so a taken port fails the start there)
             ("grpc.so_reuseport", int(self.shared_port)),
         ]
-        server = grpc.aio.server(options=options)
+        server = grpc.aio.server(options=options, interceptors=grpc_interceptors(self.settings.tracing))
         add_GRPCInferenceServiceServicer_to_server(Servicer(self.manager, self.settings), server)
         try:
             self.port = server.add_insecure_port(self.address())
