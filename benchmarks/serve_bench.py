@@ -10,10 +10,12 @@ Measures, for a ResNet-20 (3x32x32, BN folded) exported by bnfold:
 
 With --int8 it also serves the model's int8 variant (issue 12) and measures fp32 against int8, interleaved:
 in-process ONNX Runtime at batch 1/16/64 and single-client latency in three rounds, served binary v2 under 16
-clients in eight pairs of short phases (see :func:`compare_int8`).
+clients in eight pairs of short phases (see :func:`compare_int8`). With --tracing it starts a second server with
+BNFOLD_TRACING on (exporting to a discarding OTLP receiver) and compares binary v2 throughput over HTTP and
+gRPC, tracing off against on, in alternating pairs of phases (see :func:`compare_tracing`).
 
 The load generator runs on the same machine (threads with keep-alive http.client connections), as in the
-targets of issue 4. Usage:  .venv/bin/python benchmarks/serve_bench.py [--seconds 10] [--soak 130] [--int8]
+targets of issue 4. Usage:  .venv/bin/python benchmarks/serve_bench.py [--seconds 10] [--soak 130] [--int8] [--tracing]
 
 With --workers 1,2 it compares worker counts instead (issue 19, see serve_workers.py): everything the issue
 asks in one run of about 4 minutes:  .venv/bin/python benchmarks/serve_bench.py --workers 1,2 --seconds 10
@@ -35,6 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +129,63 @@ def compare_int8(
     out["int8_vs_fp32_median"] = {key: statistics.median(r) for key, r in ratios.items()}
     out["served_binary_phase_s"] = phase
     out["served_binary_total_ratio"] = round(sum(int8["served_binary"]) / sum(fp32["served_binary"]), 3)
+    return out
+
+
+class DiscardingReceiver(ThreadingHTTPServer):
+    """An OTLP/HTTP endpoint on loopback that accepts every export and keeps nothing (so the traced server pays
+    for building, batching and sending its spans, as with a real collector)."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def start_server(repository: str, port: int, grpc_port: int, **env: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "service", "--repository", repository, "--port", str(port), "--log-level", "warning"],
+        env={**os.environ, "BNFOLD_GRPC_PORT": str(grpc_port), **env},
+    )
+
+
+def compare_tracing(repository: str, port: int, grpc_port: int, seconds: float, pairs: int = 4) -> dict[str, Any]:
+    """The server without tracing (``port``, already running) against a second one with BNFOLD_TRACING on,
+    exporting to a discarding OTLP receiver: binary v2 over HTTP and gRPC, 16 clients, ``pairs`` pairs of
+    phases of ``seconds / 2`` (at least 2 s), the order alternating between pairs."""
+    receiver = DiscardingReceiver()
+    endpoint = f"http://127.0.0.1:{receiver.server_address[1]}/v1/traces"
+    traced_port, traced_grpc = free_port(), free_port()
+    traced = start_server(
+        repository, traced_port, traced_grpc, BNFOLD_TRACING="true", OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=endpoint
+    )
+    figures: dict[str, list[float]] = {}
+    phase = max(2.0, seconds / 2)
+    try:
+        wait_ready(traced_port, traced)
+        load(traced_port, True, 16, 2)  # warm-up
+        servers = [("off", port, grpc_port), ("on", traced_port, traced_grpc)]
+        for i in range(pairs):
+            for name, http_port, g_port in servers[:: 1 if i % 2 == 0 else -1]:
+                figures.setdefault(f"http_{name}", []).append(load(http_port, True, 16, phase)[0])
+                figures.setdefault(f"grpc_{name}", []).append(load_grpc(g_port, 16, phase)[0])
+    finally:
+        traced.terminate()
+        traced.wait(timeout=60)
+        receiver.shutdown()
+    out: dict[str, Any] = {k: [round(v) for v in vs] for k, vs in figures.items()}
+    for proto in ("http", "grpc"):
+        ratios = [on / off for off, on in zip(figures[f"{proto}_off"], figures[f"{proto}_on"], strict=True)]
+        out[f"{proto}_on_vs_off_median"] = round(statistics.median(ratios), 3)
+    out["phase_s"] = phase
     return out
 
 
@@ -372,6 +432,7 @@ def _parser() -> argparse.ArgumentParser:
         help="instead of the sections above: compare these worker counts (e.g. 1,2), see serve_workers.py",
     )
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the --workers comparison")
+    p.add_argument("--tracing", action="store_true", help="also compare throughput with tracing off and on")
     return p
 
 
@@ -421,10 +482,7 @@ def _soak(args: argparse.Namespace, port: int, pid: int, results: dict[str, Any]
 def _served(args: argparse.Namespace, tmp: Path, path: Path, int8_path: Path | None, results: dict[str, Any]) -> None:
     """Every phase against one bnfold-serve process on loopback."""
     port, grpc_port = free_port(), free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "service", "--repository", str(tmp), "--port", str(port), "--log-level", "warning"],
-        env={**os.environ, "BNFOLD_GRPC_PORT": str(grpc_port)},
-    )
+    server = start_server(str(tmp), port, grpc_port)
     try:
         wait_ready(port, server)
         binary = _throughput(args, port, grpc_port, tmp, results)
@@ -434,6 +492,8 @@ def _served(args: argparse.Namespace, tmp: Path, path: Path, int8_path: Path | N
             load(port, True, 16, 2, model=INT8_MODEL)  # warm-up
             paths = {"resnet20": path, INT8_MODEL: int8_path}
             results["int8"] = compare_int8(port, paths, args.seconds, args.loadgen == "wrk", tmp)
+        if args.tracing:
+            results["tracing"] = compare_tracing(str(tmp), port, grpc_port, args.seconds)
         _soak(args, port, server.pid, results)
     finally:
         server.terminate()
