@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="listen port (BNFOLD_PORT, default 8000)")
     _engine_flags(p)
     _limit_flags(p)
+    p.add_argument(
+        "--tracing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="OpenTelemetry spans per request, exported over OTLP as the OTEL_* variables configure it "
+        "(BNFOLD_TRACING, default off; --no-tracing overrides it)",
+    )
     return p
 
 
