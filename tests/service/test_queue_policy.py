@@ -51,9 +51,9 @@ def policy_config(name: str, fields: str) -> str:
 def policy_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Models that take tens of milliseconds per sample, one sample per batch, under each policy of :data:`POLICIES`."""
     import torch
-    from export.onnx_export import export_onnx
 
-    from export.repository import new_version
+    from export.emit.from_torch import export_onnx
+    from export.repository.writer import new_version
     from training.models import build_model
 
     repo = tmp_path_factory.mktemp("policy_repo")
