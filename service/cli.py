@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--drain-delay-s", type=float, help="readiness off this long after SIGTERM (default 1)")
     p.add_argument("--graceful-timeout-s", type=float, help="time to answer in-flight requests on SIGTERM (default 30)")
+    p.add_argument(
+        "--ui",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve the read-only web page at / (default on; --no-ui removes its routes)",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p
 
