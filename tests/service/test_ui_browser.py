@@ -29,6 +29,7 @@ from tests.service.ui_browser import (
 )
 
 pytestmark = pytest.mark.slow
+CHROMIUM = chromium_or_skip()
 ROOT = Path(__file__).resolve().parents[2]
 DIGIT = Path(__file__).parent / "data" / "digit.png"
 SCREENSHOT = ROOT / "docs" / "ui.png"
@@ -38,11 +39,10 @@ WAIT_MS = 20_000  # the longest any expectation waits (the live figures refresh 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    executable = chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield b
         b.close()
 

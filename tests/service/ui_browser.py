@@ -25,7 +25,9 @@ HOSTILE = "<img src=x onerror=alert(1)>"
 
 
 def chromium_or_skip() -> str:
-    """The Chromium executable (``BNFOLD_CHROMIUM``, else ``chromium`` on PATH), or skip (fail in CI) saying why."""
+    """The Chromium executable (``BNFOLD_CHROMIUM``, else ``chromium`` on PATH), or skip (fail in CI) saying why.
+
+    Called when a test module is collected, so that nothing is trained or exported for tests that cannot run."""
     found = os.environ.get("BNFOLD_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     try:
         import playwright.sync_api  # noqa: F401
@@ -37,7 +39,7 @@ def chromium_or_skip() -> str:
         return found
     if os.environ.get("BNFOLD_REQUIRE_BROWSER") == "1":
         pytest.fail(f"BNFOLD_REQUIRE_BROWSER=1 but {why}")
-    pytest.skip(why)
+    pytest.skip(why, allow_module_level=True)
 
 
 def png(array: np.ndarray) -> bytes:
