@@ -172,12 +172,7 @@ class ModelManager:
             where = "does not exist" if not repo.exists() else "holds no model (<name>/<version>/model.onnx)"
             raise RuntimeError(f"model repository {repo} {where}; run bnfold-export first")
         for name in names:
-            if MODEL_NAME.match(name):
-                await self.load(name)
-            else:  # a folder no request could address: said in the index and the log, not a failed start
-                reason = f"not loaded: {name!r} is not a valid model name (letters, digits, _ . -; 128 at most)"
-                logger.error("%s: %s", repo, reason)
-                self.index[name] = IndexEntry(name, "UNAVAILABLE", reason, failed=True)
+            await self.load(name)
         if self.settings.require_model and not self.models:
             reasons = "; ".join(f"{e.name}: {e.reason}" for e in self.index.values())
             raise RuntimeError(f"no model in {repo} could be loaded ({reasons})")
