@@ -35,6 +35,8 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || test -n "$$BNFOLD_CHROMIUM" || \
+		echo "make test: no Chromium found, so the page's browser tests are skipped (apt-get install chromium)"
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit

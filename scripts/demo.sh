@@ -26,6 +26,7 @@ echo "  $curl_line"
 eval "$curl_line"
 echo
 echo
+echo "open the page: http://127.0.0.1:$PORT/  (draw a digit, see the fold proof and the live figures)"
 echo "bnfold-serve is answering on http://127.0.0.1:$PORT (API docs: /docs). Ctrl-C stops it."
 if [ "${DEMO_EXIT:-0}" = "1" ]; then exit 0; fi
 wait $server

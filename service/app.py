@@ -22,6 +22,7 @@ from service.routes import classify, control, health, infer, models, statistics
 from service.routes import metrics as metrics_route
 from service.schemas import add_body_schemas
 from service.settings import Settings, get_settings
+from service.ui import add_page
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.routes[:0] = inference  # documented and routed like any route
     for module in (health, statistics, models, classify, control, metrics_route):  # stats before {model}
         app.include_router(module.router)
+    if settings.ui:
+        add_page(app)
     app.add_middleware(infer.InferenceRoutes, routes=inference)  # the hot path: innermost user middleware
     app.add_middleware(DrainingConnections, manager=manager)
     provider = tracing.configure(settings.tracing)

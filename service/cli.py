@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="OpenTelemetry spans per request, exported over OTLP as the OTEL_* variables configure it "
         "(BNFOLD_TRACING, default off; --no-tracing overrides it)",
     )
+    p.add_argument(
+        "--ui",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve the read-only web page at / (default on; --no-ui removes its routes)",
+    )
     return p
 
 

@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     require_model: bool = Field(True, description="refuse to start when the repository holds no model")
     drain_delay_s: float = Field(1.0, ge=0, description="readiness off this long after SIGTERM before draining")
     graceful_timeout_s: float = Field(30.0, gt=0, description="time to finish in-flight requests on SIGTERM")
+    ui: bool = Field(True, description="serve the read-only web page at / (false: no page routes)")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     tracing: bool = Field(False, description="OpenTelemetry spans per request, exported as OTEL_* configures OTLP")
 

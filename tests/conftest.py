@@ -24,6 +24,18 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What ``make demo`` trains: the default convnet on digits, every default (about 98% accurate); shared by
+    the tests that need a model as good as the demo's (the int8 gate, the page's digit)."""
+    from training.config import TrainConfig
+    from training.pipeline import run_training
+
+    out = tmp_path_factory.mktemp("demo_run")
+    run_training(TrainConfig(out=out, plots=False, progress=False))
+    return out
+
+
+@pytest.fixture(scope="session")
 def model_repo(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository holding ``digits`` version 1, exported from ``tiny_run`` by the real exporter."""
     from export import export_checkpoint

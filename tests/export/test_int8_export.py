@@ -18,17 +18,6 @@ from tests.service.conftest import ServerProcess
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """What ``make demo`` trains: the default convnet on digits, every default (about 98% accurate)."""
-    from training.config import TrainConfig
-    from training.pipeline import run_training
-
-    out = tmp_path_factory.mktemp("demo_run")
-    run_training(TrainConfig(out=out, plots=False, progress=False))
-    return out
-
-
 def _listing(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
