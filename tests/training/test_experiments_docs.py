@@ -21,6 +21,7 @@ import pytest
 
 from training.experiments import fig1, fig2, popstats
 from training.experiments.common import Settings
+from training.experiments.provenance import cpu
 from training.experiments.report import render
 from training.experiments.runner import EXPERIMENTS, run_one
 from training.experiments.verdicts import judge, rule_text
@@ -74,6 +75,13 @@ def _prefix_matches(recomputed: dict[str, Any], recorded: dict[str, Any], keys: 
 
 
 def test_a_cheap_cell_of_each_experiment_recomputes_exactly(tmp_path: Path) -> None:
+    """Bit for bit, on a processor like the recording's: float32 kernels round by their blocking, which follows
+    the processor, and high learning rates amplify one rounding into different accuracies within 200 steps
+    (seen: the record's commit rerun here, on another Xeon model, differs in fig2's BN-x5 and in popstats). On
+    another processor the committed record cannot be recomputed exactly, so the test says so and skips."""
+    recorded_on = RECORD["provenance"].get("cpu")
+    if recorded_on != cpu():
+        pytest.skip(f"the record was made on {recorded_on or 'an unrecorded processor'}, this is {cpu()}")
     settings = _settings(tmp_path)
     f1 = fig1.Plan(**_section("fig1")["plan"])
     result, _ = run_one(settings, "fig1", replace(f1, steps=2 * f1.every), 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
@@ -44,6 +45,20 @@ def finished() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def cpu() -> str:
+    """The processor (name and model number) and the instruction set torch's kernels dispatch to: float32
+    results are bit-exact only between machines that agree on these (a kernel's blocking, hence its
+    rounding, follows the processor)."""
+    import torch
+
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    return f"{fields.get('model name', 'unknown')} (model {fields.get('model', '?')}); torch {torch.backends.cpu.get_cpu_capability()}"
+
+
 def provenance(workers: int) -> dict[str, object]:
     """Everything the report states about where and with what it ran (take it before the runs start)."""
     return {
@@ -52,5 +67,6 @@ def provenance(workers: int) -> dict[str, object]:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}",
         "workers": workers,
         "threads_per_run": 1,
+        "cpu": cpu(),
         "finished": finished(),
     }

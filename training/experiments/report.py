@@ -49,7 +49,9 @@ def _header(record: dict[str, Any]) -> list[str]:
         "",
         f"Ran in {mode} on {s['dataset']} with {len(s['seeds'])} seeds ({', '.join(map(str, s['seeds']))}; the "
         f"validation split is fixed by seed {s['split_seed']}, the seeds vary initialisation and batch order). "
-        f"Produced from commit {commit}; {libs}. Machine: {p['machine']}, {p['workers']} worker process(es) of "
+        f"Produced from commit {commit}; {libs}. Machine: {p['machine']}"
+        + (f" ({p['cpu']}: float32 results are bit-exact only on the same processor)" if "cpu" in p else "")
+        + f", {p['workers']} worker process(es) of "
         f"{p['threads_per_run']} torch thread; {wall:.0f} s wall-clock and {cpu:.0f} s of CPU in the runs (on idle "
         f"cores about {cpu / p['workers']:.0f} s wall-clock), finished {p['finished']}. "
         f"Every seed's numbers and every configuration are in `{{json}}`. Nothing was tuned to agree with the "
