@@ -56,7 +56,8 @@ def cpu() -> str:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             fields.setdefault(key.strip(), value.strip())
-    return f"{fields.get('model name', 'unknown')} (model {fields.get('model', '?')}); torch {torch.backends.cpu.get_cpu_capability()}"
+    isa = torch.backends.cpu.get_cpu_capability()
+    return f"{fields.get('model name', 'unknown')} (model {fields.get('model', '?')}); torch {isa}"
 
 
 def provenance(workers: int) -> dict[str, object]:
