@@ -40,6 +40,7 @@ from service.app import create_app
 from service.settings import Settings
 from starlette.routing import Route
 app = create_app(Settings(repository={str(model_repo)!r}))
+create_app(Settings(repository={str(model_repo)!r}, tracing=True))  # BNFOLD_TRACING's packages are in the image
 print("ok", sorted(r.path for r in app.routes if isinstance(r, Route))[:1])
 """
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # exactly as the image: service/ on PYTHONPATH, no bnfold install
