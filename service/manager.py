@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from service.batching import Batcher
@@ -207,6 +208,7 @@ class ModelManager:
         Then the worker takes model control from its supervisor."""
         repo = self.settings.repository
         names = model_names(repo)
+        _warn_skipped(repo, names)
         if not names and self.settings.require_model:
             where = "does not exist" if not repo.exists() else "holds no model (<name>/<version>/model.onnx)"
             raise RuntimeError(f"model repository {repo} {where}; run bnfold-export first")
@@ -245,3 +247,18 @@ class ModelManager:
 
 
 __all__ = ["IndexEntry", "ModelManager", "Served"]
+
+
+def _warn_skipped(repo: Path, names: list[str]) -> None:
+    """One warning per visible folder of the repository that is not served as a model, saying why."""
+    if not repo.is_dir():
+        return
+    for folder in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if folder.name in names:
+            continue
+        why = (
+            "is not a valid model name (a letter or digit, then up to 127 letters, digits, '_', '.' or '-')"
+            if not NAME_RE.fullmatch(folder.name)
+            else "holds neither config.pbtxt nor a version folder (<name>/<version>/model.onnx)"
+        )
+        logger.warning("model repository %s: skipping folder %r: it %s", repo, folder.name, why)

@@ -68,3 +68,21 @@ def test_a_name_export_could_not_have_written_is_refused(fallback_repo: Path) ->
     with make_client(fallback_repo, api_key=KEY) as client:
         response = client.post("/v2/repository/models/flat%0A/load", headers=AUTH)
         assert response.status_code == 400 and response.json()["error"] == "invalid model name 'flat\\n'"
+
+
+def test_folders_that_are_not_models_are_skipped_with_a_warning_naming_each(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder with an invalid model name, or with nothing to serve, never stops the start: the valid model
+    serves, and one warning says which folder was skipped and why."""
+    repo = tmp_path / "repo"
+    flatten_model(repo, tmp_path)
+    (repo / "my model").mkdir()
+    (repo / "notes").mkdir()
+    (repo / ".cache").mkdir()  # hidden: not reported
+    with caplog.at_level("WARNING", logger="service.manager"), make_client(repo) as client:
+        assert client.get("/v2/models/flat/ready").status_code == 200
+    skipped = [r.getMessage() for r in caplog.records if "skipping folder" in r.getMessage()]
+    assert len(skipped) == 2, skipped
+    assert "'my model': it is not a valid model name" in skipped[0]
+    assert "'notes': it holds neither config.pbtxt nor a version folder" in skipped[1]
