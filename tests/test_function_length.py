@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("contracts", "training", "export", "service", "benchmarks", "scripts")
+PACKAGES = ("contracts", "training", "export", "service", "benchmarks", "scripts", "tests")
 LIMIT = 50
 
 

@@ -280,47 +280,61 @@ def test_an_http_and_a_grpc_request_share_a_batch(slow_repo: Path) -> None:  # n
         srv.stop()
 
 
-BURST = 24  # per protocol: 48 slow requests run one at a time, far longer than the 0.6 s below
+BURST = 32  # per protocol: 64 slow requests run one at a time, far longer than the drain delay below
+DRAIN_DELAY_S = 0.6
+Results = list[tuple[str, Any, float]]  # (protocol, status or error, time it completed)
+
+
+def _queued(srv: GrpcServerProcess) -> float:
+    """Requests waiting in the slow model's queue now (bnfold_queue_depth, from /metrics)."""
+    text = httpx.get(f"{srv.url}/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("bnfold_queue_depth{"))
+
+
+def _burst(srv: GrpcServerProcess, client: Any, x: np.ndarray, results: Results) -> list[threading.Thread]:
+    """BURST requests over HTTP and BURST over gRPC, each in its own thread; returns once the server has
+    queued all but the few it may be running, so every one of them was accepted before the signal."""
+    body, headers = binary_request(x)
+
+    def over_http() -> None:
+        try:
+            r = httpx.post(f"{srv.url}/v2/models/slow/infer", content=body, headers=headers, timeout=60)
+            results.append(("http", r.status_code, time.monotonic()))
+        except httpx.HTTPError as exc:
+            results.append(("http", exc, time.monotonic()))
+
+    def over_grpc() -> None:
+        try:
+            client.infer("slow", [raw_input(x)], client_timeout=60)
+            results.append(("grpc", 200, time.monotonic()))
+        except InferenceServerException as exc:
+            results.append(("grpc", exc, time.monotonic()))
+
+    threads = [threading.Thread(target=f) for f in (over_http, over_grpc) * BURST]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while len(results) + _queued(srv) < 2 * BURST - 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return threads
 
 
 def test_sigterm_drains_grpc_and_http_together_losing_nothing(slow_repo: Path) -> None:  # noqa: F811
-    srv = started(slow_repo, "--drain-delay-s", "0.3")
+    srv = started(slow_repo, "--drain-delay-s", str(DRAIN_DELAY_S))
     try:
         x = np.random.default_rng(1).standard_normal((1, 3, 96, 96)).astype(np.float32)
-        body, headers = binary_request(x)
-        client = srv.client()
-        results: list[tuple[str, Any, float]] = []  # (protocol, status or error, time it completed)
-
-        def over_http() -> None:
-            try:
-                r = httpx.post(f"{srv.url}/v2/models/slow/infer", content=body, headers=headers, timeout=60)
-                results.append(("http", r.status_code, time.monotonic()))
-            except httpx.HTTPError as exc:
-                results.append(("http", exc, time.monotonic()))
-
-        def over_grpc() -> None:
-            try:
-                client.infer("slow", [raw_input(x)], client_timeout=60)
-                results.append(("grpc", 200, time.monotonic()))
-            except InferenceServerException as exc:
-                results.append(("grpc", exc, time.monotonic()))
-
-        threads = [threading.Thread(target=f) for f in (over_http, over_grpc) * BURST]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 30
-        while not results and time.monotonic() < deadline:
-            time.sleep(0.005)
+        client, results = srv.client(), []
+        threads = _burst(srv, client, x, results)
         signalled = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
         # readiness off well within the drain delay (the signal reaches the server's loop asynchronously; a
         # call sent right after kill() can be answered first), while the server still serves
         while client.is_server_ready():
-            assert time.monotonic() - signalled < 0.2, "readiness still on 0.2 s after SIGTERM"
+            assert time.monotonic() - signalled < DRAIN_DELAY_S / 2, "readiness still on halfway into the drain delay"
             time.sleep(0.01)
         assert client.is_server_live()
-        # drain_delay_s (0.3 s) later both protocols stop taking requests while the burst is still in flight
-        time.sleep(0.6)
+        # after the drain delay both protocols stop taking requests while the burst is still in flight
+        time.sleep(max(0.0, signalled + DRAIN_DELAY_S + 0.3 - time.monotonic()))
         late = srv.client()
         late_sent = time.monotonic()
         code, _ = status_of(lambda: late.infer("slow", [raw_input(x)], client_timeout=10))
