@@ -35,7 +35,8 @@ METHOD = "Algorithm 2 (Ioffe & Szegedy, 2015): E[x] = E_B[mu_B], Var[x] = m/(m-1
 
 
 def recalibration_batches(images: ImageSet, batch_size: int) -> list[np.ndarray]:
-    """``images.x`` cut into consecutive mini-batches of ``batch_size`` (the last may be shorter)."""
+    """``images.x`` cut into consecutive mini-batches of ``batch_size`` (the last may be shorter; a last batch
+    of one image joins the one before, since Algorithm 2 needs m >= 2)."""
     if batch_size < 2:
         raise ExportError(f"--recalibrate-batch-size must be at least 2, got {batch_size}")
     if len(images.x) < batch_size:
@@ -43,7 +44,10 @@ def recalibration_batches(images: ImageSet, batch_size: int) -> list[np.ndarray]
             f"--recalibrate {images.root} holds {len(images.x)} images, fewer than one mini-batch of "
             f"--recalibrate-batch-size {batch_size}; add images or lower the batch size"
         )
-    return [images.x[i : i + batch_size] for i in range(0, len(images.x), batch_size)]
+    batches = [images.x[i : i + batch_size] for i in range(0, len(images.x), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [np.concatenate(batches[-2:])]
+    return batches
 
 
 @dataclass
