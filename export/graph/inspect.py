@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import onnx
 
+from contracts.repository import TRITON_TYPES, TensorSpec
 from export.errors import ExportError, VerificationError
 
 
@@ -45,6 +47,34 @@ def add_metadata(model: onnx.ModelProto, metadata: dict[str, Any]) -> None:
     for key, value in props.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
+    """Every graph input (initializers aside) as a TensorSpec: its numpy dtype and one sample's static shape
+    (the first axis is the batch axis). Raises ExportError for a symbolic dimension beyond the batch axis or a
+    type no v2 datatype carries."""
+    initializers = {i.name for i in model.graph.initializer}
+    specs = []
+    for value in (i for i in model.graph.input if i.name not in initializers):
+        tensor = value.type.tensor_type
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+        except (KeyError, TypeError, ValueError):
+            dtype = ""
+        if dtype not in TRITON_TYPES:
+            kind = onnx.TensorProto.DataType.Name(tensor.elem_type) if tensor.elem_type else "no tensor type"
+            raise ExportError(f"ONNX input {value.name!r} is {kind}; bnfold serves {', '.join(TRITON_TYPES)}")
+        dims = tensor.shape.dim[1:]
+        if not tensor.HasField("shape") or not tensor.shape.dim:
+            raise ExportError(f"ONNX input {value.name!r} has no shape; give it a batch axis and a fixed sample shape")
+        if not all(d.HasField("dim_value") for d in dims):
+            raise ExportError(
+                f"ONNX input {value.name!r} has a symbolic dimension beyond the batch axis; fix its shape"
+            )
+        specs.append(TensorSpec(value.name, dtype, tuple(int(d.dim_value) for d in dims)))
+    if not specs:
+        raise ExportError("the ONNX graph has no input")
+    return specs
 
 
 def graph_io(model: onnx.ModelProto) -> tuple[str, str, tuple[int, ...]]:

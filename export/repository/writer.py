@@ -55,11 +55,12 @@ def render_config(
     max_batch_size: int,
     max_queue_delay_us: int,
     layout: str = "NCHW",
+    labelled: tuple[str, ...] | None = None,
 ) -> str:
     """config.pbtxt text for an ONNX Runtime model with dynamic batching and a label file on the output, built
     as Triton's ModelConfig message (:func:`contracts.repository.build_config`)."""
     try:
-        config = build_config(name, inputs, outputs, max_batch_size, max_queue_delay_us, layout)
+        config = build_config(name, inputs, outputs, max_batch_size, max_queue_delay_us, layout, labelled)
     except RepositoryFormatError as exc:
         raise ExportError(str(exc)) from None
     return render_config_message(config)
