@@ -62,7 +62,10 @@ def _metadata(job: ExportJob, name: str, version: int, precision: str) -> dict[s
         "bnfold.labels": job.labels,
         "bnfold.input": job.input_meta,
         "bnfold.output": _output_meta(job),
-        "bnfold.signature": {"inputs": [s.to_dict() for s in job.input_specs], "outputs": [s.to_dict() for s in job.output_specs]},
+        "bnfold.signature": {
+            "inputs": [s.to_dict() for s in job.input_specs],
+            "outputs": [s.to_dict() for s in job.output_specs],
+        },
         "bnfold.versions": library_versions(),
         "bnfold.precision": precision,
     }

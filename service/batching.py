@@ -307,7 +307,9 @@ class Batcher:
             x = tuple(np.concatenate([item.x[i] for item in batch]) for i in range(len(batch[0].x)))
         prepared = time.perf_counter_ns()
 
-        def answer(out: list[np.ndarray] | None, exc: BaseException | None, begin: int, end: int) -> None:  # on the loop
+        def answer(
+            out: list[np.ndarray] | None, exc: BaseException | None, begin: int, end: int
+        ) -> None:  # on the loop
             self._running = False
             if self._items:
                 self._wake.set()

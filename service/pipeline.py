@@ -103,7 +103,9 @@ def validate_input(request: InferRequest, model: ModelVersion, allow_non_finite:
     for tensor in given:
         index = model.input_index.get(tensor.name)
         if index is None:
-            raise bad_request(f"model {model.name!r} has no input {tensor.name!r}; its inputs are {_expected_inputs(model)}")
+            raise bad_request(
+                f"model {model.name!r} has no input {tensor.name!r}; its inputs are {_expected_inputs(model)}"
+            )
         if arrays[index] is not None:
             raise bad_request(f"input {tensor.name!r} is given more than once")
         arrays[index] = _check_tensor(tensor, model.inputs[index], allow_non_finite)

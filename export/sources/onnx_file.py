@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 
 from contracts.preprocessing import Preprocessing
+from contracts.repository import TRITON_TYPES, TensorSpec
 from export.errors import ExportError
 from export.graph.files import check_onnx_input, load_onnx
-from contracts.repository import TRITON_TYPES, TensorSpec
 from export.graph.inspect import graph_inputs
 from export.job import ExportJob
 from export.recalibration.algorithm2 import recalibrate_onnx

@@ -245,7 +245,9 @@ def session_runner(session: Any, inputs: str | Sequence[str], outputs: str | Seq
 IONames = tuple[str | Sequence[str], str | Sequence[str]]  # (input name(s), output name(s)) of a runner
 
 
-def onnx_checks(path: Path, refs: list[Reference], names: IONames, tol: Tolerance = FLOAT32) -> tuple[list[Check], Runner]:
+def onnx_checks(
+    path: Path, refs: list[Reference], names: IONames, tol: Tolerance = FLOAT32
+) -> tuple[list[Check], Runner]:
     """Checks 2-4 on the ONNX file at ``path``; returns them and the ORT_DISABLE_ALL runner."""
     plain = session_runner(ort_session(path, "disable_all"), *names)
     served = session_runner(ort_session(path, "enable_all"), *names)

@@ -139,8 +139,14 @@ def test_requested_outputs_and_classification_where_it_applies(repo: Path, serve
     http = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
     grpc = server.client()
     try:
-        http_out = [httpclient.InferRequestedOutput("embedding"), httpclient.InferRequestedOutput("logits", class_count=2)]
-        grpc_out = [grpcclient.InferRequestedOutput("embedding"), grpcclient.InferRequestedOutput("logits", class_count=2)]
+        http_out = [
+            httpclient.InferRequestedOutput("embedding"),
+            httpclient.InferRequestedOutput("logits", class_count=2),
+        ]
+        grpc_out = [
+            grpcclient.InferRequestedOutput("embedding"),
+            grpcclient.InferRequestedOutput("logits", class_count=2),
+        ]
         for result in (
             http.infer("logits_and_embedding", _http_inputs(feeds, True), outputs=http_out),
             grpc.infer("logits_and_embedding", _grpc_inputs(feeds), outputs=grpc_out),
@@ -152,9 +158,15 @@ def test_requested_outputs_and_classification_where_it_applies(repo: Path, serve
         fm = _session(repo, "feature_map")
         fm_feeds = _inputs(fm, 1)
         with pytest.raises(InferenceServerException, match=r"output 'y': classification needs a floating-point \(N, "):
-            http.infer("feature_map", _http_inputs(fm_feeds, True), outputs=[httpclient.InferRequestedOutput("y", class_count=1)])
+            http.infer(
+                "feature_map",
+                _http_inputs(fm_feeds, True),
+                outputs=[httpclient.InferRequestedOutput("y", class_count=1)],
+            )
         with pytest.raises(InferenceServerException) as info:
-            grpc.infer("feature_map", _grpc_inputs(fm_feeds), outputs=[grpcclient.InferRequestedOutput("y", class_count=1)])
+            grpc.infer(
+                "feature_map", _grpc_inputs(fm_feeds), outputs=[grpcclient.InferRequestedOutput("y", class_count=1)]
+            )
         assert "INVALID_ARGUMENT" in str(info.value.status()) and "shape [-1, 8, 10, 10]" in str(info.value.message())
     finally:
         http.close()
