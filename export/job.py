@@ -61,18 +61,21 @@ class ExportJob:
         """The output the labels, top-1 agreement and classification apply to (None: no (N, classes) output)."""
         return self.classes_output if self.outputs else self.output_name
 
-    def logits_columns(self) -> slice:
-        """Where the labelled output's values lie when every output is joined per sample (feeds.joined)."""
+    def output_columns(self) -> tuple[tuple[str, slice], ...]:
+        """Each output's columns when every output is joined per sample (``feeds.joined``); () for one output."""
         specs = self.output_specs
         if len(specs) == 1:
-            return slice(None)
-        start = 0
+            return ()
+        columns, start = [], 0
         for spec in specs:
             size = int(np.prod(spec.dims, dtype=np.int64))
-            if spec.name == self.labels_output:
-                return slice(start, start + size)
+            columns.append((spec.name, slice(start, start + size)))
             start += size
-        return slice(None)
+        return tuple(columns)
+
+    def logits_columns(self) -> slice:
+        """Where the labelled output's values lie when every output is joined per sample (``feeds.joined``)."""
+        return dict(self.output_columns()).get(self.labels_output or "", slice(None))
 
     def signature(self) -> dict[str, Any]:
         """The inputs and outputs, and where labels and classification apply (export_report.json)."""

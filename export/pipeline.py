@@ -122,7 +122,7 @@ def produce(
     if precision == "int8":
         _require_int8_data(job)
     inputs = CheckInputs.build(job.input_specs, job.samples, job.validation_x)
-    inputs.logits = job.logits_columns()
+    inputs.logits, inputs.outputs = job.logits_columns(), job.output_columns()
     candidate = _candidate(job, precision, inputs)
     if job.labels_output is None:
         candidate.warnings.append(job.signature()["classification"])

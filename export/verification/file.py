@@ -43,6 +43,7 @@ class CheckInputs:
     groups: dict[str, np.ndarray]
     validation: np.ndarray | None = None
     logits: slice = field(default_factory=lambda: slice(None))
+    outputs: tuple[tuple[str, slice], ...] = ()  # several outputs: each one's name and joined columns
 
     @classmethod
     def build(
@@ -78,7 +79,7 @@ def _specs(signature: tuple[int, ...] | Sequence[TensorSpec]) -> list[TensorSpec
 def references(inputs: CheckInputs, original: Runner, oracle: Runner) -> list[Reference]:
     """Oracle and float32-original outputs on every input group."""
     return [
-        Reference(group, x, run_batched(oracle, x).astype(np.float64), run_batched(original, x))
+        Reference(group, x, run_batched(oracle, x).astype(np.float64), run_batched(original, x), inputs.outputs)
         for group, x in inputs.groups.items()
     ]
 

@@ -106,3 +106,18 @@ def test_labels_on_a_model_without_classes_are_refused(tmp_path: Path, capsys: p
     labels.write_text("a\nb\n")
     assert main(["--onnx", str(src), "--repository", str(tmp_path / "repo"), "--labels", str(labels)]) == 2
     assert "no output is (N, classes) (outputs: y [-1, 8, 10, 10])" in capsys.readouterr().err
+
+
+def test_each_output_is_held_to_its_own_bound() -> None:
+    """A large logit next to a tiny embedding: an error in the embedding that the joint scale would hide fails
+    the check, which names the output."""
+    from export.verification.checks import Reference, against_oracle
+
+    oracle = np.array([[1000.0, 0.001], [-800.0, 0.002]])
+    original = oracle + np.array([1e-4, 1e-9])
+    wrong = oracle + np.array([0.0, 1e-5])
+    columns = (("logits", slice(0, 1)), ("embedding", slice(1, 2)))
+    assert against_oracle("joint", wrong, Reference("random", oracle, oracle, original)).passed
+    check = against_oracle("split", wrong, Reference("random", oracle, oracle, original, columns))
+    assert not check.passed and "output 'embedding', the worst of 2 outputs" in check.detail
+    assert against_oracle("split", original, Reference("random", oracle, oracle, original, columns)).passed
