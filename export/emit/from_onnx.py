@@ -42,7 +42,7 @@ def onnx_candidate(
     if fp16:
         folded = to_fp16_graph(folded)
     original = session_runner(ort_session(model.SerializeToString(), "disable_all"), *names)
-    oracle = onnx_float64_oracle(model)
+    oracle = onnx_float64_oracle(model, names[1])
     tol = FLOAT16 if fp16 else FLOAT32
     return Candidate(folded, fold_report, original, oracle, names, tol, timings=timings)
 

@@ -70,11 +70,12 @@ def _node_to_float64(node: ir.Node) -> None:
 
 
 class Float64Oracle:
-    """Callable: an input batch (``export.verification.feeds``'s form) -> the original graph's outputs in
-    float64 (several outputs joined per sample, in graph order)."""
+    """Callable: an input batch (``export.verification.feeds``'s form) -> the original graph's ``outputs`` in
+    float64 (several joined per sample, in the order given; default the first output alone)."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, outputs: list[str] | None = None) -> None:
         self.model64 = to_float64(model)
+        self.output_names = outputs or [model.graph.output[0].name]
         initializers = {t.name for t in model.graph.initializer}
         self.input_names = [i.name for i in model.graph.input if i.name not in initializers]
         if not self.input_names:
@@ -105,15 +106,16 @@ class Float64Oracle:
         }
         if self._session is not None:
             try:
-                return joined(self._session.run(None, feeds)).astype(np.float64)
+                return joined(self._session.run(self.output_names, feeds)).astype(np.float64)
             except Exception as exc:  # a double kernel that fails at run time: the reference still can
                 logger.info("float64 oracle: ONNX Runtime failed (%s); using onnx.reference", exc)
                 self._use_reference()
         assert self._reference is not None
-        outputs: list[Any] = list(self._reference.run(None, feeds))
+        outputs: list[Any] = list(self._reference.run(self.output_names, feeds))
         return joined(outputs).astype(np.float64)
 
 
-def onnx_float64_oracle(model: onnx.ModelProto) -> Float64Oracle:
-    """The original ``model`` in float64, as a function of its input batch (see the module docstring)."""
-    return Float64Oracle(model)
+def onnx_float64_oracle(model: onnx.ModelProto, outputs: list[str] | None = None) -> Float64Oracle:
+    """The original ``model`` in float64, as a function of its input batch, giving ``outputs`` (default the
+    first output; see the module docstring)."""
+    return Float64Oracle(model, outputs)
