@@ -3,7 +3,8 @@
 - ``two_inputs``: an image (float32 N,3,8,8) and a float32 (N, 4) side input -> logits (N, 5);
 - ``logits_and_embedding``: an image -> logits (N, 5) and an embedding (N, 4);
 - ``feature_map``: Conv -> BN, an image -> a feature map (N, 8, 10, 10) (no classes);
-- ``uint8_nhwc``: uint8 NHWC pixels (N, 8, 8, 3), cast and scaled inside the graph -> logits (N, 3).
+- ``uint8_nhwc``: uint8 NHWC pixels (N, 8, 8, 3), cast and scaled inside the graph -> logits (N, 3);
+- ``mixed_types``: INT64 ids and a BOOL mask -> FP16, INT64 and BOOL outputs.
 """
 
 from __future__ import annotations
@@ -76,9 +77,25 @@ logits = Gemm <transB = 1> (f, fc, fcb)"""
     return model(body, OPSET, "uint8[N, 8, 8, 3] pixels", "float[N, 3] logits", **weights)
 
 
+def mixed_types(seed: int = 4) -> onnx.ModelProto:
+    """INT64 ids and a BOOL mask in; FP16, INT64 and BOOL out (a BN on the masked ids in between)."""
+    rng = np.random.default_rng(seed)
+    body = """
+f = Cast <to = 1> (ids)
+m = Cast <to = 1> (mask)
+c = Mul (f, m)
+n = BatchNormalization <epsilon = 0.001> (c, bn_g, bn_b, bn_m, bn_v)
+half = Cast <to = 10> (n)
+twice = Add (ids, ids)
+unmasked = Not (mask)"""
+    outputs = "float16[N, 4] half, int64[N, 4] twice, bool[N, 4] unmasked"
+    return model(body, OPSET, "int64[N, 4] ids, bool[N, 4] mask", outputs, **bn_stats(rng, 4, "bn"))
+
+
 MODELS = {
     "two_inputs": two_inputs,
     "logits_and_embedding": logits_and_embedding,
     "feature_map": feature_map,
     "uint8_nhwc": uint8_nhwc,
+    "mixed_types": mixed_types,
 }

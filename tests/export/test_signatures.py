@@ -31,6 +31,11 @@ EXPECTED = {
     ),
     "feature_map": ([("x", "TYPE_FP32", [3, 10, 10])], [("y", "TYPE_FP32", [8, 10, 10])], None),
     "uint8_nhwc": ([("pixels", "TYPE_UINT8", [8, 8, 3])], [("logits", "TYPE_FP32", [3])], "logits"),
+    "mixed_types": (
+        [("ids", "TYPE_INT64", [4]), ("mask", "TYPE_BOOL", [4])],
+        [("half", "TYPE_FP16", [4]), ("twice", "TYPE_INT64", [4]), ("unmasked", "TYPE_BOOL", [4])],
+        "half",  # the first floating-point (N, classes) output
+    ),
 }
 
 

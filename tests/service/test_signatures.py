@@ -1,5 +1,6 @@
 """Models of any tensor signature, exported with ``bnfold-export --onnx`` and served to the unmodified
-tritonclient over HTTP and gRPC: two inputs, logits plus an embedding, a feature map, uint8 NHWC pixels.
+tritonclient over HTTP and gRPC: two inputs, logits plus an embedding, a feature map, uint8 NHWC pixels, and
+INT64/BOOL inputs with FP16/INT64/BOOL outputs.
 
 Every output comes back (none dropped) and equals a plain ONNX Runtime run of the written file; requests to a
 several-input model batch together (every input concatenated, every output split back); a missing, unknown
@@ -32,7 +33,12 @@ from service.model import load_version
 from tests.export.signatures import MODELS
 from tests.service.test_grpc import GrpcServerProcess, started
 
-V2 = {np.dtype(np.float32): "FP32", np.dtype(np.uint8): "UINT8"}
+V2 = {
+    np.dtype(np.float32): "FP32",
+    np.dtype(np.uint8): "UINT8",
+    np.dtype(np.int64): "INT64",
+    np.dtype(np.bool_): "BOOL",
+}
 CLASSES = ("ants", "bees", "cats")
 
 
@@ -75,6 +81,10 @@ def _inputs(session: ort.InferenceSession, n: int, seed: int = 0) -> dict[str, n
         shape = (n, *arg.shape[1:])
         if arg.type == "tensor(uint8)":
             feeds[arg.name] = rng.integers(0, 256, shape, dtype=np.uint8)
+        elif arg.type == "tensor(int64)":
+            feeds[arg.name] = rng.integers(-50, 50, shape, dtype=np.int64)
+        elif arg.type == "tensor(bool)":
+            feeds[arg.name] = rng.integers(0, 2, shape).astype(bool)
         else:
             feeds[arg.name] = rng.standard_normal(shape).astype(np.float32)
     return feeds
@@ -121,7 +131,10 @@ def test_every_output_over_http_and_grpc_matches_onnx_runtime(name: str, repo: P
                 got = result.as_numpy(out)
                 assert got is not None, f"{name}: output {out!r} dropped"
                 assert got.dtype == want.dtype
-                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+                if want.dtype.kind == "f":
+                    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+                else:
+                    np.testing.assert_array_equal(got, want)
         meta = httpx.get(f"{server.url}/v2/models/{name}").json()
         assert [t["name"] for t in meta["inputs"]] == list(feeds)
         assert [t["name"] for t in meta["outputs"]] == list(expected)
