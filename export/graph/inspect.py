@@ -77,6 +77,22 @@ def graph_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
     return specs
 
 
+def declared_outputs(model: onnx.ModelProto) -> list[TensorSpec] | None:
+    """Every graph output as a TensorSpec when the graph declares each one's type and a static shape beyond
+    the batch axis; None when any is missing (then only a run can tell)."""
+    specs = []
+    for value in model.graph.output:
+        tensor = value.type.tensor_type
+        dims = tensor.shape.dim
+        if not tensor.elem_type or not dims or not all(d.HasField("dim_value") for d in dims[1:]):
+            return None
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+        if dtype not in TRITON_TYPES:
+            return None
+        specs.append(TensorSpec(value.name, dtype, tuple(int(d.dim_value) for d in dims[1:])))
+    return specs
+
+
 def graph_io(model: onnx.ModelProto) -> tuple[str, str, tuple[int, ...]]:
     """(input name, output name, one sample's static shape) of a single-input classifier graph."""
     initializers = {i.name for i in model.graph.initializer}

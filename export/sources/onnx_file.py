@@ -40,7 +40,7 @@ class OnnxSource:
     preprocessing: Preprocessing | None = None
 
 
-def _probe(model: onnx.ModelProto, path: Path, inputs: list[TensorSpec]) -> list[TensorSpec]:
+def probe_outputs(model: onnx.ModelProto, path: Path, inputs: list[TensorSpec]) -> list[TensorSpec]:
     """Every output's dtype and per-sample shape, from one run of the original graph on a batch of 2 inputs
     generated per datatype (symbolic output shapes are common). Each output must keep the batch axis first."""
     names = [o.name for o in model.graph.output]
@@ -119,7 +119,7 @@ def job_from_onnx(source: OnnxSource) -> ExportJob:
         batches = _images(source.recalibrate, image, source, prep)
         names = (image.name, model.graph.output[0].name)
         model, report["recalibration"] = recalibrate_onnx(model, names, batches, source.recalibrate_batch_size, images)
-    outputs = _probe(model, source.path, inputs)
+    outputs = probe_outputs(model, source.path, inputs)
     labelled = classes_output(outputs)
     labels = _labels(source, outputs, images)
     validation = images is not None and images.y is not None and labelled is not None

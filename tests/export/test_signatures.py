@@ -126,3 +126,17 @@ def test_each_output_is_held_to_its_own_bound() -> None:
     check = against_oracle("split", wrong, Reference("random", oracle, oracle, original, columns))
     assert not check.passed and "output 'embedding', the worst of 2 outputs" in check.detail
     assert against_oracle("split", original, Reference("random", oracle, oracle, original, columns)).passed
+
+
+def test_write_model_lists_every_output_and_checks_the_labels(tmp_path: Path) -> None:
+    from export.errors import ExportError
+    from export.repository.writer import write_model
+
+    src = tmp_path / "two.onnx"
+    onnx.save(MODELS["logits_and_embedding"](), str(src))
+    model_dir, _ = write_model(tmp_path / "repo", "two", src, list("abcde"))
+    config = read_config(model_dir)
+    assert _tensors(config.output) == [("logits", "TYPE_FP32", [5]), ("embedding", "TYPE_FP32", [4])]
+    assert [o.name for o in config.output if o.label_filename] == ["logits"]
+    with pytest.raises(ExportError, match=r"3 labels given, but output 'logits' has 5 classes"):
+        write_model(tmp_path / "repo", "two", src, list("abc"))
