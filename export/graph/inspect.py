@@ -91,15 +91,3 @@ def declared_outputs(model: onnx.ModelProto) -> list[TensorSpec] | None:
             return None
         specs.append(TensorSpec(value.name, dtype, tuple(int(d.dim_value) for d in dims[1:])))
     return specs
-
-
-def graph_io(model: onnx.ModelProto) -> tuple[str, str, tuple[int, ...]]:
-    """(input name, output name, one sample's static shape) of a single-input classifier graph."""
-    initializers = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    dims = inputs[0].type.tensor_type.shape.dim[1:]
-    if not all(d.HasField("dim_value") for d in dims):
-        raise ExportError(
-            f"ONNX input {inputs[0].name!r} has a symbolic dimension beyond the batch axis; fix its shape"
-        )
-    return inputs[0].name, model.graph.output[0].name, tuple(int(d.dim_value) for d in dims)
