@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from contracts.repository import TensorSpec
+from export.errors import ExportError
 
 SMALL_INTEGERS = 10  # random integer inputs lie in [0, SMALL_INTEGERS)
 
@@ -71,4 +72,12 @@ def joined(outputs: Sequence[np.ndarray]) -> np.ndarray:
     """Outputs as one array: the single output itself, or every output flattened per sample, side by side."""
     if len(outputs) == 1:
         return np.asarray(outputs[0])
-    return np.concatenate([np.asarray(o).reshape(len(o), -1) for o in outputs], axis=1)
+    arrays = [np.asarray(o) for o in outputs]
+    rows = len(arrays[0])
+    for i, array in enumerate(arrays):
+        if array.ndim == 0 or len(array) != rows:
+            raise ExportError(
+                f"output {i} has shape {array.shape} while output 0 has {rows} rows; every output needs the batch "
+                "axis first"
+            )
+    return np.concatenate([a.reshape(rows, -1) for a in arrays], axis=1)

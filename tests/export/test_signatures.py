@@ -140,3 +140,17 @@ def test_write_model_lists_every_output_and_checks_the_labels(tmp_path: Path) ->
     assert [o.name for o in config.output if o.label_filename] == ["logits"]
     with pytest.raises(ExportError, match=r"3 labels given, but output 'logits' has 5 classes"):
         write_model(tmp_path / "repo", "two", src, list("abc"))
+
+
+def test_an_output_without_the_batch_axis_is_an_export_error_in_export_onnx_graph(tmp_path: Path) -> None:
+    from export.emit.from_onnx import export_onnx_graph
+    from export.errors import ExportError
+    from tests.export.onnx_graphs import bn_stats, model
+
+    rng = np.random.default_rng(0)
+    body = "z = BatchNormalization (x, s_g, s_b, s_m, s_v)\nk = Identity (s_g)"
+    graph = model(body, 12, "float[N, 5] x", "float[N, 5] z, float[5] k", **bn_stats(rng, 5, "s"))
+    message = r"output 1 has shape \(5,\) while output 0 has \d+ rows; every output needs the batch axis"
+    with pytest.raises(ExportError, match=message):
+        export_onnx_graph(graph, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
