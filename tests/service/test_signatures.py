@@ -275,3 +275,23 @@ def test_requests_to_a_two_input_model_batch_together(repo: Path) -> None:
     assert sizes == [1, 5]
     for f, answer in zip(feeds, answers, strict=True):
         np.testing.assert_allclose(answer[0], session.run(None, f)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_without_bnfold_metadata_finds_its_labelled_output(tmp_path: Path) -> None:
+    """write_model copies a plain ONNX file (no bnfold.* metadata): the server puts labels.txt on the first
+    floating-point (N, classes) output, and on none when there is no such output."""
+    from export.repository.writer import write_model
+
+    for name in ("logits_and_embedding", "feature_map"):
+        onnx.save(MODELS[name](), str(tmp_path / f"{name}.onnx"))
+    write_model(tmp_path / "repo", "two", tmp_path / "logits_and_embedding.onnx", list("abcde"))
+    write_model(tmp_path / "repo", "fm", tmp_path / "feature_map.onnx", [])
+    two = load_version(tmp_path / "repo" / "two", 1, "cpu", 1)
+    assert two.labels_output == "logits" and two.labels == list("abcde") and two.image_classifier() is None
+    assert [(t.name, t.datatype, t.shape) for t in two.outputs] == [
+        ("logits", "FP32", (5,)),
+        ("embedding", "FP32", (4,)),
+    ]
+    fm = load_version(tmp_path / "repo" / "fm", 1, "cpu", 1)
+    assert fm.labels_output is None and fm.labels == []
+    assert fm.image_classifier() == "no output is (N, classes) (outputs: 'y' (FP32, shape [-1, 8, 10, 10]))"
