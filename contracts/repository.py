@@ -30,7 +30,21 @@ PLATFORM = "onnxruntime_onnx"
 CONFIG = "config.pbtxt"
 LABELS = "labels.txt"
 MODEL_FILE = "model.onnx"
-TRITON_TYPES = {"float32": DataType.TYPE_FP32, "float16": DataType.TYPE_FP16}
+# numpy dtype names -> Triton's config types (the v2 datatypes that map onto ONNX tensor types)
+TRITON_TYPES = {
+    "bool": DataType.TYPE_BOOL,
+    "uint8": DataType.TYPE_UINT8,
+    "uint16": DataType.TYPE_UINT16,
+    "uint32": DataType.TYPE_UINT32,
+    "uint64": DataType.TYPE_UINT64,
+    "int8": DataType.TYPE_INT8,
+    "int16": DataType.TYPE_INT16,
+    "int32": DataType.TYPE_INT32,
+    "int64": DataType.TYPE_INT64,
+    "float16": DataType.TYPE_FP16,
+    "float32": DataType.TYPE_FP32,
+    "float64": DataType.TYPE_FP64,
+}
 _skipped: set[Path] = set()  # version folders already warned about (the repository is scanned often)
 
 
@@ -40,11 +54,15 @@ class RepositoryFormatError(ValueError):
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One input or output as config.pbtxt describes it (dims without the batch axis)."""
+    """One input or output as config.pbtxt describes it (``dtype`` a numpy dtype name, a key of
+    :data:`TRITON_TYPES`; dims without the batch axis)."""
 
     name: str
     dtype: str
     dims: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.dims)}
 
 
 def check_model_name(name: str) -> str:
@@ -112,16 +130,20 @@ def build_config(
     max_batch_size: int,
     max_queue_delay_us: int,
     layout: str = "NCHW",
+    labelled: tuple[str, ...] | None = None,
 ) -> ModelConfig:
-    """The ModelConfig of an ONNX Runtime model with dynamic batching and a label file on each output."""
+    """The ModelConfig of an ONNX Runtime model with dynamic batching. Every input and output is listed; the
+    label file goes on the outputs named in ``labelled`` (None: on every output). An image layout is noted on
+    a single 3-D input."""
     config = ModelConfig(name=check_model_name(name), platform=PLATFORM, max_batch_size=max_batch_size)
     for spec in inputs:
         _tensor(spec, message := config.input.add())
-        if layout in ("NCHW", "NHWC") and len(spec.dims) == 3:
+        if layout in ("NCHW", "NHWC") and len(spec.dims) == 3 and len(inputs) == 1:
             message.format = ModelInput.Format.Value(f"FORMAT_{layout}")
     for spec in outputs:
         _tensor(spec, message := config.output.add())
-        message.label_filename = LABELS
+        if labelled is None or spec.name in labelled:
+            message.label_filename = LABELS
     config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     config.version_policy.latest.num_versions = 1
     check_config(config, Path(CONFIG))

@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"verification ({report.precision}; {report.tolerance.to_dict()['rule']}):")
         print(report.verification_table())
         print()
+        for warning in report.warnings:
+            print(f"note: {warning}")
         if written.int8 is not None:
             print(written.int8.gate_line())
             print()

@@ -1,8 +1,11 @@
 """``ExportJob``: everything the export pipeline needs about one model, whatever it came from.
 
 A source (a bnfold checkpoint, a PyTorch factory with weights, an ONNX file) produces a job; the pipeline
-(``export.pipeline``) turns any job into a verified model version. Inputs are float32 NCHW and already
-normalised the way the model expects.
+(``export.pipeline``) turns any job into a verified model version. A checkpoint or torch job has one float32
+NCHW input, already normalised the way the model expects, and one (N, classes) output; an ONNX job lists
+whatever signature its graph has in ``inputs`` and ``outputs`` (``export.verification.feeds`` says how
+several inputs travel as one batch), and ``classes_output`` names the (N, classes) output its labels are for,
+if any.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import numpy as np
 import onnx
 
 from contracts.preprocessing import Preprocessing
+from contracts.repository import TensorSpec
 from export.errors import ExportError
 
 if TYPE_CHECKING:
@@ -40,11 +44,59 @@ class ExportJob:
     onnx_checked: bool = False  # an ONNX ``model`` already passed check_onnx_input (job_from_onnx sets it)
     padded_bn: str = "add"  # a BN before a zero-padded conv: its shift as an "add" before it, or a "bias-map"
     preprocessing: Preprocessing | None = None  # the images' recipe (None: a bnfold checkpoint, today's squash)
+    inputs: list[TensorSpec] = field(default_factory=list)  # every input (empty: one float32 ``input_name``)
+    outputs: list[TensorSpec] = field(default_factory=list)  # every output (empty: ``output_name``'s logits)
+    classes_output: str | None = None  # with ``outputs``: the (N, classes) output the labels name, or None
+
+    @property
+    def input_specs(self) -> list[TensorSpec]:
+        return self.inputs or [TensorSpec(self.input_name, "float32", self.input_shape)]
+
+    @property
+    def output_specs(self) -> list[TensorSpec]:
+        return self.outputs or [TensorSpec(self.output_name, "float32", (len(self.labels),))]
+
+    @property
+    def labels_output(self) -> str | None:
+        """The output the labels, top-1 agreement and classification apply to (None: no (N, classes) output)."""
+        return self.classes_output if self.outputs else self.output_name
+
+    def output_columns(self) -> tuple[tuple[str, slice], ...]:
+        """Each output's columns when every output is joined per sample (``feeds.joined``); () for one output."""
+        specs = self.output_specs
+        if len(specs) == 1:
+            return ()
+        columns, start = [], 0
+        for spec in specs:
+            size = int(np.prod(spec.dims, dtype=np.int64))
+            columns.append((spec.name, slice(start, start + size)))
+            start += size
+        return tuple(columns)
+
+    def logits_columns(self) -> slice:
+        """Where the labelled output's values lie when every output is joined per sample (``feeds.joined``)."""
+        return dict(self.output_columns()).get(self.labels_output or "", slice(None))
+
+    def signature(self) -> dict[str, Any]:
+        """The inputs and outputs, and where labels and classification apply (export_report.json)."""
+        out = self.labels_output
+        note = (
+            f"labels, top-1 agreement and classification apply to output {out!r}"
+            if out is not None
+            else "no output is (N, classes): labels, top-1 agreement and /v1/models/{m}/classify do not apply"
+        )
+        return {
+            "inputs": [s.to_dict() for s in self.input_specs],
+            "outputs": [s.to_dict() for s in self.output_specs],
+            "labelled_output": out,
+            "classification": note,
+        }
 
     @property
     def input_meta(self) -> dict[str, Any]:
         layout = self.preprocessing.layout if self.preprocessing is not None else "NCHW"
-        meta: dict[str, Any] = {"name": self.input_name, "shape": list(self.input_shape), "layout": layout}
+        first = self.input_specs[0]
+        meta: dict[str, Any] = {"name": first.name, "shape": list(first.dims), "layout": layout, "dtype": first.dtype}
         if self.normalization is not None:
             meta["normalization"] = self.normalization
         if self.preprocessing is not None:

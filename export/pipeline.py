@@ -23,7 +23,7 @@ from export.emit.candidate import Candidate, write_verified
 from export.errors import ExportError
 from export.job import ExportJob, variant_name
 from export.report import ExportReport, library_versions
-from export.repository.writer import TensorSpec, check_model_name, new_version, render_config
+from export.repository.writer import check_model_name, new_version, render_config
 from export.variants.int8 import Int8Gate, Int8Job, Int8Report, write_int8
 from export.verification.file import CheckInputs
 from training.atomic import write_json_atomic
@@ -48,9 +48,10 @@ class VersionWritten:
 def _config(job: ExportJob, name: str, max_batch_size: int, max_queue_delay_us: int) -> str:
     if max_batch_size < 1:
         raise ExportError(f"--max-batch-size must be at least 1, got {max_batch_size}")
-    inputs = [TensorSpec(job.input_name, "float32", job.input_shape)]
-    outputs = [TensorSpec(job.output_name, "float32", (len(job.labels),))]
-    return render_config(name, inputs, outputs, max_batch_size, max_queue_delay_us)
+    labelled = (job.labels_output,) if job.labels_output is not None else ()
+    layout = job.preprocessing.layout if job.preprocessing is not None else "NCHW"
+    specs = (job.input_specs, job.output_specs)
+    return render_config(name, *specs, max_batch_size, max_queue_delay_us, layout, labelled)
 
 
 def _metadata(job: ExportJob, name: str, version: int, precision: str) -> dict[str, Any]:
@@ -60,10 +61,21 @@ def _metadata(job: ExportJob, name: str, version: int, precision: str) -> dict[s
         "bnfold.model": model,
         "bnfold.labels": job.labels,
         "bnfold.input": job.input_meta,
-        "bnfold.output": {"name": job.output_name, "kind": "logits", "classes": len(job.labels)},
+        "bnfold.output": _output_meta(job),
+        "bnfold.signature": {
+            "inputs": [s.to_dict() for s in job.input_specs],
+            "outputs": [s.to_dict() for s in job.output_specs],
+        },
         "bnfold.versions": library_versions(),
         "bnfold.precision": precision,
     }
+
+
+def _output_meta(job: ExportJob) -> dict[str, Any]:
+    """``bnfold.output``: the (N, classes) output the labels name, or the first output when none is."""
+    if job.labels_output is None:
+        return {"name": job.output_specs[0].name, "kind": "tensor", "classes": 0}
+    return {"name": job.labels_output, "kind": "logits", "classes": len(job.labels)}
 
 
 def _candidate(job: ExportJob, precision: str, inputs: CheckInputs) -> Candidate:
@@ -83,6 +95,8 @@ def _candidate(job: ExportJob, precision: str, inputs: CheckInputs) -> Candidate
 
 def _require_int8_data(job: ExportJob) -> None:
     """Refuse an int8 export without calibration data or a validation split, before any work."""
+    if len(job.input_specs) != 1 or job.input_specs[0].dtype != "float32" or len(job.output_specs) != 1:
+        raise ExportError("--int8 needs a model with one float32 input and one (N, classes) output")
     if job.calibration is None or len(job.calibration) == 0:
         raise ExportError("--int8 needs calibration data: a checkpoint's training split, or --images DIR")
     if job.validation_x is None:
@@ -107,8 +121,11 @@ def produce(
     """
     if precision == "int8":
         _require_int8_data(job)
-    inputs = CheckInputs.build(job.input_shape, job.samples, job.validation_x)
+    inputs = CheckInputs.build(job.input_specs, job.samples, job.validation_x)
+    inputs.logits, inputs.outputs = job.logits_columns(), job.output_columns()
     candidate = _candidate(job, precision, inputs)
+    if job.labels_output is None:
+        candidate.warnings.append(job.signature()["classification"])
     if precision != "int8":
         return write_verified(candidate, version_dir / "model.onnx", inputs, metadata), None
     with tempfile.TemporaryDirectory(prefix="bnfold-float32-") as tmp:
@@ -144,6 +161,7 @@ def export_job(
             "model": metadata["bnfold.model"],
             "labels": job.labels,
             "input": job.input_meta,
+            "signature": job.signature(),
             **job.report,
             "export_versions": library_versions(),
         }

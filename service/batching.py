@@ -3,7 +3,9 @@
 A worker task takes the first waiting request, then keeps taking requests until the batch holds
 ``max_batch_size`` samples or ``max_queue_delay`` has passed since it started collecting (it stops waiting
 early when no other request is on its way: ``arriving`` counts requests still being decoded), runs the batch
-off the event loop (ONNX Runtime releases the GIL) and hands each request exactly its own rows back.
+off the event loop (ONNX Runtime releases the GIL) and hands each request exactly its own rows back. A
+request is one array per model input (the same number of rows in each); a batch concatenates every input
+along axis 0 together, and every output is split back by rows.
 A request that finds the batcher idle (no batch running, nothing queued, nobody else arriving) starts its
 own batch of one at once, without the round trip through the worker task; requests that arrive while it
 runs queue up and form the next batch as usual.
@@ -73,16 +75,20 @@ class Admission:
             self._decoding = False
             self._batcher.arriving -= 1
 
-    async def infer(self, x: np.ndarray, timeout_s: float, ticket: Ticket = DEFAULT_TICKET) -> np.ndarray:
-        """Queue ``x`` (n samples) and wait for its outputs (n rows); see :meth:`Batcher.infer`."""
+    async def infer(
+        self, x: tuple[np.ndarray, ...], timeout_s: float, ticket: Ticket = DEFAULT_TICKET
+    ) -> list[np.ndarray]:
+        """Queue ``x`` (n samples of each input) and wait for its outputs (n rows each); see
+        :meth:`Batcher.infer`."""
         self._arrived()
         return await self._batcher._infer(x, timeout_s, ticket)
 
 
 @dataclass(eq=False)  # queued requests are told apart by identity
 class _Pending:
-    x: np.ndarray
-    future: asyncio.Future[np.ndarray]
+    x: tuple[np.ndarray, ...]  # one array per model input
+    future: asyncio.Future[list[np.ndarray]]
+    n: int  # samples (rows of each input)
     level: int = 0  # priority level, 0 first
     trace: Any = None  # the request's OpenTelemetry context when it is traced (service.tracing)
     enqueued: int = field(default_factory=time.perf_counter_ns)
@@ -129,8 +135,11 @@ class Batcher:
         if self._closed and self._admitted == 0:
             self._drained.set()
 
-    async def infer(self, x: np.ndarray, timeout_s: float, ticket: Ticket = DEFAULT_TICKET) -> np.ndarray:
-        """Admit, queue ``x`` (n samples) at ``ticket``'s priority level and wait for its outputs (n rows).
+    async def infer(
+        self, x: tuple[np.ndarray, ...], timeout_s: float, ticket: Ticket = DEFAULT_TICKET
+    ) -> list[np.ndarray]:
+        """Admit, queue ``x`` (n samples of each input) at ``ticket``'s priority level and wait for its outputs
+        (n rows each, model order).
 
         ``timeout_s`` bounds the wait and the run (504); ``ticket.timeout_s`` the time queued (the queue
         policy: REJECT answers 503 "Request timeout expired", DELAY queues it behind its level).
@@ -189,8 +198,8 @@ class Batcher:
                 1,
             )
 
-    async def _infer(self, x: np.ndarray, timeout_s: float, ticket: Ticket) -> np.ndarray:
-        n = x.shape[0]
+    async def _infer(self, x: tuple[np.ndarray, ...], timeout_s: float, ticket: Ticket) -> list[np.ndarray]:
+        n = x[0].shape[0]
         if n > self.max_batch:
             self.metrics.count("bad_request")
             raise bad_request(
@@ -201,7 +210,7 @@ class Batcher:
             raise unavailable(f"model {self.model.name!r} stopped; retry", 1)
         self._refuse_full(ticket)
         loop = asyncio.get_running_loop()
-        item = _Pending(x, loop.create_future(), ticket.level, tracing.current())
+        item = _Pending(x, loop.create_future(), n, ticket.level, tracing.current())
         queue_timer = None
         if not self._running and not self._items and self.arriving == 0:
             self._start(loop, [item], n)
@@ -273,10 +282,10 @@ class Batcher:
                     if not batch and not self._items:
                         break  # only requests that gave up were queued: back to idle, not a wait while "running"
                     continue
-                if samples + head.x.shape[0] > self.max_batch:
+                if samples + head.n > self.max_batch:
                     break  # it starts the next batch
                 batch.append(self._items.popleft())
-                samples += head.x.shape[0]
+                samples += head.n
                 if not self._items and (remaining <= 0 or self.arriving == 0):
                     break
             self.metrics.queue_depth.set(len(self._items))
@@ -292,10 +301,15 @@ class Batcher:
         started = time.perf_counter_ns()
         for item in batch:
             self.metrics.queue_seconds.observe((started - item.enqueued) / 1e9)
-        x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
+        if len(batch) == 1:
+            x = batch[0].x
+        else:  # every input along axis 0, together
+            x = tuple(np.concatenate([item.x[i] for item in batch]) for i in range(len(batch[0].x)))
         prepared = time.perf_counter_ns()
 
-        def answer(out: np.ndarray | None, exc: BaseException | None, begin: int, end: int) -> None:  # on the loop
+        def answer(
+            out: list[np.ndarray] | None, exc: BaseException | None, begin: int, end: int
+        ) -> None:  # on the loop
             self._running = False
             if self._items:
                 self._wake.set()
@@ -313,7 +327,7 @@ class Batcher:
 
     def _answer(
         self,
-        out: np.ndarray | None,
+        out: list[np.ndarray] | None,
         exc: BaseException | None,
         batch: list[_Pending],
         samples: int,
@@ -335,9 +349,9 @@ class Batcher:
         offset = 0
         answered = []
         for item in batch:
-            n = item.x.shape[0]
+            n = item.n
             if not item.future.done():
-                item.future.set_result(out[offset : offset + n])
+                item.future.set_result([o[offset : offset + n] for o in out])
                 answered.append(item)
             offset += n
         done = time.perf_counter_ns()

@@ -69,12 +69,18 @@ def bucket_for(n: int, buckets: tuple[int, ...]) -> int:
     return buckets[i] if i < len(buckets) else n
 
 
-def run_padded(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, buckets: tuple[int, ...]) -> np.ndarray:
-    """``run`` on ``batch`` padded with zero rows up to its bucket; the output rows of ``batch`` only."""
-    n = len(batch)
+def run_padded(
+    run: Callable[[tuple[np.ndarray, ...]], list[np.ndarray]], batch: tuple[np.ndarray, ...], buckets: tuple[int, ...]
+) -> list[np.ndarray]:
+    """``run`` on ``batch`` (one array per input) with every input padded with zero rows up to its bucket; the
+    rows of ``batch`` only, of every output."""
+    n = len(batch[0])
     size = bucket_for(n, buckets)
     if size == n:
         return run(batch)
-    padded = np.zeros((size, *batch.shape[1:]), batch.dtype)  # (bucket, *sample_shape)
-    padded[:n] = batch
-    return run(padded)[:n]
+    padded = []
+    for x in batch:
+        rows = np.zeros((size, *x.shape[1:]), x.dtype)  # (bucket, *sample_shape)
+        rows[:n] = x
+        padded.append(rows)
+    return [out[:n] for out in run(tuple(padded))]

@@ -43,8 +43,10 @@ def recipe(model: ModelVersion) -> Preprocessing:
 
 def image_spec(model: ModelVersion) -> ImageSpec:
     """What ``model`` takes, as the image contract's spec (its metadata's normalisation and preprocessing
-    included); 400 if it takes no 1- or 3-channel image."""
+    included); 400 if it takes no 1- or 3-channel image (of a float or uint8 type)."""
     shape, prep = model.sample_shape, recipe(model)
+    if model.input_datatype not in ("FP16", "FP32", "FP64", "UINT8"):
+        raise bad_request(f"model {model.name!r} does not take images: its input is {model.input_datatype}")
     channels = (shape[-1] if prep.layout == "NHWC" else shape[0]) if len(shape) == 3 else 0
     if channels not in (1, 3):
         raise bad_request(f"model {model.name!r} does not take 1- or 3-channel images (input shape {list(shape)})")
@@ -66,7 +68,18 @@ def preprocess(data: bytes, model: ModelVersion, max_pixels: int, filename: str 
 
 
 def _preprocess_all(images: list[tuple[str, bytes]], model: ModelVersion, max_pixels: int) -> np.ndarray:
-    return np.stack([preprocess(data, model, max_pixels, name) for name, data in images])  # (N, C, H, W)
+    batch = np.stack([preprocess(data, model, max_pixels, name) for name, data in images])  # (N, C, H, W)
+    return as_input_type(batch, model.input_datatype)
+
+
+def as_input_type(batch: np.ndarray, datatype: str) -> np.ndarray:
+    """Prepared images (float32) as the model's input takes them: uint8 pixels 0-255 for a UINT8 input (export
+    records no normalisation for one), the float type of a float input."""
+    if datatype == "UINT8":
+        return np.rint(batch * 255.0).astype(np.uint8)
+    if datatype in ("FP16", "FP64"):
+        return batch.astype(np.float16 if datatype == "FP16" else np.float64)
+    return batch
 
 
 async def decode_images(images: list[tuple[str, bytes]], model: ModelVersion, max_pixels: int) -> np.ndarray:

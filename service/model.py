@@ -1,4 +1,10 @@
-"""One loaded model version: an ONNX Runtime session plus what bnfold's metadata says about its input."""
+"""One loaded model version: an ONNX Runtime session, its inputs and outputs, and what bnfold's metadata says.
+
+A model has any number of inputs and outputs of the v2 datatypes that map onto ONNX types. ``run`` takes one
+array per input (model order) and returns one per output (model order). The single-input fields of older
+callers (``input_name``, ``sample_shape``, ``output_name``, ...) are the first input's and the labelled
+(else the first) output's.
+"""
 
 from __future__ import annotations
 
@@ -29,10 +35,45 @@ ORT_TO_V2 = {
     "tensor(double)": "FP64",
     "tensor(int64)": "INT64",
     "tensor(int32)": "INT32",
+    "tensor(int16)": "INT16",
     "tensor(int8)": "INT8",
+    "tensor(uint64)": "UINT64",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint16)": "UINT16",
     "tensor(uint8)": "UINT8",
     "tensor(bool)": "BOOL",
 }
+V2_NUMPY = {
+    "FP32": np.float32,
+    "FP16": np.float16,
+    "FP64": np.float64,
+    "INT64": np.int64,
+    "INT32": np.int32,
+    "INT16": np.int16,
+    "INT8": np.int8,
+    "UINT64": np.uint64,
+    "UINT32": np.uint32,
+    "UINT16": np.uint16,
+    "UINT8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One input or output: its name, v2 datatype and one sample's shape (without the batch axis)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    @property
+    def classes(self) -> int:
+        """The class count of a floating-point (N, classes) tensor; 0 for any other."""
+        return self.shape[0] if self.datatype.startswith("FP") and len(self.shape) == 1 else 0
+
+    def describe(self) -> str:
+        return f"{self.name!r} ({self.datatype}, shape {[-1, *self.shape]})"
 
 
 class ModelLoadError(Exception):
@@ -47,12 +88,8 @@ class ModelVersion:
     version: int
     path: Path
     session: Any
-    input_name: str
-    input_datatype: str
-    sample_shape: tuple[int, ...]  # without the batch axis
-    output_name: str
-    output_datatype: str
-    output_shape: tuple[int, ...]
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
     labels: list[str]
     max_batch_size: int
     max_queue_delay_us: int
@@ -64,6 +101,56 @@ class ModelVersion:
     buckets: tuple[int, ...] = ()  # batch sizes each batch is padded up to (empty: no padding)
     queue_policy: QueuePolicy = field(default_factory=QueuePolicy)  # priority levels and queue timeouts
     config: ModelConfig | None = None  # config.pbtxt as read (Triton's ModelConfig message)
+    labels_output: str | None = None  # the (N, classes) output the labels name (None: none is)
+    input_names: list[str] = field(init=False)
+    output_names: list[str] = field(init=False)
+    input_index: dict[str, int] = field(init=False)
+    output_index: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.input_names = [t.name for t in self.inputs]
+        self.output_names = [t.name for t in self.outputs]
+        self.input_index = {name: i for i, name in enumerate(self.input_names)}
+        self.output_index = {name: i for i, name in enumerate(self.output_names)}
+
+    @property
+    def input_name(self) -> str:
+        return self.inputs[0].name
+
+    @property
+    def input_datatype(self) -> str:
+        return self.inputs[0].datatype
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.inputs[0].shape
+
+    @property
+    def main_output(self) -> TensorInfo:
+        """The labelled output, else the first."""
+        name = self.labels_output
+        return self.outputs[self.output_index[name]] if name is not None else self.outputs[0]
+
+    @property
+    def output_name(self) -> str:
+        return self.main_output.name
+
+    @property
+    def output_datatype(self) -> str:
+        return self.main_output.datatype
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.main_output.shape
+
+    def image_classifier(self) -> str | None:
+        """None when ``/classify`` applies (one input, an (N, classes) output); else why it does not."""
+        if len(self.inputs) != 1:
+            return f"it takes {len(self.inputs)} inputs ({', '.join(self.input_names)}), not one image"
+        if self.labels_output is None:
+            shapes = ", ".join(o.describe() for o in self.outputs)
+            return f"no output is (N, classes) (outputs: {shapes})"
+        return None
 
     @property
     def normalization(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -90,21 +177,21 @@ class ModelVersion:
         precision = str(self.metadata.get("bnfold.precision", "float32"))
         return self.name, str(self.version), self.provider, options, session, buckets, precision
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """Logits for ``batch`` (N, *sample_shape), padded up to its bucket when buckets are on."""
+    def run(self, batch: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        """Every output (model order) for ``batch``, one array per input (model order, N rows each), padded
+        up to its bucket when buckets are on."""
         if self.buckets:
             return run_padded(self._run, batch, self.buckets)
         return self._run(batch)
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        out: np.ndarray = self.session.run([self.output_name], {self.input_name: batch})[0]
+    def _run(self, batch: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        out: list[np.ndarray] = self.session.run(self.output_names, dict(zip(self.input_names, batch, strict=True)))
         return out
 
     def warm_up(self) -> None:
         """Run every bucket (without buckets: batch 1 and the largest) once, so no request pays a set-up cost."""
-        dtype = np.float16 if self.input_datatype == "FP16" else np.float32
         for n in self.buckets or sorted({1, self.max_batch_size}):
-            self._run(np.zeros((n, *self.sample_shape), dtype))
+            self._run(tuple(np.zeros((n, *t.shape), V2_NUMPY.get(t.datatype, np.float32)) for t in self.inputs))
 
 
 def _static_dims(dims: list[Any], what: str, path: Path) -> tuple[int, ...]:
@@ -113,10 +200,30 @@ def _static_dims(dims: list[Any], what: str, path: Path) -> tuple[int, ...]:
     return tuple(int(d) for d in dims)
 
 
+def _tensor_info(arg: Any, what: str, path: Path) -> TensorInfo:
+    """An ONNX Runtime input or output (``NodeArg``) as a :class:`TensorInfo`; refused when no v2 datatype
+    carries its type or a dimension beyond the batch axis is not fixed."""
+    datatype = ORT_TO_V2.get(arg.type)
+    if datatype is None:
+        raise ModelLoadError(f"{path}: {what} {arg.name!r} is {arg.type}; bnfold serves {', '.join(V2_NUMPY)}")
+    return TensorInfo(arg.name, datatype, _static_dims(list(arg.shape[1:]), f"{what} {arg.name!r}", path))
+
+
+def _labels_output(outputs: tuple[TensorInfo, ...], metadata: dict[str, Any]) -> str | None:
+    """The output labels and ``/classify`` apply to: the one export recorded (``bnfold.output``, kind logits);
+    without that record the first (N, classes) floating-point output; None when there is none."""
+    recorded = metadata.get("bnfold.output")
+    if isinstance(recorded, dict) and "kind" in recorded:
+        name = recorded.get("name")
+        found = [o for o in outputs if o.name == name and o.classes]
+        return found[0].name if recorded["kind"] == "logits" and found else None
+    return next((o.name for o in outputs if o.classes), None)
+
+
 def _open_session(
     path: Path, providers_setting: str, intra_op_threads: int, cuda: CudaOptions | None, spinning: str
 ) -> Any:
-    """An ONNX Runtime session for ``path`` with one input and at least one output."""
+    """An ONNX Runtime session for ``path`` with at least one input and one output."""
     providers = resolve_providers(providers_setting, path, cuda)
     options = session_options(intra_op_threads, spinning)
     try:
@@ -124,9 +231,9 @@ def _open_session(
     except Exception as exc:  # ONNX Runtime raises its own exception types for every kind of bad file
         raise ModelLoadError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from exc
     inputs, outputs = session.get_inputs(), session.get_outputs()
-    if len(inputs) != 1 or len(outputs) < 1:
+    if not inputs or not outputs:
         raise ModelLoadError(
-            f"{path}: expected one input and at least one output, got {len(inputs)} and {len(outputs)}"
+            f"{path}: expected at least one input and one output, got {len(inputs)} and {len(outputs)}"
         )
     return session
 
@@ -159,22 +266,21 @@ def _describe(
 ) -> ModelVersion:
     """What the session, its metadata and config.pbtxt say about the version (the settings override both)."""
     path = model_dir / str(version) / "model.onnx"
-    inputs, outputs = session.get_inputs(), session.get_outputs()
     metadata = _custom_metadata(session)
-    labels = metadata.get("bnfold.labels") or read_labels(model_dir)
-    out_shape = _static_dims(list(outputs[0].shape[1:]), "the output", path)
+    inputs = tuple(_tensor_info(t, "input", path) for t in session.get_inputs())
+    outputs = tuple(_tensor_info(t, "output", path) for t in session.get_outputs())
+    labelled = _labels_output(outputs, metadata)
+    classes = outputs[[o.name for o in outputs].index(labelled)].classes if labelled is not None else 0
+    labels = (metadata.get("bnfold.labels") or read_labels(model_dir)) if labelled is not None else []
     return ModelVersion(
         name=model_dir.name,
         version=version,
         path=path,
         session=session,
-        input_name=inputs[0].name,
-        input_datatype=ORT_TO_V2.get(inputs[0].type, inputs[0].type),
-        sample_shape=_static_dims(list(inputs[0].shape[1:]), "the input", path),
-        output_name=outputs[0].name,
-        output_datatype=ORT_TO_V2.get(outputs[0].type, outputs[0].type),
-        output_shape=out_shape,
-        labels=list(labels) or [str(i) for i in range(out_shape[-1])],
+        inputs=inputs,
+        outputs=outputs,
+        labels_output=labelled,
+        labels=list(labels) or [str(i) for i in range(classes)],
         max_batch_size=max_batch_size or config.max_batch_size,
         max_queue_delay_us=max_queue_delay_us_of(config) if max_queue_delay_us is None else max_queue_delay_us,
         platform=config.platform,

@@ -44,9 +44,11 @@ def model_config(model: ModelVersion) -> mc.ModelConfig:
     config.max_batch_size = model.max_batch_size
     config.dynamic_batching.max_queue_delay_microseconds = model.max_queue_delay_us
     if not config.input:
-        _tensors(config.input, model.input_name, model.input_datatype, model.sample_shape)
+        for t in model.inputs:
+            _tensors(config.input, t.name, t.datatype, t.shape)
     if not config.output:
-        _tensors(config.output, model.output_name, model.output_datatype, model.output_shape)
+        for t in model.outputs:
+            _tensors(config.output, t.name, t.datatype, t.shape)
     config.parameters["execution_provider"].string_value = model.provider
     return config
 

@@ -10,8 +10,8 @@ for gRPC). Each step is one function here or one call into the module that owns 
              lands on the new version (or gets 503 with Retry-After when there is none).
 2. decode    :mod:`service.body` reads the body under the size limit; :mod:`service.protocol` decodes v2
              JSON/binary tensors; :mod:`service.images` decodes images off the event loop.
-3. validate  :func:`validate_input` and :func:`check_outputs`: one input of the model's name, datatype and
-             shape, finite values, known outputs; all before any work is queued.
+3. validate  :func:`validate_input` and :func:`check_outputs`: every input of the model, each of its name,
+             datatype and shape, finite values, known outputs; all before any work is queued.
 4. batch, run, unbatch: :meth:`~service.batching.Admission.infer` (the batcher merges, runs off the loop and
              hands each request its own rows).
 5. encode    :func:`build_outputs` + :func:`~service.protocol.encode_response` (v2) or :func:`top_k` (images).
@@ -36,9 +36,10 @@ from service.body import read_body, read_images
 from service.errors import ApiError, bad_request
 from service.images import decode_images, softmax
 from service.manager import ModelManager, Served
-from service.model import ModelVersion
+from service.model import ModelVersion, TensorInfo
 from service.protocol import (
     InferRequest,
+    InputTensor,
     OutputTensor,
     RequestedOutput,
     classify,
@@ -73,18 +74,12 @@ def admit(manager: ModelManager, model: str, version: str | None) -> tuple[Serve
 
 
 # ---- 3. validate ----------------------------------------------------------------------------------------------
-def validate_input(request: InferRequest, model: ModelVersion, allow_non_finite: bool) -> np.ndarray:
-    """The one input tensor the model takes, checked for name, datatype, shape and finite values."""
-    if len(request.inputs) != 1:
-        names = [t.name for t in request.inputs]
-        raise bad_request(f"model {model.name!r} takes exactly one input {model.input_name!r}, got {names}")
-    tensor = request.inputs[0]
-    if tensor.name != model.input_name:
-        raise bad_request(f"model {model.name!r} has no input {tensor.name!r}; its input is {model.input_name!r}")
-    if tensor.datatype != model.input_datatype:
-        raise bad_request(f"input {tensor.name!r}: datatype {tensor.datatype}, expected {model.input_datatype}")
-    if len(tensor.shape) != len(model.sample_shape) + 1 or tuple(tensor.shape[1:]) != model.sample_shape:
-        expected = [-1, *model.sample_shape]
+def _check_tensor(tensor: InputTensor, spec: TensorInfo, allow_non_finite: bool) -> np.ndarray:
+    """One input tensor checked against the model's: datatype, shape, a non-empty batch, finite values."""
+    if tensor.datatype != spec.datatype:
+        raise bad_request(f"input {tensor.name!r}: datatype {tensor.datatype}, expected {spec.datatype}")
+    if len(tensor.shape) != len(spec.shape) + 1 or tuple(tensor.shape[1:]) != spec.shape:
+        expected = [-1, *spec.shape]
         raise bad_request(f"input {tensor.name!r}: shape {list(tensor.shape)}, expected {expected} (-1: batch size)")
     if tensor.shape[0] < 1:
         raise bad_request(f"input {tensor.name!r}: the batch axis must hold at least one sample")
@@ -94,11 +89,51 @@ def validate_input(request: InferRequest, model: ModelVersion, allow_non_finite:
     return x
 
 
+def _expected_inputs(model: ModelVersion) -> str:
+    return ", ".join(t.describe() for t in model.inputs)
+
+
+def validate_input(request: InferRequest, model: ModelVersion, allow_non_finite: bool) -> tuple[np.ndarray, ...]:
+    """Every input the model takes, in the model's order, each checked for name, datatype, shape and finite
+    values; all with the same batch size. A missing, unknown or repeated input is a 400 naming it."""
+    given = request.inputs
+    if len(given) == 1 and len(model.inputs) == 1 and given[0].name == model.inputs[0].name:  # the common case
+        return (_check_tensor(given[0], model.inputs[0], allow_non_finite),)
+    arrays: list[np.ndarray | None] = [None] * len(model.inputs)
+    for tensor in given:
+        index = model.input_index.get(tensor.name)
+        if index is None:
+            raise bad_request(
+                f"model {model.name!r} has no input {tensor.name!r}; its inputs are {_expected_inputs(model)}"
+            )
+        if arrays[index] is not None:
+            raise bad_request(f"input {tensor.name!r} is given more than once")
+        arrays[index] = _check_tensor(tensor, model.inputs[index], allow_non_finite)
+    missing = [t.describe() for t, a in zip(model.inputs, arrays, strict=True) if a is None]
+    if missing:
+        raise bad_request(f"model {model.name!r} needs input {', '.join(missing)}; the request does not give it")
+    checked = tuple(a for a in arrays if a is not None)
+    sizes = {len(a) for a in checked}
+    if len(sizes) > 1:
+        counts = ", ".join(f"{t.name!r} {len(a)}" for t, a in zip(model.inputs, checked, strict=True))
+        raise bad_request(f"inputs hold different batch sizes ({counts}); every input needs the same number of samples")
+    return checked
+
+
 def check_outputs(request: InferRequest, model: ModelVersion) -> None:
-    """Every requested output exists (checked before the run, not after)."""
+    """Every requested output exists, and classification is asked only of a floating-point (N, classes) output
+    (checked before the run, not after)."""
     for out in request.outputs or []:
-        if out.name != model.output_name:
-            raise bad_request(f"model {model.name!r} has no output {out.name!r}; its output is {model.output_name!r}")
+        index = model.output_index.get(out.name)
+        if index is None:
+            names = ", ".join(t.describe() for t in model.outputs)
+            raise bad_request(f"model {model.name!r} has no output {out.name!r}; its outputs are {names}")
+        spec = model.outputs[index]
+        if out.class_count and not spec.classes:
+            raise bad_request(
+                f"output {out.name!r}: classification needs a floating-point (N, classes) output; "
+                f"it is {spec.datatype} of shape {[-1, *spec.shape]}"
+            )
 
 
 # ---- 2-4. decode/validate -> batch -> run -> unbatch ----------------------------------------------------------
@@ -118,21 +153,25 @@ async def run(
         served.batcher.metrics.count("bad_request")
         raise
     timeout = settings.request_timeout_s if timeout_s is None else min(timeout_s, settings.request_timeout_s)
-    logits = await admission.infer(x, timeout, ticket)  # counts its own refusals and timeouts
-    return InferResult(m.name, str(m.version), request.id, build_outputs(request, m, logits))
+    outputs = await admission.infer(x, timeout, ticket)  # counts its own refusals and timeouts
+    return InferResult(m.name, str(m.version), request.id, build_outputs(request, m, outputs))
 
 
 # ---- 5. encode ------------------------------------------------------------------------------------------------
-def build_outputs(request: InferRequest, model: ModelVersion, logits: np.ndarray) -> list[OutputTensor]:
-    """The requested outputs (all of them when none is named), classification applied where asked."""
-    wanted = request.outputs or [RequestedOutput(model.output_name, None, 0)]
+def build_outputs(request: InferRequest, model: ModelVersion, values: list[np.ndarray]) -> list[OutputTensor]:
+    """The requested outputs (all of them, in model order, when none is named), classification applied where
+    asked: labelled with the model's labels on the labelled output, with class indices on any other."""
+    wanted = request.outputs or [RequestedOutput(name, None, 0) for name in model.output_names]
     outputs = []
     for out in wanted:
         binary = request.binary_output if out.binary is None else out.binary
+        index = model.output_index[out.name]
+        array = values[index]
         if out.class_count:
-            outputs.append(OutputTensor(out.name, "BYTES", classify(logits, out.class_count, model.labels), binary))
+            labels = model.labels if out.name == model.labels_output else []
+            outputs.append(OutputTensor(out.name, "BYTES", classify(array, out.class_count, labels), binary))
         else:
-            outputs.append(OutputTensor(out.name, model.output_datatype, logits, binary))
+            outputs.append(OutputTensor(out.name, model.outputs[index].datatype, array, binary))
     return outputs
 
 
@@ -208,12 +247,19 @@ async def classify_http(
     with counted(served):
         with admission:
             try:
+                not_images = m.image_classifier()
+                if not_images is not None:
+                    raise bad_request(
+                        f"model {m.name!r} cannot classify images: {not_images}; send its tensors to "
+                        f"/v2/models/{m.name}/infer"
+                    )
                 images = await read_images(headers, chunks, settings.max_body_bytes)
                 x = await decode_images(images, m, settings.max_image_pixels)
             except ApiError:
                 served.batcher.metrics.count("bad_request")
                 raise
-            logits = await admission.infer(x, settings.request_timeout_s)
+            outputs = await admission.infer((x,), settings.request_timeout_s)
+        logits = outputs[m.output_index[m.output_name]]
         probs = softmax(logits.astype(np.float64))
         predictions = [
             {

@@ -145,11 +145,12 @@ def test_the_shape_row_is_the_message_the_service_sends() -> None:
     from types import SimpleNamespace
 
     from service.errors import ApiError
+    from service.model import TensorInfo
     from service.pipeline import validate_input
     from service.protocol import decode_request
 
     row = "input 'input': shape [...], expected [-1, 1, 8, 8]"
-    model = SimpleNamespace(name="digits", input_name="input", input_datatype="FP32", sample_shape=(1, 8, 8))
+    model = SimpleNamespace(name="digits", inputs=(TensorInfo("input", "FP32", (1, 8, 8)),))
     body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
     with pytest.raises(ApiError) as refused:
         validate_input(decode_request(json.dumps(body).encode(), None), model, False)  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ import onnx
 from export.graph.files import save_onnx
 from export.graph.inspect import add_metadata
 from export.report import ExportReport, FoldReport, stopwatch
-from export.verification.checks import FLOAT32, Check, Reference, Runner, Tolerance
+from export.verification.checks import FLOAT32, Check, IONames, Reference, Runner, Tolerance
 from export.verification.file import CheckInputs, references, verify_file
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class Candidate:
     fold: FoldReport
     original: Runner
     oracle: Runner
-    names: tuple[str, str]
+    names: IONames  # (input name(s), output name(s)) the runners of the written file use
     tolerance: Tolerance = FLOAT32
     pre_checks: Callable[[list[Reference]], list[Check]] | None = None
     warnings: list[str] = field(default_factory=list)

@@ -16,7 +16,7 @@ import onnx
 from export.emit.candidate import Candidate, write_verified
 from export.folding.onnx_fold import fold_onnx
 from export.graph.files import check_onnx_input
-from export.graph.inspect import graph_io
+from export.graph.inspect import graph_inputs
 from export.report import ExportReport, stopwatch
 from export.variants.fp16_onnx import to_fp16_graph
 from export.verification.checks import FLOAT16, FLOAT32, ort_session, session_runner
@@ -28,22 +28,23 @@ from training.atomic import staged_file
 def onnx_candidate(
     model: onnx.ModelProto, sample: np.ndarray | None = None, *, fp16: bool = False, padded: str = "add"
 ) -> Candidate:
-    """``model`` folded, with its original (ONNX Runtime, ORT_DISABLE_ALL) and float64 oracle as judges.
+    """``model`` folded, with its original (ONNX Runtime, ORT_DISABLE_ALL) and float64 oracle as judges, on
+    every input and output of the graph (``export.verification.feeds``).
 
     ``sample``: a few inputs on which each fold site's difference is measured for the fold report. ``fp16``:
     the half-precision variant (``export.variants.fp16_onnx``), held to fp16's tolerance. ``padded``: how a BN
     before a zero-padded conv is folded (``fold_onnx``'s).
     """
-    input_name, output_name, _ = graph_io(model)
+    names = ([i.name for i in graph_inputs(model)], [o.name for o in model.graph.output])
     timings: dict[str, float] = {}
     with stopwatch(timings, "fold"):
         folded, fold_report = fold_onnx(model, sample=sample, padded=padded)
     if fp16:
         folded = to_fp16_graph(folded)
-    original = session_runner(ort_session(model.SerializeToString(), "disable_all"), input_name, output_name)
-    oracle = onnx_float64_oracle(model)
+    original = session_runner(ort_session(model.SerializeToString(), "disable_all"), *names)
+    oracle = onnx_float64_oracle(model, names[1])
     tol = FLOAT16 if fp16 else FLOAT32
-    return Candidate(folded, fold_report, original, oracle, (input_name, output_name), tol, timings=timings)
+    return Candidate(folded, fold_report, original, oracle, names, tol, timings=timings)
 
 
 def export_onnx_graph(
@@ -65,7 +66,7 @@ def export_onnx_graph(
     """
     if not input_checked:
         check_onnx_input(model)
-    inputs = CheckInputs.build(graph_io(model)[2], samples, validation, random_samples, seed)
+    inputs = CheckInputs.build(graph_inputs(model), samples, validation, random_samples, seed)
     candidate = onnx_candidate(model, inputs.first(), padded=padded)
     with staged_file(Path(path)) as tmp:
         report = write_verified(candidate, tmp, inputs, metadata)

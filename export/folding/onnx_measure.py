@@ -13,6 +13,7 @@ import onnx
 
 from contracts.sessions import open_session
 from export.report import FoldReport
+from export.verification.feeds import feed
 
 
 def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
@@ -25,7 +26,7 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 def _values(model: onnx.ModelProto, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
     session = open_session(_with_outputs(model, names).SerializeToString(), level="disable_all")
-    outputs = session.run(names, {session.get_inputs()[0].name: x})
+    outputs = session.run(names, feed(x, [i.name for i in session.get_inputs()]))
     return dict(zip(names, (np.asarray(o, dtype=np.float64) for o in outputs), strict=True))
 
 

@@ -74,8 +74,8 @@ def check_onnx_input(model: onnx.ModelProto, path: str | Path | None = None, tra
         raise ExportError(f"{where} fails onnx.checker: {first_line(exc)}") from exc
     initializers = {t.name for t in model.graph.initializer}
     inputs = [i.name for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise ExportError(f"{where} has {len(inputs)} graph inputs {inputs}; bnfold serves models with exactly one")
+    if not inputs:
+        raise ExportError(f"{where} has no graph input (initializers aside); bnfold serves models with at least one")
     if training_ok:
         return
     ir_model = ir.serde.deserialize_model(model)

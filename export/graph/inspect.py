@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import onnx
 
+from contracts.repository import TRITON_TYPES, TensorSpec
 from export.errors import ExportError, VerificationError
 
 
@@ -47,13 +49,45 @@ def add_metadata(model: onnx.ModelProto, metadata: dict[str, Any]) -> None:
         entry.key, entry.value = key, value
 
 
-def graph_io(model: onnx.ModelProto) -> tuple[str, str, tuple[int, ...]]:
-    """(input name, output name, one sample's static shape) of a single-input classifier graph."""
+def graph_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
+    """Every graph input (initializers aside) as a TensorSpec: its numpy dtype and one sample's static shape
+    (the first axis is the batch axis). Raises ExportError for a symbolic dimension beyond the batch axis or a
+    type no v2 datatype carries."""
     initializers = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    dims = inputs[0].type.tensor_type.shape.dim[1:]
-    if not all(d.HasField("dim_value") for d in dims):
-        raise ExportError(
-            f"ONNX input {inputs[0].name!r} has a symbolic dimension beyond the batch axis; fix its shape"
-        )
-    return inputs[0].name, model.graph.output[0].name, tuple(int(d.dim_value) for d in dims)
+    specs = []
+    for value in (i for i in model.graph.input if i.name not in initializers):
+        tensor = value.type.tensor_type
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+        except (KeyError, TypeError, ValueError):
+            dtype = ""
+        if dtype not in TRITON_TYPES:
+            kind = onnx.TensorProto.DataType.Name(tensor.elem_type) if tensor.elem_type else "no tensor type"
+            raise ExportError(f"ONNX input {value.name!r} is {kind}; bnfold serves {', '.join(TRITON_TYPES)}")
+        dims = tensor.shape.dim[1:]
+        if not tensor.HasField("shape") or not tensor.shape.dim:
+            raise ExportError(f"ONNX input {value.name!r} has no shape; give it a batch axis and a fixed sample shape")
+        if not all(d.HasField("dim_value") for d in dims):
+            raise ExportError(
+                f"ONNX input {value.name!r} has a symbolic dimension beyond the batch axis; fix its shape"
+            )
+        specs.append(TensorSpec(value.name, dtype, tuple(int(d.dim_value) for d in dims)))
+    if not specs:
+        raise ExportError("the ONNX graph has no input")
+    return specs
+
+
+def declared_outputs(model: onnx.ModelProto) -> list[TensorSpec] | None:
+    """Every graph output as a TensorSpec when the graph declares each one's type and a static shape beyond
+    the batch axis; None when any is missing (then only a run can tell)."""
+    specs = []
+    for value in model.graph.output:
+        tensor = value.type.tensor_type
+        dims = tensor.shape.dim
+        if not tensor.elem_type or not dims or not all(d.HasField("dim_value") for d in dims[1:]):
+            return None
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+        if dtype not in TRITON_TYPES:
+            return None
+        specs.append(TensorSpec(value.name, dtype, tuple(int(d.dim_value) for d in dims[1:])))
+    return specs

@@ -55,11 +55,12 @@ def render_config(
     max_batch_size: int,
     max_queue_delay_us: int,
     layout: str = "NCHW",
+    labelled: tuple[str, ...] | None = None,
 ) -> str:
     """config.pbtxt text for an ONNX Runtime model with dynamic batching and a label file on the output, built
     as Triton's ModelConfig message (:func:`contracts.repository.build_config`)."""
     try:
-        config = build_config(name, inputs, outputs, max_batch_size, max_queue_delay_us, layout)
+        config = build_config(name, inputs, outputs, max_batch_size, max_queue_delay_us, layout, labelled)
     except RepositoryFormatError as exc:
         raise ExportError(str(exc)) from None
     return render_config_message(config)
@@ -229,18 +230,26 @@ def write_model(
     max_batch_size: int = 64,
     max_queue_delay_us: int = 500,
 ) -> tuple[Path, int]:
-    """Add any single-input ONNX classifier (and its report) as the next version of ``name``, as one transaction.
+    """Add any ONNX model (and its report) as the next version of ``name``, as one transaction.
 
-    ``config.pbtxt`` is written from the graph's own input and output names and shape. Returns the model
-    folder and the new version number.
+    ``config.pbtxt`` lists every input and output of the graph with its type and shape (outputs' shapes as
+    declared, else from one ONNX Runtime run); ``labels`` name the classes of its first floating-point
+    (N, classes) output, and must be as many. Returns the model folder and the new version number.
     """
     import onnx
 
-    from export.graph.inspect import graph_io
+    from export.graph.inspect import declared_outputs, graph_inputs
+    from export.sources.onnx_file import classes_output, probe_outputs
 
-    input_name, output_name, shape = graph_io(onnx.load(str(onnx_file), load_external_data=False))
-    inputs, outputs = [TensorSpec(input_name, "float32", shape)], [TensorSpec(output_name, "float32", (len(labels),))]
-    config = render_config(name, inputs, outputs, max_batch_size, max_queue_delay_us)
+    model = onnx.load(str(onnx_file))
+    inputs = graph_inputs(model)
+    outputs = declared_outputs(model) or probe_outputs(model, onnx_file, inputs)
+    labelled = classes_output(outputs)
+    if labels and (labelled is None or labelled.dims[0] != len(labels)):
+        found = f"output {labelled.name!r} has {labelled.dims[0]} classes" if labelled else "no output is (N, classes)"
+        raise ExportError(f"{onnx_file}: {len(labels)} labels given, but {found}")
+    names = (labelled.name,) if labelled is not None and labels else ()
+    config = render_config(name, inputs, outputs, max_batch_size, max_queue_delay_us, labelled=names)
     with new_version(repository, name, config, labels) as (version_dir, version):
         shutil.copyfile(onnx_file, version_dir / "model.onnx")
         if report is not None:

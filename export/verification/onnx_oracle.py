@@ -21,6 +21,7 @@ from onnx.reference import ReferenceEvaluator
 
 from contracts.sessions import open_session
 from export.errors import ExportError
+from export.verification.feeds import feed, joined
 from export.verification.onnx_oracle_ops import ORACLE_OPS
 
 logger = logging.getLogger(__name__)
@@ -69,15 +70,16 @@ def _node_to_float64(node: ir.Node) -> None:
 
 
 class Float64Oracle:
-    """Callable: a float32 (or any float) input batch -> the original graph's first output, in float64."""
+    """Callable: an input batch (``export.verification.feeds``'s form) -> the original graph's ``outputs`` in
+    float64 (several joined per sample, in the order given; default the first output alone)."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, outputs: list[str] | None = None) -> None:
         self.model64 = to_float64(model)
+        self.output_names = outputs or [model.graph.output[0].name]
         initializers = {t.name for t in model.graph.initializer}
-        inputs = [i.name for i in model.graph.input if i.name not in initializers]
-        if len(inputs) != 1:
-            raise ExportError(f"the float64 oracle needs a graph with one input; it has {inputs}")
-        self.input_name = inputs[0]
+        self.input_names = [i.name for i in model.graph.input if i.name not in initializers]
+        if not self.input_names:
+            raise ExportError("the float64 oracle needs a graph with at least one input; it has none")
         self.engine = "onnxruntime"
         self._session: ort.InferenceSession | None = None
         self._reference: ReferenceEvaluator | None = None
@@ -98,18 +100,22 @@ class Float64Oracle:
         self._reference = ReferenceEvaluator(self.model64, new_ops=ORACLE_OPS)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        feed = np.asarray(x, dtype=np.float64) if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(x)
+        feeds = {
+            name: np.asarray(a, dtype=np.float64) if np.issubdtype(a.dtype, np.floating) else a
+            for name, a in feed(np.asarray(x), self.input_names).items()
+        }
         if self._session is not None:
             try:
-                return np.asarray(self._session.run(None, {self.input_name: feed})[0], dtype=np.float64)
+                return joined(self._session.run(self.output_names, feeds)).astype(np.float64)
             except Exception as exc:  # a double kernel that fails at run time: the reference still can
                 logger.info("float64 oracle: ONNX Runtime failed (%s); using onnx.reference", exc)
                 self._use_reference()
         assert self._reference is not None
-        outputs: list[Any] = list(self._reference.run(None, {self.input_name: feed}))
-        return np.asarray(outputs[0], dtype=np.float64)
+        outputs: list[Any] = list(self._reference.run(self.output_names, feeds))
+        return joined(outputs).astype(np.float64)
 
 
-def onnx_float64_oracle(model: onnx.ModelProto) -> Float64Oracle:
-    """The original ``model`` in float64, as a function of its one input (see the module docstring)."""
-    return Float64Oracle(model)
+def onnx_float64_oracle(model: onnx.ModelProto, outputs: list[str] | None = None) -> Float64Oracle:
+    """The original ``model`` in float64, as a function of its input batch, giving ``outputs`` (default the
+    first output; see the module docstring)."""
+    return Float64Oracle(model, outputs)

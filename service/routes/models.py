@@ -22,8 +22,8 @@ def metadata(served: Served, all_versions: list[int], note: str = "") -> dict[st
         "name": m.name,
         "versions": [str(v) for v in all_versions],
         "platform": m.platform,
-        "inputs": [{"name": m.input_name, "datatype": m.input_datatype, "shape": [-1, *m.sample_shape]}],
-        "outputs": [{"name": m.output_name, "datatype": m.output_datatype, "shape": [-1, *m.output_shape]}],
+        "inputs": [{"name": t.name, "datatype": t.datatype, "shape": [-1, *t.shape]} for t in m.inputs],
+        "outputs": [{"name": t.name, "datatype": t.datatype, "shape": [-1, *t.shape]} for t in m.outputs],
         "parameters": {
             "version": str(m.version),
             "execution_provider": m.provider,

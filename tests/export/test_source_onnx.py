@@ -81,12 +81,14 @@ def test_onnx_file_is_folded_verified_and_written(name: str, tmp_path: Path) -> 
     assert f'name: "{written.graph.input[0].name}"' in config and f'name: "{written.graph.output[0].name}"' in config
 
 
-def test_a_graph_with_two_inputs_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    two = model("y = Add (a, b)", 15, "float[N, 3] a, float[N, 3] b", "float[N, 3] y")
-    onnx.save(two, str(tmp_path / "two.onnx"))
-    assert main(["--onnx", str(tmp_path / "two.onnx"), "--repository", str(tmp_path / "repo")]) == 2
+def test_an_output_without_the_batch_axis_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    total = model("y = ReduceSum <keepdims = 0> (a)", 11, "float[N, 3] a", "float y")
+    onnx.save(total, str(tmp_path / "total.onnx"))
+    assert main(["--onnx", str(tmp_path / "total.onnx"), "--repository", str(tmp_path / "repo")]) == 2
     err = capsys.readouterr().err
-    assert len(err.splitlines()) == 1 and "has 2 graph inputs" in err
+    assert len(err.splitlines()) == 1 and "ONNX output 'y' has shape () for a batch of 2 inputs" in err
     assert not (tmp_path / "repo").exists()
 
 

@@ -28,11 +28,11 @@ class FakeModel:
     started: threading.Event = field(default_factory=threading.Event)
     queue_policy: QueuePolicy = field(default_factory=QueuePolicy)
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        self.batches.append(x.shape[0])
+    def run(self, x: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        self.batches.append(x[0].shape[0])
         self.started.set()
         assert self.release.wait(5)
-        return x * 2
+        return [x[0] * 2]
 
 
 def _batcher(model: FakeModel) -> Batcher:
@@ -44,18 +44,18 @@ def test_lone_request_runs_at_once_and_arrivals_batch_behind_it() -> None:
         model = FakeModel()
         batcher = _batcher(model)
         xs = [np.full((1, 2), i, np.float32) for i in range(5)]
-        first = asyncio.create_task(batcher.infer(xs[0], 10))
+        first = asyncio.create_task(batcher.infer((xs[0],), 10))
         # the lone request reaches the model by itself: the worker task is not even running yet
         assert await asyncio.to_thread(model.started.wait, 2), "the lone request did not start on its own"
         batcher.start()
-        rest = [asyncio.create_task(batcher.infer(x, 10)) for x in xs[1:]]
+        rest = [asyncio.create_task(batcher.infer((x,), 10)) for x in xs[1:]]
         for _ in range(1000):  # let the four tasks enqueue (each needs one turn of the loop): no timed sleep
             if batcher.depth == 4 or any(t.done() for t in rest):
                 break
             await asyncio.sleep(0)
         assert batcher.depth == 4, "requests arriving during a run must queue for the next batch"
         model.release.set()
-        outs = [await first] + [await t for t in rest]
+        outs = [(await first)[0]] + [(await t)[0] for t in rest]
         await batcher.stop()
         return model.batches, xs, outs
 
@@ -70,21 +70,21 @@ def test_stop_waits_for_a_running_batch() -> None:
         model = FakeModel()
         batcher = _batcher(model)
         batcher.start()
-        task = asyncio.create_task(batcher.infer(np.ones((2, 2), np.float32), 10))
+        task = asyncio.create_task(batcher.infer((np.ones((2, 2), np.float32),), 10))
         assert await asyncio.to_thread(model.started.wait, 2)
         stopping = asyncio.create_task(batcher.stop())
         await asyncio.sleep(0.05)
         assert not stopping.done(), "stop() returned while a batch was still running"
         model.release.set()
         await stopping
-        return await task
+        return (await task)[0]
 
     np.testing.assert_array_equal(asyncio.run(scenario()), np.full((2, 2), 2, np.float32))
 
 
 def test_a_failing_run_fails_its_requests_and_the_next_one_succeeds() -> None:
     class Flaky(FakeModel):
-        def run(self, x: np.ndarray) -> np.ndarray:
+        def run(self, x: tuple[np.ndarray, ...]) -> list[np.ndarray]:
             if not self.batches:
                 self.batches.append(-1)
                 raise RuntimeError("boom")
@@ -96,11 +96,11 @@ def test_a_failing_run_fails_its_requests_and_the_next_one_succeeds() -> None:
         batcher = _batcher(model)
         batcher.start()
         try:
-            await batcher.infer(np.ones((1, 2), np.float32), 10)
+            await batcher.infer((np.ones((1, 2), np.float32),), 10)
             error = ""
         except RuntimeError as exc:
             error = str(exc)
-        out = await batcher.infer(np.ones((1, 2), np.float32), 10)
+        (out,) = await batcher.infer((np.ones((1, 2), np.float32),), 10)
         await batcher.stop()
         return error, out
 
@@ -117,9 +117,9 @@ def test_stop_returns_when_every_queued_request_has_timed_out() -> None:
         batcher = _batcher(model)
         batcher.start()
         x = np.ones((1, 2), np.float32)
-        running = asyncio.create_task(batcher.infer(x, 10))  # occupies the model until released
+        running = asyncio.create_task(batcher.infer((x,), 10))  # occupies the model until released
         assert await asyncio.to_thread(model.started.wait, 2)
-        queued = [asyncio.create_task(batcher.infer(x, 0.05)) for _ in range(3)]  # they will give up first
+        queued = [asyncio.create_task(batcher.infer((x,), 0.05)) for _ in range(3)]  # they will give up first
         for task in queued:
             with contextlib.suppress(Exception):
                 await task

@@ -70,7 +70,7 @@ def test_padded_batches_give_bit_identical_rows(model_repo: Path, digits_val: tu
     model.session = recording
     for n in range(1, 17):
         x = x_all[n : 2 * n]
-        padded = model.run(x)
+        (padded,) = model.run((x,))
         alone = recording.session.run([model.output_name], {model.input_name: x})[0]
         assert padded.shape == alone.shape == (n, 10)
         assert np.array_equal(padded, alone), f"batch of {n} padded to {bucket_for(n, model.buckets)}"

@@ -40,11 +40,11 @@ def test_stop_waits_for_admitted_requests_and_refuses_late_ones() -> None:
             batcher.admit()
         assert late.value.status == 503 and late.value.headers == {"Retry-After": "1"}
         with admission:  # the admitted request arrives after stop() began: it is still answered
-            out = await asyncio.wait_for(admission.infer(np.ones((1, 2), np.float32), 5), 2)
-        np.testing.assert_array_equal(out, np.full((1, 2), 2.0))
+            out = await asyncio.wait_for(admission.infer((np.ones((1, 2), np.float32),), 5), 2)
+        np.testing.assert_array_equal(out[0], np.full((1, 2), 2.0))
         await asyncio.wait_for(stopping, 2)
         with pytest.raises(ApiError) as after:  # infer() on a stopped batcher: an answer, not a hang
-            await asyncio.wait_for(batcher.infer(np.ones((1, 2), np.float32), 5), 2)
+            await asyncio.wait_for(batcher.infer((np.ones((1, 2), np.float32),), 5), 2)
         assert after.value.status == 503
 
     asyncio.run(scenario())
