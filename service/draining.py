@@ -20,11 +20,15 @@ class DrainingConnections:
         self.app = app
         self.manager = manager
 
-    async def __call__(self, scope: Message, receive: Callable[[], Awaitable[Message]], send: Send) -> None:
+    def __call__(self, scope: Message, receive: Callable[[], Awaitable[Message]], send: Send) -> Awaitable[None]:
+        """Not a coroutine: before the drain it returns the wrapped app's own awaitable, so a request pays no
+        frame of its own here (every resumption of a request's task passes through each awaiting frame)."""
+        if scope["type"] != "http" or not self.manager.draining:  # decided when the request starts
+            return self.app(scope, receive, send)
+        return self._closing(scope, receive, send)
+
+    async def _closing(self, scope: Message, receive: Callable[[], Awaitable[Message]], send: Send) -> None:
         manager = self.manager
-        if scope["type"] != "http" or not manager.draining:  # decided when the request starts: no cost before
-            await self.app(scope, receive, send)
-            return
 
         async def send_closing(message: Message) -> None:
             if message["type"] == "http.response.start" and manager.draining:
