@@ -16,6 +16,10 @@ class DrainingConnections:
     """Adds ``Connection: close`` to the responses of requests that start while ``manager.draining`` is true
     (a request already running at the signal answers on a connection whose next request gets the header)."""
 
+    # ``__call__`` is a plain function (below): this marks it as ASGI 3 for asgiref's guarantee_single_callable,
+    # which OpenTelemetry's ASGI middleware applies to the app it wraps (it would take it for ASGI 2)
+    _asgi_single_callable = True
+
     def __init__(self, app: ASGIApp, manager: Any) -> None:
         self.app = app
         self.manager = manager

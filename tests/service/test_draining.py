@@ -46,3 +46,10 @@ def test_while_draining_every_response_says_connection_close() -> None:
     sent = run(DrainingConnections(App(), manager))
     assert sent[0]["headers"] == [(b"content-length", b"0"), (b"connection", b"close")]
     assert sent[1] == {"type": "http.response.body", "body": b""}
+
+
+def test_it_is_taken_for_an_asgi3_app_by_asgiref_which_opentelemetry_wraps_it_with() -> None:
+    from asgiref.compatibility import guarantee_single_callable
+
+    middleware = DrainingConnections(App(), SimpleNamespace(draining=False))
+    assert guarantee_single_callable(middleware) is middleware
