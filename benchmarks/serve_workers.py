@@ -8,9 +8,12 @@ in turn, so machine drift hits all alike. Per round and server:
 * in-process ONNX Runtime's best (batch 32 or 64) and binary v2 under 16 wrk connections, fp32 then int8
   (samples/s; 1 sample per request), and the served/in-process ratio of the round;
 * the median latency of one wrk connection, against a direct ``session.run`` at batch 1 in the same round;
-* the tiny model under 64 wrk connections: requests/s, and the server's CPU per request (its processes'
-  user + system time over the phase, divided by the requests: the front end's cost, ONNX Runtime's compute
-  being next to nothing);
+* the tiny model under 64 wrk connections: requests/s (the front end's ceiling), and the server's CPU per
+  request (:func:`server_cost`): its processes' user + system time over the phase minus the ONNX Runtime
+  run time the server's own statistics recorded, divided by the requests answered; and its event-loop
+  threads' CPU alone per request;
+* the event-loop threads' CPU per request for binary v2 on the ResNet-20 under 16 connections (the fp32
+  phase), where ONNX Runtime's compute (on other threads) is most of the CPU;
 * errors: wrk's socket errors and non-2xx answers.
 """
 
@@ -22,6 +25,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,7 @@ import numpy as np
 import orjson
 
 TINY = "tiny"
+Figures = dict[str, float]
 
 
 def build_tiny(root: Path) -> None:
@@ -36,7 +41,7 @@ def build_tiny(root: Path) -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    from export.repository import TensorSpec, new_version, render_config, write_model_files
+    from export.repository.writer import TensorSpec, new_version, render_config
 
     one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
     graph = helper.make_graph(
@@ -48,11 +53,10 @@ def build_tiny(root: Path) -> None:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    with new_version(root, TINY) as (staging, _):
-        onnx.save(model, staging / "model.onnx")
     spec = [TensorSpec("input", "float32", (4,))], [TensorSpec("logits", "float32", (4,))]
     config = render_config(TINY, *spec, max_batch_size=64, max_queue_delay_us=0)
-    write_model_files(root / TINY, config, ["a", "b", "c", "d"])
+    with new_version(root, TINY, config, ["a", "b", "c", "d"]) as (staging, _):
+        onnx.save(model, staging / "model.onnx")
 
 
 def body(shape: tuple[int, ...]) -> tuple[bytes, dict[str, str]]:
@@ -100,20 +104,55 @@ def wrk(port: int, model: str, shape: tuple[int, ...], clients: int, seconds: fl
     }
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its descendants (alive ones), from /proc."""
-    total = 0.0
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User + system CPU seconds of ``pid`` and its descendants (alive ones), from /proc: all their threads,
+    and their main threads alone (each server process's event loop runs on its main thread)."""
+    total = loops = 0.0
     pending = [pid]
     tick = os.sysconf("SC_CLK_TCK")
     while pending:
         p = pending.pop()
         try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            for path, into_loops in ((f"/proc/{p}/stat", False), (f"/proc/{p}/task/{p}/stat", True)):
+                fields = Path(path).read_text().rsplit(")", 1)[1].split()
+                seconds = (int(fields[11]) + int(fields[12])) / tick
+                loops, total = (loops + seconds, total) if into_loops else (loops, total + seconds)
             pending += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError):
             continue
-    return total
+    return total, loops
+
+
+def compute_seconds(port: int) -> float:
+    """ONNX Runtime's run time so far, summed over models and workers: the server's own
+    ``bnfold_stats_batch_nanoseconds_total{stat="compute_infer"}`` series (each batch's ``session.run``)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+        text = answer.read().decode()
+    found = re.findall(r'^bnfold_stats_batch_nanoseconds_total\{[^}]*stat="compute_infer"[^}]*\} (\S+)$', text, re.M)
+    return sum(float(v) for v in found) / 1e9
+
+
+def server_cost(
+    port: int, pid: int, phase: Callable[[], dict[str, float]]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """``phase()``'s figures, and the server's CPU microseconds per request over it:
+
+    * ``cpu_us``: every thread of its processes, minus the ONNX Runtime run time its statistics recorded
+      (``session.run``'s wall time: exact for a near-zero-compute model, an underestimate of the front end's
+      cost when ONNX Runtime's threads wait for a core on a loaded machine);
+    * ``loop_us``: its event-loop threads alone (HTTP, decoding, batching, metrics; ONNX Runtime runs on
+      other threads), which a loaded machine does not skew.
+    """
+    (cpu, loops), compute = cpu_seconds(pid), compute_seconds(port)
+    figures = phase()
+    (cpu_end, loops_end), compute_end = cpu_seconds(pid), compute_seconds(port)
+    requests = max(figures["requests"], 1)
+    return figures, {
+        "cpu_us": (cpu_end - cpu - (compute_end - compute)) / requests * 1e6,
+        "loop_us": (loops_end - loops) / requests * 1e6,
+    }
 
 
 def start(repo: Path, workers: int, port: int) -> subprocess.Popen[bytes]:
@@ -127,13 +166,11 @@ def one_round(port: int, pid: int, paths: dict[str, Path], phase: float, workdir
 
     image = (3, 32, 32)
     best = max(ort_throughput(paths["resnet20"], b, phase / 2) for b in (32, 64))  # in-process, this round
-    fp32 = wrk(port, "resnet20", image, 16, phase, workdir)
+    fp32, fp32_cost = server_cost(port, pid, lambda: wrk(port, "resnet20", image, 16, phase, workdir))
     int8 = wrk(port, INT8_MODEL, image, 16, phase, workdir)
     direct = ort_latency(paths["resnet20"], 1000)
     single = wrk(port, "resnet20", image, 1, phase, workdir)
-    before = cpu_seconds(pid)
-    tiny = wrk(port, TINY, (4,), 64, phase, workdir)
-    cpu = cpu_seconds(pid) - before
+    tiny, tiny_cost = server_cost(port, pid, lambda: wrk(port, TINY, (4,), 64, phase, workdir))
     return {
         "ort_best_samples_per_s": best,
         "binary_16_clients": fp32["rate"],
@@ -144,7 +181,9 @@ def one_round(port: int, pid: int, paths: dict[str, Path], phase: float, workdir
         "direct_session_run_ms": direct * 1e3,
         "p50_overhead_ms": (single["p50_s"] - direct) * 1e3,
         "tiny_requests_per_s": tiny["rate"],
-        "server_cpu_us_per_request": cpu / tiny["requests"] * 1e6,
+        "server_cpu_us_per_request": tiny_cost["cpu_us"],  # ONNX Runtime's compute excluded
+        "server_loop_cpu_us_per_request": tiny_cost["loop_us"],
+        "resnet20_server_loop_cpu_us_per_request": fp32_cost["loop_us"],  # binary v2, 16 clients
         "errors": fp32["errors"] + int8["errors"] + single["errors"] + tiny["errors"],
     }
 

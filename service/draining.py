@@ -16,15 +16,23 @@ class DrainingConnections:
     """Adds ``Connection: close`` to the responses of requests that start while ``manager.draining`` is true
     (a request already running at the signal answers on a connection whose next request gets the header)."""
 
+    # ``__call__`` is a plain function (below): this marks it as ASGI 3 for asgiref's guarantee_single_callable,
+    # which OpenTelemetry's ASGI middleware applies to the app it wraps (it would take it for ASGI 2)
+    _asgi_single_callable = True
+
     def __init__(self, app: ASGIApp, manager: Any) -> None:
         self.app = app
         self.manager = manager
 
-    async def __call__(self, scope: Message, receive: Callable[[], Awaitable[Message]], send: Send) -> None:
+    def __call__(self, scope: Message, receive: Callable[[], Awaitable[Message]], send: Send) -> Awaitable[None]:
+        """Not a coroutine: before the drain it returns the wrapped app's own awaitable, so a request pays no
+        frame of its own here (every resumption of a request's task passes through each awaiting frame)."""
+        if scope["type"] != "http" or not self.manager.draining:  # decided when the request starts
+            return self.app(scope, receive, send)
+        return self._closing(scope, receive, send)
+
+    async def _closing(self, scope: Message, receive: Callable[[], Awaitable[Message]], send: Send) -> None:
         manager = self.manager
-        if scope["type"] != "http" or not manager.draining:  # decided when the request starts: no cost before
-            await self.app(scope, receive, send)
-            return
 
         async def send_closing(message: Message) -> None:
             if message["type"] == "http.response.start" and manager.draining:

@@ -34,6 +34,7 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
 from service.app import create_app
+from service.http_protocol import CoalescingHttpProtocol
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -170,6 +171,7 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None, cluste
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        http=CoalescingHttpProtocol,  # one write per response (service.http_protocol)
         log_config=None if cluster is not None else LOGGING_CONFIG,  # workers: the tagged format
         access_log=False,
         timeout_graceful_shutdown=int(settings.graceful_timeout_s),

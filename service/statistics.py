@@ -63,10 +63,21 @@ class VersionStatistics:
 
     def answered(self, queue_ns: int, times: BatchTimes) -> None:
         """One request answered by a batch: its queue time, and the batch's compute times."""
-        self.request("queue", queue_ns)
-        self.request("compute_input", times.compute_input)
-        self.request("compute_infer", times.compute_infer)
-        self.request("compute_output", times.compute_output)
+        self.answered_together(1, queue_ns, times)
+
+    def answered_together(self, requests: int, queue_ns: int, times: BatchTimes) -> None:
+        """``requests`` requests answered by one batch, ``queue_ns`` their queue times summed: the same
+        figures as :meth:`answered` once per request (each request is charged the batch's compute times),
+        in eight counter updates per batch instead of eight per request (each one a locked write to a
+        memory-mapped file with several workers)."""
+        for stat, ns in (
+            ("queue", queue_ns),
+            ("compute_input", times.compute_input * requests),
+            ("compute_infer", times.compute_infer * requests),
+            ("compute_output", times.compute_output * requests),
+        ):
+            self.requests[stat].inc(requests)
+            self.nanoseconds[stat].inc(ns)
 
     def batch(self, size: int, times: BatchTimes) -> None:
         """One batch of ``size`` samples ran."""

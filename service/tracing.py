@@ -9,7 +9,8 @@ Spans per inference request:
 - ``queue`` (enqueued -> its batch starts), ``batch`` (attributes ``bnfold.batch.size`` in samples and
   ``bnfold.batch.requests``) and ``compute`` (the ONNX Runtime run, a child of ``batch``): children of the
   request's span, recorded by the batcher with the times it measured (:func:`record_batch`), for every
-  request the batch answered. A request whose span is not recording (tracing off) costs one check.
+  request the batch answered. With tracing off (``configure`` never turned it on in this process) a request
+  costs the check of one module flag, not a look-up of the current span.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from opentelemetry import trace
 
 logger = logging.getLogger(__name__)
 TRACER = "bnfold.service"
+_enabled = False  # configure() turned tracing on in this process
 
 
 def configure(enabled: bool, exporter: Any = None) -> Any:
@@ -31,6 +33,7 @@ def configure(enabled: bool, exporter: Any = None) -> Any:
 
     It becomes the global provider, which the batcher's spans use.
     """
+    global _enabled
     if not enabled:
         return None
     from opentelemetry.sdk.resources import Resource
@@ -45,12 +48,16 @@ def configure(enabled: bool, exporter: Any = None) -> Any:
     provider = TracerProvider(resource=Resource.create(attributes))
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    _enabled = True
     logger.info("OpenTelemetry tracing on (OTLP, configured by OTEL_* variables)")
     return provider
 
 
 def current() -> otel_context.Context | None:
-    """The current context when its span records (to parent a queued request's spans), else None."""
+    """The current context when tracing is on and its span records (to parent a queued request's spans),
+    else None."""
+    if not _enabled:
+        return None
     return otel_context.get_current() if trace.get_current_span().is_recording() else None
 
 
