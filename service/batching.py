@@ -358,8 +358,8 @@ class Batcher:
         times = BatchTimes(prepared - started, end - begin, done - split)
         stats = self.metrics.stats
         stats.batch(samples, times)
-        for item in answered:
-            stats.answered(started - item.enqueued, times)
+        if answered:
+            stats.answered_together(len(answered), sum(started - item.enqueued for item in answered), times)
         traced = [(item.trace, item.enqueued) for item in answered if item.trace is not None]
         if traced:
             tracing.record_batch(traced, (started, begin, end, done), samples)
