@@ -280,7 +280,7 @@ def test_an_http_and_a_grpc_request_share_a_batch(slow_repo: Path) -> None:  # n
         srv.stop()
 
 
-BURST = 32  # per protocol: 64 slow requests run one at a time, far longer than the drain delay below
+BURST = 96  # per protocol: 192 slow requests run one at a time, far longer than the drain delay below even when idle
 DRAIN_DELAY_S = 0.6
 Results = list[tuple[str, Any, float]]  # (protocol, status or error, time it completed)
 
