@@ -58,6 +58,14 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
+def whole_body(headers: Mapping[str, str], body: bytes, limit: int) -> bytes:
+    """A body that arrived in one piece, held to the limits :func:`read_body` applies while reading."""
+    if len(body) > limit:
+        declared = headers.get("content-length", "")
+        raise too_large(limit, f"request body of {declared} bytes" if declared.isdigit() else "request body")
+    return _decompress(body, headers.get("content-encoding", "").lower(), limit)
+
+
 async def read_body(headers: Mapping[str, str], chunks: AsyncIterator[bytes], limit: int) -> bytes:
     """The whole request body (at most ``limit`` bytes, before and after Content-Encoding is undone)."""
     parts = [chunk async for chunk in limited(headers, chunks, limit)]

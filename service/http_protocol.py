@@ -1,4 +1,4 @@
-"""uvicorn's HTTP protocol with one write per response instead of two.
+"""uvicorn's HTTP protocol with one write per response instead of two, and a disconnect callback.
 
 uvicorn writes a response's status line and headers when the app sends ``http.response.start`` and the body
 when it sends ``http.response.body``; uvloop's transport hands each write to the kernel at once, so every
@@ -10,17 +10,26 @@ request that the server controls.
 real transport in one write at the start of the next step (``loop.call_soon``), so a response's head and
 body leave together. Nothing else changes: the bytes and their order are the same, a close or an EOF first
 writes what is held, and everything but ``write`` is the real transport's own.
+
+A handler that wants to know when its client goes away (the inference route: a queued request is dropped)
+calls ``scope[ON_DISCONNECT](callback)``: the protocol calls ``callback()`` if the connection is lost before
+the handler calls ``scope[ON_DISCONNECT](None)``, which it does before it answers. uvicorn would say so only
+to a task waiting on ``receive()``, one more task per request.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Base
 except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools; h11 is uvicorn's fallback too
     from uvicorn.protocols.http.h11_impl import H11Protocol as _Base  # type: ignore[assignment]
+
+
+ON_DISCONNECT = "bnfold.on_disconnect"
 
 
 class CoalescingTransport:
@@ -68,8 +77,23 @@ class CoalescingTransport:
 
 
 class CoalescingHttpProtocol(_Base):
-    """uvicorn's HTTP protocol (httptools) writing through a :class:`CoalescingTransport`."""
+    """uvicorn's HTTP protocol (httptools) writing through a :class:`CoalescingTransport`, and telling the
+    request being answered when its connection is lost (:data:`ON_DISCONNECT`)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         wrapped: Any = CoalescingTransport(transport, asyncio.get_running_loop())
+        self._on_lost: Callable[[], None] | None = None
         super().connection_made(wrapped)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope[ON_DISCONNECT] = self._watch  # type: ignore[literal-required]
+
+    def _watch(self, callback: Callable[[], None] | None) -> None:
+        self._on_lost = callback
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        callback, self._on_lost = self._on_lost, None
+        if callback is not None:
+            callback()

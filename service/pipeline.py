@@ -25,14 +25,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from service.batching import Admission
-from service.body import read_body, read_images
+from service.body import read_images
 from service.errors import ApiError, bad_request
 from service.images import decode_images, softmax
 from service.manager import ModelManager, Served
@@ -175,29 +175,38 @@ def build_outputs(request: InferRequest, model: ModelVersion, values: list[np.nd
     return outputs
 
 
-@contextlib.contextmanager
-def counted(served: Served) -> Iterator[None]:
-    """Count one admitted request: a success, or a fail in Triton's statistics (cancelled ones included).
+def count_end(served: Served, started: int, exc: BaseException | None) -> None:
+    """Count one admitted request that began at ``started`` (perf_counter_ns): a success, or a fail in
+    Triton's statistics (cancelled ones included).
 
     Expected refusals (:class:`ApiError`) are counted by their outcome where they are raised; a request whose
     client went away (its task cancelled: HTTP disconnect, gRPC cancel) is counted ``cancelled``, a failed
     run ``error``.
     """
     metrics = served.batcher.metrics
+    ns = time.perf_counter_ns() - started
+    if exc is None:
+        metrics.count("success")
+        metrics.request_seconds.observe(ns / 1e9)
+        metrics.stats.request("success", ns)
+        return
+    if isinstance(exc, asyncio.CancelledError):
+        metrics.count("cancelled")
+    elif not isinstance(exc, ApiError):
+        metrics.count("error")
+    metrics.stats.request("fail", ns)
+
+
+@contextlib.contextmanager
+def counted(served: Served) -> Iterator[None]:
+    """:func:`count_end` around a block (the gRPC and image front ends; the v2 HTTP path inlines it)."""
     started = time.perf_counter_ns()
     try:
         yield
     except BaseException as exc:
-        if isinstance(exc, asyncio.CancelledError):
-            metrics.count("cancelled")
-        elif not isinstance(exc, ApiError):
-            metrics.count("error")
-        metrics.stats.request("fail", time.perf_counter_ns() - started)
+        count_end(served, started, exc)
         raise
-    ns = time.perf_counter_ns() - started
-    metrics.count("success")
-    metrics.request_seconds.observe(ns / 1e9)
-    metrics.stats.request("success", ns)
+    count_end(served, started, None)
 
 
 # ---- front ends -----------------------------------------------------------------------------------------------
@@ -220,21 +229,32 @@ async def infer_decoded(
 
 
 async def infer_http(
-    manager: ModelManager, model: str, version: str | None, headers: Mapping[str, str], chunks: AsyncIterator[bytes]
+    manager: ModelManager,
+    model: str,
+    version: str | None,
+    headers: Mapping[str, str],
+    read: Callable[[Mapping[str, str], int], Awaitable[bytes]],
 ) -> tuple[bytes, dict[str, str]]:
-    """A v2 HTTP inference: body chunks in (``headers`` with lower-case names), response body and headers out."""
+    """A v2 HTTP inference: ``read(headers, limit)`` gives the body (``headers`` with lower-case names, see
+    :func:`service.body.read_body`), response body and headers out."""
     settings = manager.settings
     served, admission = admit(manager, model, version)
-    with counted(served):
+    started = time.perf_counter_ns()
+    try:
         with admission:
             try:
-                body = await read_body(headers, chunks, settings.max_body_bytes)
+                body = await read(headers, settings.max_body_bytes)
                 request = decode_request(body, headers.get("inference-header-content-length"))
             except ApiError:
                 served.batcher.metrics.count("bad_request")
                 raise
             result = await run(served, admission, request, settings)
-        return encode_response(result.model_name, result.model_version, result.id, result.outputs)
+        answer = encode_response(result.model_name, result.model_version, result.id, result.outputs)
+    except BaseException as exc:
+        count_end(served, started, exc)
+        raise
+    count_end(served, started, None)
+    return answer
 
 
 async def classify_http(

@@ -32,9 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service.app import create_app
 from service.http_protocol import CoalescingHttpProtocol
+from service.routes.infer import InferenceFront
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -160,6 +162,15 @@ class DrainingServer(uvicorn.Server):
             self._captured_signals.clear()  # handled: uvicorn would re-raise them and the exit status be -15
 
 
+def front(app: Any) -> InferenceFront:
+    """``app`` behind :class:`~service.routes.infer.InferenceFront` (inference straight to its handler), the rest
+    behind uvicorn's proxy-headers middleware as uvicorn itself would add it (trusting FORWARDED_ALLOW_IPS, by
+    default the loopback addresses). With tracing on, the app runs as it is, every request in its span."""
+    trusted = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+    fallback: Any = ProxyHeadersMiddleware(app, trusted_hosts=trusted)  # uvicorn's own scope types
+    return InferenceFront(fallback, app.state.manager)
+
+
 def serve(settings: Settings, sockets: list[socket.socket] | None = None, cluster: Cluster | None = None) -> int:
     """Serve until a signal; returns the exit code (0 after a drain, 1 when forced, 3 when it could not start).
 
@@ -167,7 +178,7 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None, cluste
     app = create_app(settings)
     app.state.manager.cluster = cluster
     config = uvicorn.Config(
-        app,
+        app if settings.tracing else front(app),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -176,6 +187,8 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None, cluste
         access_log=False,
         timeout_graceful_shutdown=int(settings.graceful_timeout_s),
         lifespan="on",
+        interface="asgi3",  # the front's __call__ is a plain function (uvicorn's "auto" would take it for ASGI 2)
+        proxy_headers=settings.tracing,  # with the front, the fallback app has uvicorn's proxy-headers middleware
     )
     grpc = None
     if settings.grpc_port:

@@ -1,13 +1,14 @@
 """``POST /v2/models/{m}[/versions/{v}]/infer``: the v2 inference route, served by :mod:`service.pipeline`.
 
 The routes live in the app's router like every other route (so they are documented and routed as usual),
-but their handler is plain ASGI: headers and body chunks go straight to :func:`service.pipeline.infer_http`,
+but their handler is plain ASGI: headers and the body go straight to :func:`service.pipeline.infer_http`,
 with no per-request pydantic, dependency injection or response class, which together cost more than
 decoding a binary tensor. :class:`InferenceRoutes`, the innermost user middleware, hands matching requests to
 those same route objects before FastAPI's exception middleware and full route table: every middleware added
 to the app still wraps inference, and there is one handler, :func:`serve_infer`. The body is read as raw
 bytes whatever its Content-Type (tritonclient sends none). A client that disconnects while its request waits
-cancels it (:class:`RequestStream`).
+cancels it (:class:`RequestStream`). The server runs these handlers from :class:`InferenceFront`, its outermost
+app, past every layer of the app (with tracing on, through the app's middleware, as above).
 
 FastAPI documents the routes from :func:`infer_newest` / :func:`infer_version` (path parameters, response
 model) and :data:`OPENAPI_BODY`; those functions only declare signatures: :func:`serve_infer` is what runs.
@@ -16,13 +17,18 @@ model) and :data:`OPENAPI_BODY`; those functions only declare signatures: :func:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+import functools
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from fastapi.routing import APIRoute
 from starlette.routing import Match, Route
 
+from service.body import read_body, whole_body
+from service.draining import DrainingConnections
 from service.errors import error_response
+from service.http_protocol import ON_DISCONNECT
 from service.pipeline import infer_http
 from service.protocol import HEADER_LENGTH
 from service.schemas import ERROR_RESPONSES, InferResponse, schema_ref
@@ -30,6 +36,7 @@ from service.schemas import ERROR_RESPONSES, InferResponse, schema_ref
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPENAPI_BODY = {
     "requestBody": {
@@ -46,48 +53,63 @@ OPENAPI_BODY = {
 
 
 class RequestStream:
-    """The request body as chunks; once it is read, a watcher cancels the request's task if the client
-    disconnects, so a request that is still queued is dropped before it reaches ONNX Runtime (counted
-    ``cancelled``; one already in a running batch finishes with the batch, its answer unsent)."""
+    """The request body, read whole; once it is read, the client going away cancels the request's task, so a
+    request that is still queued is dropped before it reaches ONNX Runtime (counted ``cancelled``; one already
+    in a running batch finishes with the batch, its answer unsent).
 
-    def __init__(self, receive: Receive) -> None:
+    The disconnect comes from bnfold's HTTP protocol (:data:`service.http_protocol.ON_DISCONNECT` in the
+    scope: a callback, no task per request); under another ASGI server a request is not cancelled."""
+
+    __slots__ = ("_receive", "_watch", "disconnected")
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
         self._receive = receive
-        self._watcher: asyncio.Task[None] | None = None
+        self._watch: Callable[[Callable[[], None] | None], None] | None = scope.get(ON_DISCONNECT)
         self.disconnected = False
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                return
+    async def read(self, headers: Mapping[str, str], limit: int) -> bytes:
+        """The whole body (at most ``limit`` bytes, see :mod:`service.body`); then the watch begins."""
+        message = await self._receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            body = whole_body(headers, message.get("body", b""), limit)  # the common case: one message
+        else:
+            body = await read_body(headers, self._chunks(message), limit)
+        if self._watch is not None:
+            task = asyncio.current_task()
+            if task is not None:
+                self._watch(functools.partial(self._gone, task))
+        return body
+
+    async def _chunks(self, message: MutableMapping[str, Any]) -> AsyncIterator[bytes]:
+        while message["type"] == "http.request":
             yield message.get("body", b"")
             if not message.get("more_body", False):
-                task = asyncio.current_task()
-                if task is not None:
-                    self._watcher = asyncio.get_running_loop().create_task(self._watch(task))
                 return
+            message = await self._receive()
 
-    async def _watch(self, task: asyncio.Task[Any]) -> None:
-        message = await self._receive()  # after the body, the next message is the client going away
-        if message["type"] == "http.disconnect":
-            self.disconnected = True
-            task.cancel()
+    def _gone(self, task: asyncio.Task[Any]) -> None:
+        self.disconnected = True
+        task.cancel()
 
     def close(self) -> None:
         """Stop watching (before the answer is sent: a finished request is not cancelled)."""
-        if self._watcher is not None:
-            self._watcher.cancel()
+        if self._watch is not None:
+            self._watch(None)
 
 
-async def serve_infer(scope: Scope, receive: Receive, send: Send) -> None:
+def serve_infer(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+    """The router's handler: :func:`answer_infer` with the app's model manager."""
+    return answer_infer(scope["app"].state.manager, scope, receive, send)
+
+
+async def answer_infer(manager: Any, scope: Scope, receive: Receive, send: Send) -> None:
     """Answer one inference request: status, headers and body; errors through the one error policy."""
     params = scope["path_params"]
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-    manager = scope["app"].state.manager
     status, content_type = 200, b"application/json"
-    stream = RequestStream(receive)
+    stream = RequestStream(scope, receive)
     try:
-        body, extra = await infer_http(manager, params["model"], params.get("version"), headers, stream.chunks())
+        body, extra = await infer_http(manager, params["model"], params.get("version"), headers, stream.read)
         if HEADER_LENGTH in extra:
             content_type = b"application/octet-stream"
     except asyncio.CancelledError:
@@ -169,3 +191,35 @@ class InferenceRoutes:
                     await route.app(scope, receive, send)
                     return
         await self.app(scope, receive, send)
+
+
+INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
+
+
+class InferenceFront:
+    """The server's outermost ASGI app when tracing is off: an inference request goes from uvicorn straight to
+    :func:`answer_infer` (with ``Connection: close`` while draining, :class:`DrainingConnections`), past
+    uvicorn's proxy-headers middleware, FastAPI, Starlette's error middleware and every app middleware, which
+    together cost a request more than its own path does (benchmarks/RESULTS.md). Everything else (lifespan,
+    other routes) goes to ``fallback``: the app as uvicorn would have run it.
+
+    The path patterns are the router's own (:func:`routes`: ``{model}`` and ``{version}`` match one path
+    segment), so a request is answered the same either way; only the layers it passes differ.
+    """
+
+    def __init__(self, fallback: App, manager: Any) -> None:
+        self.fallback = fallback
+        self.manager = manager
+        self.infer = DrainingConnections(self._infer, manager)
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """Not a coroutine: it returns the handler's own awaitable (no frame of its own per request)."""
+        if scope["type"] == "http" and scope["method"] == "POST":
+            match = INFER_PATH.fullmatch(scope["path"])
+            if match is not None:
+                scope["path_params"] = match.groupdict()
+                return self.infer(scope, receive, send)
+        return self.fallback(scope, receive, send)
+
+    def _infer(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        return answer_infer(self.manager, scope, receive, send)
