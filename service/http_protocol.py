@@ -20,16 +20,34 @@ to a task waiting on ``receive()``, one more task per request.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from service.body import too_large, whole_body
+from service.http_infer import Gone, answer
+
 try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Base
+    import httptools
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+    _Base: type = HttpToolsProtocol
 except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools; h11 is uvicorn's fallback too
-    from uvicorn.protocols.http.h11_impl import H11Protocol as _Base  # type: ignore[assignment]
+    from uvicorn.protocols.http.h11_impl import H11Protocol as _Base
 
 
 ON_DISCONNECT = "bnfold.on_disconnect"
+
+
+class _NoEvent:
+    """Stands in for the ``asyncio.Event`` uvicorn sets on a request's cycle when its connection is lost."""
+
+    @staticmethod
+    def set() -> None:
+        return None
+
+
+NO_EVENT = _NoEvent()
 
 
 class CoalescingTransport:
@@ -76,18 +94,60 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
-class CoalescingHttpProtocol(_Base):
-    """uvicorn's HTTP protocol (httptools) writing through a :class:`CoalescingTransport`, and telling the
-    request being answered when its connection is lost (:data:`ON_DISCONNECT`)."""
+class Exchange:
+    """One inference request that :class:`HttpProtocol` answers itself: the attributes of uvicorn's
+    ``RequestResponseCycle`` that uvicorn's protocol reads (``body``, ``response_complete``, ``keep_alive``,
+    ``disconnected``, ``message_event``), the request's path parameters and headers, and its body so far."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    __slots__ = ("body", "disconnected", "headers", "keep_alive", "model", "oversized", "response_complete", "version")
+    message_event = NO_EVENT
+
+    def __init__(self, keep_alive: bool, model: str, version: str | None, headers: list[tuple[bytes, bytes]]) -> None:
+        self.keep_alive = keep_alive
+        self.model = model
+        self.version = version
+        self.headers = headers
+        self.body = bytearray()
+        self.oversized = False  # more than the body limit arrived: only the size is kept
+        self.response_complete = False
+        self.disconnected = False
+
+    async def read(self, headers: Mapping[str, str], limit: int) -> bytes:
+        """The whole body, held to the limits of :mod:`service.body`."""
+        if self.oversized:
+            declared = headers.get("content-length", "")
+            raise too_large(limit, f"request body of {declared} bytes" if declared.isdigit() else "request body")
+        return whole_body(headers, bytes(self.body), limit)
+
+
+class HttpProtocol(_Base):
+    """uvicorn's HTTP protocol (httptools) writing through a :class:`CoalescingTransport`, telling the request
+    being answered when its connection is lost (:data:`ON_DISCONNECT`), and answering inference itself.
+
+    An inference request (a POST that :meth:`~service.routes.infer.InferenceFront.route` takes for one) with
+    no other request of its connection in flight, no ``Expect: 100-continue`` and no percent-encoding in its
+    path is an :class:`Exchange`: its body is collected as it arrives (up to the body limit), and when it is
+    complete one task answers it through :func:`service.http_infer.answer` and writes status line, uvicorn's
+    default headers (``date``, ``server``), the response's headers and the body in one write, with
+    ``Connection: close`` when the client or the drain asks for it. No ASGI scope, messages or app layers are
+    built for it; every other request takes uvicorn's own path through the app. With tracing on, or when the
+    server's app is not an :class:`~service.routes.infer.InferenceFront`, every request does.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        app = self.app
+        front = _Base is HttpToolsProtocol and hasattr(app, "route") and hasattr(app, "manager")
+        self._front: Any = app if front else None  # the InferenceFront
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
         wrapped: Any = CoalescingTransport(transport, asyncio.get_running_loop())
         self._on_lost: Callable[[], None] | None = None
         super().connection_made(wrapped)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.scope[ON_DISCONNECT] = self._watch  # type: ignore[literal-required]
+        self.scope[ON_DISCONNECT] = self._watch
 
     def _watch(self, callback: Callable[[], None] | None) -> None:
         self._on_lost = callback
@@ -97,3 +157,75 @@ class CoalescingHttpProtocol(_Base):
         callback, self._on_lost = self._on_lost, None
         if callback is not None:
             callback()
+
+    # ---- inference answered here -------------------------------------------------------------------------
+    def on_headers_complete(self) -> None:
+        exchange = self._exchange()
+        if exchange is None:
+            super().on_headers_complete()
+        else:
+            self.cycle = exchange
+
+    def _exchange(self) -> Exchange | None:
+        """An :class:`Exchange` for this request when this protocol answers it (see the class docstring)."""
+        front, cycle, parser = self._front, self.cycle, self.parser
+        if front is None or self.expect_100_continue or (cycle is not None and not cycle.response_complete):
+            return None
+        if parser.get_method() != b"POST" or parser.should_upgrade():
+            return None
+        raw = httptools.parse_url(self.url).path
+        if b"%" in raw:
+            return None
+        params = front.route(raw.decode("ascii"))
+        if params is None:
+            return None
+        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+        return Exchange(keep_alive, params["model"], params["version"], self.headers)
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.cycle
+        if not isinstance(exchange, Exchange):
+            super().on_body(body)
+        elif not exchange.oversized:
+            exchange.body += body
+            if len(exchange.body) > self._front.manager.settings.max_body_bytes:  # the rest is read and dropped
+                exchange.oversized, exchange.body = True, bytearray()  # then answered 413, as uvicorn's path does
+
+    def on_message_complete(self) -> None:
+        exchange = self.cycle
+        if not isinstance(exchange, Exchange):
+            super().on_message_complete()
+            return
+        task = self.loop.create_task(self._answer(exchange))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+        self._on_lost = functools.partial(self._gone, exchange, task)
+
+    @staticmethod
+    def _gone(exchange: Exchange, task: asyncio.Task[None]) -> None:
+        exchange.disconnected = True
+        task.cancel()
+
+    async def _answer(self, exchange: Exchange) -> None:
+        manager = self._front.manager
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in exchange.headers}
+        try:
+            status, raw, body = await answer(
+                manager, exchange.model, exchange.version, headers, exchange.read, lambda: exchange.disconnected
+            )
+        except Gone:
+            return  # the client is gone: nobody to answer
+        finally:
+            self._on_lost = None
+        if exchange.disconnected:
+            return
+        keep_alive = exchange.keep_alive and not manager.draining
+        head = [STATUS_LINE[status]]
+        for name, value in (*self.server_state.default_headers, *raw):
+            head += (name, b": ", value, b"\r\n")
+        head.append(b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
+        self.transport.write(b"".join(head) + body)
+        exchange.response_complete = True
+        if not keep_alive:
+            self.transport.close()
+        self.on_response_complete()

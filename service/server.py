@@ -35,7 +35,7 @@ from uvicorn.config import LOGGING_CONFIG
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service.app import create_app
-from service.http_protocol import CoalescingHttpProtocol
+from service.http_protocol import HttpProtocol
 from service.routes.infer import InferenceFront
 from service.settings import Settings
 
@@ -182,7 +182,7 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None, cluste
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        http=CoalescingHttpProtocol,  # one write per response (service.http_protocol)
+        http=HttpProtocol,  # one write per response, inference answered in the protocol (service.http_protocol)
         log_config=None if cluster is not None else LOGGING_CONFIG,  # workers: the tagged format
         access_log=False,
         timeout_graceful_shutdown=int(settings.graceful_timeout_s),

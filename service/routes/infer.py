@@ -27,10 +27,8 @@ from starlette.routing import Match, Route
 
 from service.body import read_body, whole_body
 from service.draining import DrainingConnections
-from service.errors import error_response
+from service.http_infer import Gone, answer
 from service.http_protocol import ON_DISCONNECT
-from service.pipeline import infer_http
-from service.protocol import HEADER_LENGTH
 from service.schemas import ERROR_RESPONSES, InferResponse, schema_ref
 
 Scope = MutableMapping[str, Any]
@@ -103,28 +101,18 @@ def serve_infer(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
 
 
 async def answer_infer(manager: Any, scope: Scope, receive: Receive, send: Send) -> None:
-    """Answer one inference request: status, headers and body; errors through the one error policy."""
+    """Answer one inference request (:func:`service.http_infer.answer`) over ASGI."""
     params = scope["path_params"]
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-    status, content_type = 200, b"application/json"
     stream = RequestStream(scope, receive)
     try:
-        body, extra = await infer_http(manager, params["model"], params.get("version"), headers, stream.read)
-        if HEADER_LENGTH in extra:
-            content_type = b"application/octet-stream"
-    except asyncio.CancelledError:
-        if not stream.disconnected:
-            raise
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
+        status, raw, body = await answer(
+            manager, params["model"], params.get("version"), headers, stream.read, lambda: stream.disconnected
+        )
+    except Gone:
         return  # the client is gone: nobody to answer
-    except Exception as exc:  # the error policy decides: ApiError -> its status, anything else -> 500
-        status, body, extra = error_response(exc, f"POST {scope['path']}")
     finally:
         stream.close()
-    raw = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
 
@@ -215,11 +203,17 @@ class InferenceFront:
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         """Not a coroutine: it returns the handler's own awaitable (no frame of its own per request)."""
         if scope["type"] == "http" and scope["method"] == "POST":
-            match = INFER_PATH.fullmatch(scope["path"])
-            if match is not None:
-                scope["path_params"] = match.groupdict()
+            params = self.route(scope["path"])
+            if params is not None:
+                scope["path_params"] = params
                 return self.infer(scope, receive, send)
         return self.fallback(scope, receive, send)
+
+    @staticmethod
+    def route(path: str) -> dict[str, str | None] | None:
+        """``{"model": ..., "version": ... or None}`` when a POST to ``path`` is inference, else None."""
+        match = INFER_PATH.fullmatch(path)
+        return None if match is None else match.groupdict()
 
     def _infer(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         return answer_infer(self.manager, scope, receive, send)

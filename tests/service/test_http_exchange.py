@@ -1,0 +1,216 @@
+"""Inference answered by bnfold's HTTP protocol itself (service.http_protocol.HttpProtocol, Exchange): on the
+wire against a real server (keep-alive, pipelining, HTTP/1.0, chunked and gzip bodies, the body limit,
+100-continue, errors), and in-process, where the app must not be called for it."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import uvicorn
+from uvicorn.server import ServerState
+
+from service.app import create_app
+from service.http_protocol import HttpProtocol
+from service.server import front
+from service.settings import Settings
+from tests.service.conftest import ServerProcess, direct_logits
+from tests.service.test_app import INFER, binary_request, json_request
+
+LIMIT = 4096
+
+
+@pytest.fixture(scope="module")
+def server(model_repo: Path) -> Iterator[ServerProcess]:
+    srv = ServerProcess(model_repo, "--max-body-bytes", str(LIMIT))
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def request(body: bytes, headers: dict[str, str], version: str = "1.1", path: str = INFER) -> bytes:
+    lines = [f"POST {path} HTTP/{version}", "Host: test", *(f"{k}: {v}" for k, v in headers.items())]
+    if "Transfer-Encoding" not in headers:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def read_response(sock: socket.socket, buffer: bytearray) -> tuple[int, dict[str, str], bytes]:
+    """One response from ``sock`` (``buffer`` keeps what arrived after it)."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed before a response: {bytes(buffer)!r}"
+        buffer += chunk
+    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    length = int(headers["content-length"])
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed inside a response body"
+        rest += chunk
+    buffer[:] = rest[length:]
+    return int(lines[0].split()[1]), headers, rest[:length]
+
+
+def logits(headers: dict[str, str], body: bytes) -> np.ndarray:
+    if "inference-header-content-length" in headers:
+        length = int(headers["inference-header-content-length"])
+        out = orjson.loads(body[:length])["outputs"][0]
+        return np.frombuffer(body[length:], np.float32).reshape(out["shape"])
+    out = orjson.loads(body)["outputs"][0]
+    return np.asarray(out["data"], np.float32).reshape(out["shape"])
+
+
+def connect(server: ServerProcess) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=30)
+
+
+def test_keep_alive_and_pipelined_requests_are_answered_in_order(
+    server: ServerProcess, model_repo: Path, digits_val: Any
+) -> None:
+    xs = [np.asarray(digits_val[0][i : i + 2], np.float32) for i in (0, 2, 4)]
+    model = model_repo / "digits" / "1" / "model.onnx"
+    bodies = [binary_request(x, parameters={"binary_data_output": True}) for x in xs]
+    with connect(server) as sock:
+        buffer = bytearray()
+        sock.sendall(request(*bodies[0]))
+        status, headers, body = read_response(sock, buffer)
+        assert status == 200 and "date" in headers and headers.get("connection") != "close"
+        np.testing.assert_array_equal(logits(headers, body), direct_logits(model, xs[0]))
+        sock.sendall(request(*bodies[1]) + request(*bodies[2]))  # two requests in one write
+        for x in xs[1:]:
+            status, headers, body = read_response(sock, buffer)
+            assert status == 200
+            np.testing.assert_array_equal(logits(headers, body), direct_logits(model, x))
+
+
+def test_http_1_0_gets_its_answer_and_the_connection_closed(server: ServerProcess, digits_val: Any) -> None:
+    x = np.asarray(digits_val[0][:1], np.float32)
+    with connect(server) as sock:
+        sock.sendall(request(json_request(x), {}, version="1.0"))
+        status, headers, _ = read_response(sock, bytearray())
+        assert status == 200 and headers["connection"] == "close"
+        assert sock.recv(1) == b""
+
+
+def test_chunked_gzip_and_100_continue_bodies(server: ServerProcess, model_repo: Path, digits_val: Any) -> None:
+    x = np.asarray(digits_val[0][:1], np.float32)
+    expected = direct_logits(model_repo / "digits" / "1" / "model.onnx", x)
+    body, headers = binary_request(x)
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:100], body[100:])) + b"0\r\n\r\n"
+    with connect(server) as sock:
+        buffer = bytearray()
+        sock.sendall(request(chunked, {**headers, "Transfer-Encoding": "chunked"}))
+        status, answer_headers, answer = read_response(sock, buffer)
+        assert status == 200
+        np.testing.assert_array_equal(logits(answer_headers, answer), expected)
+        sock.sendall(request(gzip.compress(json_request(x)), {"Content-Encoding": "gzip"}))
+        status, answer_headers, answer = read_response(sock, buffer)
+        assert status == 200
+        np.testing.assert_array_equal(logits(answer_headers, answer), expected)
+    with connect(server) as sock:
+        head = request(body, {**headers, "Expect": "100-continue"})
+        split = head.index(b"\r\n\r\n") + 4
+        sock.sendall(head[:split])
+        assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(head[split:])
+        status, answer_headers, answer = read_response(sock, bytearray())
+        assert status == 200
+        np.testing.assert_array_equal(logits(answer_headers, answer), expected)
+
+
+def test_errors_and_the_body_limit(server: ServerProcess, digits_val: Any) -> None:
+    x = np.asarray(digits_val[0][:1], np.float32)
+    with connect(server) as sock:
+        buffer = bytearray()
+        sock.sendall(request(json_request(x), {}, path="/v2/models/nope/infer"))
+        status, _, body = read_response(sock, buffer)
+        assert status == 404 and "nope" in orjson.loads(body)["error"]
+        sock.sendall(request(b"{" * (LIMIT + 1), {}))
+        status, headers, body = read_response(sock, buffer)
+        assert status == 413 and headers.get("connection") != "close"
+        assert f"exceeds the limit of {LIMIT} bytes (BNFOLD_MAX_BODY_BYTES)" in orjson.loads(body)["error"]
+        sock.sendall(request(json_request(x), {}))  # the connection still serves
+        assert read_response(sock, buffer)[0] == 200
+
+
+class Transport:
+    """What the protocol writes, and the socket facts uvicorn asks for."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def get_extra_info(self, name: str) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 40000)}.get(name)
+
+    def set_protocol(self, protocol: Any) -> None:  # pragma: no cover - not called
+        pass
+
+    def pause_reading(self) -> None:  # pragma: no cover - bodies here are small
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_inference_is_answered_by_the_protocol_without_calling_the_app(model_repo: Path, digits_val: Any) -> None:
+    x = np.asarray(digits_val[0][:2], np.float32)
+    body, headers = binary_request(x, parameters={"binary_data_output": True})
+
+    async def scenario() -> tuple[list[str], bytes]:
+        app = create_app(Settings(repository=model_repo, max_body_bytes=LIMIT))
+        await app.state.manager.load_all()
+        served = front(app)
+        seen: list[str] = []
+        inner = served.infer  # the front's ASGI inference handler: uvicorn's path would call it
+        served.infer = lambda scope, receive, send: seen.append(scope["path"]) or inner(scope, receive, send)
+        config = uvicorn.Config(served, interface="asgi3", proxy_headers=False, lifespan="off", log_level="warning")
+        config.load()
+        protocol = HttpProtocol(config=config, server_state=ServerState(), app_state={})
+        transport = Transport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        # a body over the limit is not kept: what arrives past the limit is dropped, not buffered
+        protocol.data_received(request(b"", {"Content-Length": str(10 * LIMIT)})[: -len(b"Content-Length: 0\r\n\r\n")])
+        protocol.data_received(b"\r\n" + b"x" * LIMIT)
+        for _ in range(8):
+            protocol.data_received(b"x" * LIMIT)
+        assert len(protocol.cycle.body) <= LIMIT
+        protocol.connection_lost(None)
+        protocol, transport = HttpProtocol(config=config, server_state=ServerState(), app_state={}), Transport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(request(body, headers))
+        for _ in range(500):
+            if b"\r\n\r\n" in transport.written:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)
+        await app.state.manager.stop()
+        return seen, bytes(transport.written)
+
+    seen, written = asyncio.run(scenario())
+    assert seen == [], "the app was called for an inference request"
+    head, _, answer = written.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    length = int(head.lower().split(b"inference-header-content-length: ")[1].split(b"\r\n")[0])
+    expected = direct_logits(model_repo / "digits" / "1" / "model.onnx", x)
+    np.testing.assert_array_equal(np.frombuffer(answer[length:], np.float32).reshape(expected.shape), expected)
