@@ -300,7 +300,7 @@ class Batcher:
         self._running = True
         started = time.perf_counter_ns()
         for item in batch:
-            self.metrics.queue_seconds.observe((started - item.enqueued) / 1e9)
+            self.metrics.queued((started - item.enqueued) / 1e9)
         if len(batch) == 1:
             x = batch[0].x
         else:  # every input along axis 0, together

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from service.statistics import StatisticsMetrics, VersionStatistics
+from service.tally import Tally
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -37,10 +38,24 @@ class VersionMetrics:
     batch_size: Any
     queue_depth: Any
     stats: VersionStatistics  # Triton's statistics extension (service.statistics)
+    tally: Tally  # per-request updates, written once per step of the event loop (service.tally)
 
     def count(self, outcome: str) -> None:
         """One request ended with ``outcome`` (one of :data:`OUTCOMES`)."""
         self.outcomes[outcome].inc()
+
+    def succeeded(self, ns: int) -> None:
+        """One request answered in ``ns`` nanoseconds: its outcome, request time and Triton's success
+        statistics, through the tally."""
+        tally, stats = self.tally, self.stats
+        tally.inc(self.outcomes["success"])
+        tally.observe(self.request_seconds, ns / 1e9)
+        tally.inc(stats.requests["success"])
+        tally.inc(stats.nanoseconds["success"], ns)
+
+    def queued(self, seconds: float) -> None:
+        """One request waited ``seconds`` for its batch (through the tally)."""
+        self.tally.observe(self.queue_seconds, seconds)
 
 
 class Metrics:
@@ -79,6 +94,7 @@ class Metrics:
         self._collecting: CollectorRegistry | None = None
         self.statistics = StatisticsMetrics(r)
         self._versions: dict[tuple[str, str], VersionMetrics] = {}
+        self.tally = Tally()
 
     def version(self, model: str, version: str) -> VersionMetrics:
         """The children of every per-version metric for ``model`` version ``version``."""
@@ -92,6 +108,7 @@ class Metrics:
                 batch_size=self.batch_size.labels(*key),
                 queue_depth=self.queue_depth.labels(*key),
                 stats=self.statistics.version(*key),
+                tally=self.tally,
             )
         return self._versions[key]
 

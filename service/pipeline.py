@@ -186,9 +186,7 @@ def count_end(served: Served, started: int, exc: BaseException | None) -> None:
     metrics = served.batcher.metrics
     ns = time.perf_counter_ns() - started
     if exc is None:
-        metrics.count("success")
-        metrics.request_seconds.observe(ns / 1e9)
-        metrics.stats.request("success", ns)
+        metrics.succeeded(ns)
         return
     if isinstance(exc, asyncio.CancelledError):
         metrics.count("cancelled")
