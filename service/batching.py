@@ -86,8 +86,10 @@ class Admission:
 
 @dataclass(eq=False)  # queued requests are told apart by identity
 class _Pending:
-    x: tuple[np.ndarray, ...]  # one array per model input
-    future: asyncio.Future[list[np.ndarray]]
+    # not in the repr: deque.remove puts the repr of a request it does not hold in its ValueError, and printing
+    # a tensor took milliseconds each time a client went away while its request ran
+    x: tuple[np.ndarray, ...] = field(repr=False)  # one array per model input
+    future: asyncio.Future[list[np.ndarray]] = field(repr=False)
     n: int  # samples (rows of each input)
     level: int = 0  # priority level, 0 first
     trace: Any = None  # the request's OpenTelemetry context when it is traced (service.tracing)
