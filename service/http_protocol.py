@@ -137,7 +137,7 @@ class HttpProtocol(_Base):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         app = self.app
-        front = _Base is HttpToolsProtocol and hasattr(app, "route") and hasattr(app, "manager")
+        front = _Base is HttpToolsProtocol and getattr(app, "answers_inference", False) is True
         self._front: Any = app if front else None  # the InferenceFront
 
     def connection_made(self, transport: asyncio.Transport) -> None:

@@ -16,6 +16,10 @@ but still without its first request (typically a client that got ``Connection: c
 once, its request not yet read on a loaded machine) is given up to ``FRESH_CONNECTION_GRACE_S`` for that
 request, which is answered with ``Connection: close``, instead of being closed as idle.
 
+With tracing off, inference requests take the short way: bnfold's HTTP protocol answers them itself
+(:mod:`service.http_protocol`), and what reaches ASGI goes through :class:`~service.routes.infer.InferenceFront`
+(see :func:`front`); with tracing on, every request runs through the app and its tracing middleware.
+
 As a worker of a supervised server (``cluster``, see :mod:`service.workers`) it serves on the sockets the
 supervisor bound, reports its readiness to the other workers, and takes model control from the supervisor.
 """

@@ -195,6 +195,8 @@ class InferenceFront:
     segment), so a request is answered the same either way; only the layers it passes differ.
     """
 
+    answers_inference = True  # bnfold's HTTP protocol answers inference itself for this app (service.http_protocol)
+
     def __init__(self, fallback: App, manager: Any) -> None:
         self.fallback = fallback
         self.manager = manager
