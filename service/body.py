@@ -58,11 +58,16 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
+def body_too_large(headers: Mapping[str, str], limit: int) -> ApiError:
+    """The 413 for a body past ``limit``, naming its declared size when it has one."""
+    declared = headers.get("content-length", "")
+    return too_large(limit, f"request body of {declared} bytes" if declared.isdigit() else "request body")
+
+
 def whole_body(headers: Mapping[str, str], body: bytes, limit: int) -> bytes:
     """A body that arrived in one piece, held to the limits :func:`read_body` applies while reading."""
     if len(body) > limit:
-        declared = headers.get("content-length", "")
-        raise too_large(limit, f"request body of {declared} bytes" if declared.isdigit() else "request body")
+        raise body_too_large(headers, limit)
     return _decompress(body, headers.get("content-encoding", "").lower(), limit)
 
 

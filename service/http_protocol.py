@@ -24,7 +24,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from service.body import too_large, whole_body
+from service.body import body_too_large, whole_body
 from service.http_infer import Gone, answer
 
 try:
@@ -115,8 +115,7 @@ class Exchange:
     async def read(self, headers: Mapping[str, str], limit: int) -> bytes:
         """The whole body, held to the limits of :mod:`service.body`."""
         if self.oversized:
-            declared = headers.get("content-length", "")
-            raise too_large(limit, f"request body of {declared} bytes" if declared.isdigit() else "request body")
+            raise body_too_large(headers, limit)
         return whole_body(headers, bytes(self.body), limit)
 
 
