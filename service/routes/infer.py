@@ -7,8 +7,10 @@ decoding a binary tensor. :class:`InferenceRoutes`, the innermost user middlewar
 those same route objects before FastAPI's exception middleware and full route table: every middleware added
 to the app still wraps inference, and there is one handler, :func:`serve_infer`. The body is read as raw
 bytes whatever its Content-Type (tritonclient sends none). A client that disconnects while its request waits
-cancels it (:class:`RequestStream`). The server runs these handlers from :class:`InferenceFront`, its outermost
-app, past every layer of the app (with tracing on, through the app's middleware, as above).
+cancels it (:class:`RequestStream`). In the server (tracing off), bnfold's HTTP protocol answers most inference
+requests itself (:mod:`service.http_protocol`); the rest (``Expect: 100-continue``, pipelined, percent-encoded
+paths) reach these handlers from :class:`InferenceFront`, its outermost app, past every layer of the app.
+With tracing on, they go through the app's middleware as above.
 
 FastAPI documents the routes from :func:`infer_newest` / :func:`infer_version` (path parameters, response
 model) and :data:`OPENAPI_BODY`; those functions only declare signatures: :func:`serve_infer` is what runs.
