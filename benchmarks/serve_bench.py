@@ -203,10 +203,13 @@ def ort_throughput(path: Path, batch: int, seconds: float) -> float:
     return n / (time.perf_counter() - start)
 
 
-def ort_latency(path: Path, count: int) -> float:
+def ort_latency(path: Path, count: int, threads: int = 0) -> float:
+    """Median ``session.run`` time at batch 1; ``threads``: intra-op threads (0: ONNX Runtime's default)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
     times = []
     for _ in range(count):

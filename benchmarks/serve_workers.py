@@ -7,7 +7,9 @@ in turn, so machine drift hits all alike. Per round and server:
 
 * in-process ONNX Runtime's best (batch 32 or 64) and binary v2 under 16 wrk connections, fp32 then int8
   (samples/s; 1 sample per request), and the served/in-process ratio of the round;
-* the median latency of one wrk connection, against a direct ``session.run`` at batch 1 in the same round;
+* the median latency of one wrk connection, against a direct ``session.run`` at batch 1 in the same round,
+  with ONNX Runtime's default threads and with the intra-op threads of one of the server's workers (the cores
+  split across the workers, as the server does);
 * the tiny model under 64 wrk connections: requests/s (the front end's ceiling), and the server's CPU per
   request (:func:`server_cost`): its processes' user + system time over the phase minus the ONNX Runtime
   run time the server's own statistics recorded, divided by the requests answered; and its event-loop
@@ -160,8 +162,10 @@ def start(repo: Path, workers: int, port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen([*cmd, "--log-level", "warning"])
 
 
-def one_round(port: int, pid: int, paths: dict[str, Path], phase: float, workdir: Path) -> dict[str, float]:
-    """Every figure of one server, once (see the module docstring)."""
+def one_round(
+    port: int, pid: int, paths: dict[str, Path], phase: float, workdir: Path, threads: int = 0
+) -> dict[str, float]:
+    """Every figure of one server, once (see the module docstring); ``threads``: its workers' intra-op threads."""
     from serve_bench import INT8_MODEL, ort_latency, ort_throughput
 
     image = (3, 32, 32)
@@ -169,6 +173,7 @@ def one_round(port: int, pid: int, paths: dict[str, Path], phase: float, workdir
     fp32, fp32_cost = server_cost(port, pid, lambda: wrk(port, "resnet20", image, 16, phase, workdir))
     int8 = wrk(port, INT8_MODEL, image, 16, phase, workdir)
     direct = ort_latency(paths["resnet20"], 1000)
+    direct_same = ort_latency(paths["resnet20"], 1000, threads) if threads else direct
     single = wrk(port, "resnet20", image, 1, phase, workdir)
     tiny, tiny_cost = server_cost(port, pid, lambda: wrk(port, TINY, (4,), 64, phase, workdir))
     return {
@@ -180,6 +185,8 @@ def one_round(port: int, pid: int, paths: dict[str, Path], phase: float, workdir
         "single_client_p50_ms": single["p50_s"] * 1e3,
         "direct_session_run_ms": direct * 1e3,
         "p50_overhead_ms": (single["p50_s"] - direct) * 1e3,
+        "direct_session_run_worker_threads_ms": direct_same * 1e3,  # with the intra-op threads of one worker
+        "p50_overhead_vs_worker_threads_ms": (single["p50_s"] - direct_same) * 1e3,
         "tiny_requests_per_s": tiny["rate"],
         "server_cpu_us_per_request": tiny_cost["cpu_us"],  # ONNX Runtime's compute excluded
         "server_loop_cpu_us_per_request": tiny_cost["loop_us"],
@@ -194,6 +201,8 @@ def compare_workers(
     """Every worker count's figures, ``rounds`` interleaved rounds, medians and ratios (module docstring)."""
     from serve_bench import free_port, load_wrk, wait_ready
 
+    from service.workers import usable_cores
+
     build_tiny(repo)
     ports = {w: free_port() for w in counts}
     servers = {w: start(repo, w, ports[w]) for w in counts}
@@ -204,7 +213,8 @@ def compare_workers(
             load_wrk(ports[w], True, 16, 2, repo)  # warm-up
         for i in range(rounds):
             for w in counts[:: 1 if i % 2 == 0 else -1]:
-                figures[w].append(one_round(ports[w], servers[w].pid, paths, max(2.0, seconds / 2), repo))
+                threads = 0 if w == 1 else max(1, usable_cores() // w)  # as the server splits them
+                figures[w].append(one_round(ports[w], servers[w].pid, paths, max(2.0, seconds / 2), repo, threads))
     finally:
         for server in servers.values():
             server.terminate()
