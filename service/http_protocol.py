@@ -131,6 +131,11 @@ class HttpProtocol(_Base):
     ``Connection: close`` when the client or the drain asks for it. No ASGI scope, messages or app layers are
     built for it; every other request takes uvicorn's own path through the app. With tracing on, or when the
     server's app is not an :class:`~service.routes.infer.InferenceFront`, every request does.
+
+    It reads uvicorn's httptools protocol state (``url``, ``headers``, ``expect_100_continue``, ``cycle``,
+    ``tasks``, ``on_response_complete``, ``STATUS_LINE``), the same from uvicorn 0.29 (the lowest version
+    pyproject.toml allows) to 0.55 (checked against both sources); tests/service/test_http_exchange.py fails
+    if a later uvicorn changes it.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
