@@ -10,9 +10,10 @@ stops the batchers, and the process exits 0. A second SIGTERM or SIGINT stops at
 With ``BNFOLD_GRPC_PORT`` set, the gRPC server (``service.grpc``) starts once the models are loaded and drains
 alongside the HTTP connections, both before the lifespan shutdown stops the batchers.
 
-No request that reached the server is lost in the drain: connections the kernel completed before the
-listeners close are accepted and served (otherwise the close would reset them), and a connection accepted
-but still without its first request (typically a client that got ``Connection: close`` and reconnected at
+No request that reached the server is lost in the drain: from the moment it stops accepting, new connection
+attempts are dropped (and refused once the listeners close, see :mod:`service.listeners`); connections the
+kernel completed before that are accepted and served (otherwise the close would reset them); a connection
+accepted but still without its first request (typically a client that got ``Connection: close`` and reconnected at
 once, its request not yet read on a loaded machine) is given up to ``FRESH_CONNECTION_GRACE_S`` for that
 request, which is answered with ``Connection: close``, instead of being closed as idle.
 
@@ -40,6 +41,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service.app import create_app
 from service.http_protocol import HttpProtocol
+from service.listeners import duplicates, refuse_new
 from service.routes.infer import InferenceFront
 from service.settings import Settings
 
@@ -48,7 +50,7 @@ if TYPE_CHECKING:
     from service.workers.cluster import Cluster
 
 logger = logging.getLogger(__name__)
-LAST_READS_S = 0.05  # after the listeners close: time for bytes already received to be read as requests
+LAST_READS_S = 0.05  # after accepting stops: for handshakes under way to complete and received bytes to be read
 FRESH_CONNECTION_GRACE_S = 2.0  # after that: longest wait for the first request of a just-accepted connection
 
 
@@ -107,26 +109,19 @@ class DrainingServer(uvicorn.Server):
             task = asyncio.get_running_loop().create_task(self.grpc.stop())
             self.server_state.tasks.add(task)
             task.add_done_callback(self.server_state.tasks.discard)
-        listeners = self._listeners()  # kept open past the close to accept what the kernel already queued
-        for server in self.servers:  # stop accepting, then read what idle connections already received
+        listeners = duplicates([sock for server in self.servers for sock in server.sockets or ()])
+        if self.manager.draining:  # the whole server stops accepting: new connection attempts are refused
+            for listener in listeners:
+                refuse_new(listener)
+        for server in self.servers:  # stop accepting; the duplicates keep what the kernel queued
             server.close()
         if not self.force_exit:
+            await asyncio.sleep(LAST_READS_S)  # handshakes under way complete, idle connections read what came
             await self._accept_queued(listeners)
-            await asyncio.sleep(LAST_READS_S)
             await self._wait_first_requests()
         for listener in listeners:
             listener.close()
         await super().shutdown(sockets)
-
-    def _listeners(self) -> list[socket.socket]:
-        """Non-blocking duplicates of the listening sockets."""
-        dups = []
-        for server in self.servers:
-            for sock in server.sockets or ():
-                dup = socket.socket(fileno=os.dup(sock.fileno()))
-                dup.setblocking(False)
-                dups.append(dup)
-        return dups
 
     async def _accept_queued(self, listeners: list[socket.socket]) -> None:
         """Accept every connection the kernel completed before the close (the last process to close a
