@@ -22,7 +22,8 @@ With tracing off, inference requests take the short way: bnfold's HTTP protocol 
 (see :func:`front`); with tracing on, every request runs through the app and its tracing middleware.
 
 As a worker of a supervised server (``cluster``, see :mod:`service.workers`) it serves on the sockets the
-supervisor bound, reports its readiness to the other workers, and takes model control from the supervisor.
+supervisor bound, accepts its share of the connections (:mod:`service.workers.accepting`), reports its
+readiness to the other workers, and takes model control from the supervisor.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from service.http_protocol import HttpProtocol
 from service.listeners import duplicates, refuse_new
 from service.routes.infer import InferenceFront
 from service.settings import Settings
+from service.workers.accepting import BalancedAcceptor, CountedConnections
 
 if TYPE_CHECKING:
     from service.grpc.server import GrpcServer
@@ -73,9 +75,20 @@ class DrainingServer(uvicorn.Server):
         self.grpc = grpc
         self.grpc_failed = False
         self.cluster = cluster
+        self.acceptor: BalancedAcceptor | None = None  # a worker's accepting (service.workers.accepting)
+        if cluster is not None:
+            self.server_state.connections = CountedConnections(self._connections_changed)
+
+    def _connections_changed(self, open_connections: int) -> None:
+        if self.acceptor is not None:
+            self.acceptor.connections_changed(open_connections)
 
     async def startup(self, sockets: Any = None) -> None:
-        await super().startup(sockets)
+        balanced = self.cluster is not None and bool(sockets)  # a worker accepts its share itself
+        await super().startup([] if balanced else sockets)
+        if balanced and self.started and not self.should_exit:
+            self.acceptor = self._balanced_acceptor(sockets[0])
+            self.acceptor.start()
         if self.grpc is not None and not self.should_exit:
             try:
                 await self.grpc.start()
@@ -109,7 +122,11 @@ class DrainingServer(uvicorn.Server):
             task = asyncio.get_running_loop().create_task(self.grpc.stop())
             self.server_state.tasks.add(task)
             task.add_done_callback(self.server_state.tasks.discard)
-        listeners = duplicates([sock for server in self.servers for sock in server.sockets or ()])
+        listening = [sock for server in self.servers for sock in server.sockets or ()]
+        if self.acceptor is not None:
+            self.acceptor.stop()
+            listening.append(self.acceptor.sock)
+        listeners = duplicates(listening)
         if self.manager.draining:  # the whole server stops accepting: new connection attempts are refused
             for listener in listeners:
                 refuse_new(listener)
@@ -127,13 +144,7 @@ class DrainingServer(uvicorn.Server):
         """Accept every connection the kernel completed before the close (the last process to close a
         listening socket would otherwise reset them) and serve it like any other, then close the listeners."""
         loop = asyncio.get_running_loop()
-        config = self.config
-        protocol: Any = functools.partial(
-            config.http_protocol_class,
-            config=config,
-            server_state=self.server_state,
-            app_state=self.lifespan.state,  # type: ignore[call-arg]
-        )
+        protocol = self._protocol_factory()
         for listener in listeners:
             while True:
                 try:
@@ -143,6 +154,21 @@ class DrainingServer(uvicorn.Server):
                 conn.setblocking(False)
                 await loop.connect_accepted_socket(protocol, conn)
             listener.close()
+
+    def _protocol_factory(self) -> Any:
+        """What uvicorn's server makes a connection's protocol with."""
+        config = self.config
+        return functools.partial(
+            config.http_protocol_class,
+            config=config,
+            server_state=self.server_state,
+            app_state=self.lifespan.state,  # type: ignore[call-arg]
+        )
+
+    def _balanced_acceptor(self, sock: socket.socket) -> BalancedAcceptor:
+        assert self.cluster is not None
+        shared = self.cluster.shared
+        return BalancedAcceptor(sock, self._protocol_factory(), self.cluster.slot, shared.connections, shared.ready)
 
     async def _wait_first_requests(self) -> None:
         """Until every accepted connection has its first request (or ``FRESH_CONNECTION_GRACE_S``): uvicorn

@@ -33,10 +33,12 @@ Plan = dict[str, list[int]]
 
 @dataclass
 class Shared:
-    """Shared memory made by the supervisor: ``ready`` (one byte per worker slot) and ``draining``."""
+    """Shared memory made by the supervisor: ``ready`` (one byte per worker slot), ``draining``, and
+    ``connections`` (the connections each worker slot holds, see :mod:`service.workers.accepting`)."""
 
     ready: Any  # multiprocessing.Array("b", workers)
     draining: Any  # multiprocessing.Value("b")
+    connections: Any  # multiprocessing.Array("i", workers)
 
     def all_ready(self) -> bool:
         return not self.draining.value and all(self.ready)

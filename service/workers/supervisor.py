@@ -5,9 +5,10 @@ workers the same way) because that supervisor lacks what one server needs here: 
 model control that reaches every worker (:mod:`service.workers.cluster`), a drain whose exit status says
 whether it lost anything, a clear line when a worker cannot start, and a limit on restart loops.
 
-* The HTTP socket is bound and listening here and inherited by every worker (the kernel hands each new
-  connection to one of them). The gRPC port is held here with ``SO_REUSEPORT`` (so a taken port fails the
-  start with one line), and every worker listens on it with ``SO_REUSEPORT`` too.
+* The HTTP socket is bound and listening here and inherited by every worker; each worker accepts its share
+  of the new connections (:mod:`service.workers.accepting`). The gRPC port is held here with
+  ``SO_REUSEPORT`` (so a taken port fails the start with one line), and every worker listens on it with
+  ``SO_REUSEPORT`` too.
 * prometheus_client's multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` (a fresh directory, or the one given,
   emptied at start) is set for the workers; a dead worker is marked with ``mark_process_dead``.
 * A worker that exits before every worker was ready once stops the start (exit 3). Later, a worker that dies
@@ -106,7 +107,11 @@ class Supervisor:
         self.count = workers
         self.threads = threads
         self.ctx = multiprocessing.get_context("spawn")
-        self.shared = Shared(self.ctx.Array("b", workers, lock=False), self.ctx.Value("b", 0, lock=False))
+        self.shared = Shared(
+            self.ctx.Array("b", workers, lock=False),
+            self.ctx.Value("b", 0, lock=False),
+            self.ctx.Array("i", workers, lock=False),
+        )
         self.workers: dict[int, Worker] = {}
         self.plan: Plan | None = None  # versions served, once every worker has been ready
         self.crashes: deque[float] = deque()
@@ -201,6 +206,7 @@ class Supervisor:
         worker.process.join()
         worker.exit_code = code = worker.process.exitcode
         self.shared.ready[worker.slot] = 0
+        self.shared.connections[worker.slot] = 0  # its connections died with it
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.process.pid, self.metrics_dir)

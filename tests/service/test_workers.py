@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
@@ -30,6 +31,24 @@ def worker_pids(srv: ServerProcess) -> list[int]:
     pid = srv.proc.pid
     children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     return sorted(c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes())
+
+
+def connections_per_worker(port: int, pids: list[int]) -> list[int]:
+    """The established connections to ``port`` that each worker holds (its descriptors against
+    /proc/net/tcp)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":  # 01: ESTABLISHED
+            inodes.add(f"socket:[{fields[9]}]")
+    counts = []
+    for pid in pids:
+        held = 0
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):  # closed meanwhile
+                held += os.readlink(fd) in inodes
+        counts.append(held)
+    return counts
 
 
 def per_worker_counts(metrics_dir: Path, tmp_path: Path) -> dict[str, dict[str, float]]:
@@ -340,7 +359,7 @@ def test_a_worker_that_cannot_start_stops_the_start_and_leaves_no_orphans(tmp_pa
 def test_readiness_needs_every_worker_and_no_drain() -> None:
     from service.workers.cluster import Shared
 
-    shared = Shared([1, 1], type("Flag", (), {"value": 0})())
+    shared = Shared([1, 1], type("Flag", (), {"value": 0})(), [0, 0])
     assert shared.all_ready()
     shared.ready[1] = 0  # one worker dead or still starting
     assert not shared.all_ready()
@@ -376,3 +395,28 @@ def test_the_readme_states_the_code_s_worker_rules() -> None:
     assert (
         f"`auto` is `min(cores, {AUTO_CPU_MAX})` on CPU" in readme and f"on a GPU host `auto` is {AUTO_CUDA}" in readme
     )
+
+
+def test_connections_opened_at_once_are_shared_by_the_workers(model_repo: Path) -> None:
+    """Issue 19: left to the event loops, the worker that woke first took every queued connection (16/0 in 2 of
+    5 rounds of 16 at once, and that worker then served at half the machine's pace); each now takes its share."""
+    srv = ServerProcess(model_repo, "--workers", "2")
+    try:
+        srv.wait_ready()
+        pids = worker_pids(srv)
+        for _ in range(3):
+            clients = [socket.create_connection(("127.0.0.1", srv.port), timeout=5) for _ in range(16)]
+            deadline = time.monotonic() + 10
+            while sum(split := connections_per_worker(srv.port, pids)) < 16:
+                assert time.monotonic() < deadline, split
+                time.sleep(0.01)
+            assert all(6 <= held <= 10 for held in split), split
+            for client in clients:
+                client.close()
+            while sum(connections_per_worker(srv.port, pids)) > 0:
+                assert time.monotonic() < deadline + 10, "connections left open"
+                time.sleep(0.01)
+        response = httpx.get(f"{srv.url}/v2/health/ready", timeout=5)  # and the server serves on
+        assert response.status_code == 200
+    finally:
+        srv.stop()
