@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 DEFER_S = 0.001  # a worker with more than its share looks again this much later
 MAX_DEFER_S = 0.02  # the longest a pending connection waits for a worker with fewer connections
+ACCEPT_RETRY_S = 1.0  # after an accept failed for want of descriptors or memory
 
 
 class CountedConnections(set[Any]):
@@ -116,8 +117,12 @@ class BalancedAcceptor:
             except (BlockingIOError, InterruptedError):  # nothing queued (another worker took it)
                 self._deferred_since = None
                 return
-            except OSError as exc:  # e.g. EMFILE: uvloop's server logs and goes on too
-                logger.error("accepting a connection failed: %s", exc)
+            except ConnectionAbortedError:  # the client gave up while it was queued
+                continue
+            except OSError as exc:  # out of descriptors or memory: pause, as asyncio's own servers do
+                logger.error("accepting a connection failed (%s); trying again in %g s", exc, ACCEPT_RETRY_S)
+                loop.remove_reader(self.sock.fileno())
+                self._resume = loop.call_later(ACCEPT_RETRY_S, self._look_again)
                 return
             self._deferred_since = None
             self._opening += 1

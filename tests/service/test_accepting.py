@@ -129,3 +129,44 @@ def test_the_readme_states_the_longest_wait() -> None:
     readme = Path(__file__).resolve().parents[2].joinpath("README.md").read_text()
     stated = re.search(r"leaves a new one to it \(for at most (\d+) ms\)", readme)
     assert stated is not None and int(stated.group(1)) == round(MAX_DEFER_S * 1000)
+
+
+def test_out_of_descriptors_pauses_accepting_instead_of_spinning(monkeypatch: Any) -> None:
+    import errno
+
+    from service.workers import accepting
+
+    monkeypatch.setattr(accepting, "ACCEPT_RETRY_S", 0.2)
+
+    class Flaky:
+        """The listening socket, but the first accept fails as it does at the descriptor limit."""
+
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock, self.calls = sock, 0
+
+        def accept(self) -> tuple[socket.socket, Any]:
+            self.calls += 1
+            if self.calls == 1:
+                raise OSError(errno.EMFILE, "Too many open files")
+            return self.sock.accept()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.sock, name)
+
+    async def main() -> None:
+        listener = _listener()
+        worker = _Worker(listener, 0, [0], [1])
+        flaky = Flaky(worker.acceptor.sock)
+        worker.acceptor.sock = flaky  # type: ignore[assignment]
+        worker.acceptor.start()
+        asked = time.monotonic()
+        clients = await _connect(listener.getsockname()[1], 1)
+        await asyncio.sleep(0.1)
+        assert flaky.calls == 1 and not worker.counted  # paused: no second try yet, no busy loop
+        await _settle([worker], 1)
+        assert worker.made[0] - asked >= 0.2
+        worker.acceptor.stop()
+        clients[0].close()
+        listener.close()
+
+    _run(main())
