@@ -8,7 +8,13 @@ request is one array per model input (the same number of rows in each); a batch 
 along axis 0 together, and every output is split back by rows.
 A request that finds the batcher idle (no batch running, nothing queued, nobody else arriving) starts its
 own batch of one at once, without the round trip through the worker task; requests that arrive while it
-runs queue up and form the next batch as usual.
+runs queue up and form the next batch as usual. When, in addition, the server holds no connection but this
+request's (``inline``, see :meth:`service.manager.ModelManager.may_run_inline`), that batch runs on the
+event loop itself: no request can be waiting for the loop meanwhile, and the two thread hops (to the ONNX
+Runtime thread and back), which are most of a lone request's overhead, are saved. Only while the last run
+took at most ``INLINE_MAX_RUN_S``: a connection that opens meanwhile waits no longer than that. Under load
+a worker holds several connections and every batch runs in the thread (running idle batchers' batches on
+the loop whatever the connections cost 0.865x the int8 throughput at 16 clients, benchmarks/RESULTS.md).
 The queue holds one FIFO per priority level (:mod:`service.queues`): a batch takes the highest level's
 requests first, so a high-priority request waits behind no low-priority one; each request's level and queue
 timeout come from the model's queue policy and its parameters (:mod:`service.queue_policy`).
@@ -28,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +50,7 @@ from service.queues import PriorityQueue
 from service.statistics import BatchTimes
 
 logger = logging.getLogger(__name__)
+INLINE_MAX_RUN_S = 0.005  # a batch whose last run took longer always runs in the ONNX Runtime thread
 DEFAULT_TICKET = Ticket()
 
 
@@ -100,8 +108,16 @@ class _Pending:
 class Batcher:
     """Merges concurrent requests to one model version into batches."""
 
-    def __init__(self, model: ModelVersion, max_queue_size: int, metrics: VersionMetrics) -> None:
+    def __init__(
+        self,
+        model: ModelVersion,
+        max_queue_size: int,
+        metrics: VersionMetrics,
+        inline: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.model = model
+        self._inline = inline  # may a lone request's batch run on the event loop now (see the module docstring)
+        self._last_run_ns = 0  # how long the last batch ran
         self.max_batch = model.max_batch_size
         self.max_delay = model.max_queue_delay_us / 1e6
         self.max_queue_size = max_queue_size
@@ -215,7 +231,7 @@ class Batcher:
         item = _Pending(x, loop.create_future(), n, ticket.level, tracing.current())
         queue_timer = None
         if not self._running and not self._items and self.arriving == 0:
-            self._start(loop, [item], n)
+            self._start(loop, [item], n, self._last_run_ns <= INLINE_MAX_RUN_S * 1e9 and self._inline())
         else:
             self._items.append(item)
             self.metrics.queue_depth.set(len(self._items))
@@ -296,9 +312,11 @@ class Batcher:
                 continue
             self._start(loop, batch, samples)
 
-    def _start(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], samples: int) -> None:
-        """Run ``batch`` in the ONNX Runtime thread; when it ends, answer each request and wake the worker if
-        requests queued meanwhile."""
+    def _start(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], samples: int, inline: bool = False
+    ) -> None:
+        """Run ``batch`` in the ONNX Runtime thread (or, ``inline``, here on the event loop); when it ends,
+        answer each request and wake the worker if requests queued meanwhile."""
         self._running = True
         started = time.perf_counter_ns()
         for item in batch:
@@ -313,9 +331,19 @@ class Batcher:
             out: list[np.ndarray] | None, exc: BaseException | None, begin: int, end: int
         ) -> None:  # on the loop
             self._running = False
+            self._last_run_ns = end - begin
             if self._items:
                 self._wake.set()
             self._answer(out, exc, batch, samples, (started, prepared, begin, end))
+
+        if inline:
+            begin = time.perf_counter_ns()
+            try:
+                out, exc = self.model.run(x), None
+            except Exception as error:  # handed to the request; KeyboardInterrupt and the like stop the loop
+                out, exc = None, error
+            answer(out, exc, begin, time.perf_counter_ns())
+            return
 
         def work() -> None:  # in the ONNX Runtime thread; one hop back to the loop, no future chaining
             begin = time.perf_counter_ns()

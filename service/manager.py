@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,15 @@ class ModelManager:
         self.ready = False
         self.draining = False
         self.cluster: Any = None  # a service.workers.cluster.Cluster when this is one worker of several
+        self.sole_connection: Callable[[], bool] | None = None  # set by service.server, see may_run_inline
         self._lock = asyncio.Lock()
+
+    def may_run_inline(self) -> bool:
+        """Whether a lone request's batch may run on the event loop (:mod:`service.batching`): the server
+        says it holds one connection (``sole_connection``; never with gRPC on, whose connections it does not
+        count)."""
+        sole = self.sole_connection
+        return sole is not None and sole()
 
     def is_ready(self) -> bool:
         """Models loaded and warm, not draining, and (with several workers) every worker so."""
@@ -161,7 +170,12 @@ class ModelManager:
         """Serve ``loaded`` as ``name`` from now on (synchronously: no request sees a mix); returns the old."""
         old = self.models.get(name, {})
         new = {
-            m.version: Served(m, Batcher(m, self.settings.max_queue_size, self.metrics.version(name, str(m.version))))
+            m.version: Served(
+                m,
+                Batcher(
+                    m, self.settings.max_queue_size, self.metrics.version(name, str(m.version)), self.may_run_inline
+                ),
+            )
             for m in loaded
         }
         for served in new.values():

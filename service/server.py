@@ -221,6 +221,8 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None, cluste
 
         grpc = GrpcServer(app.state.manager, settings, shared_port=cluster is not None)
     server = DrainingServer(config, app.state.manager, settings.drain_delay_s, grpc, cluster)
+    if grpc is None:  # a lone client's batches run on the event loop (service.batching)
+        app.state.manager.sole_connection = lambda: len(server.server_state.connections) <= 1
     server.run(sockets)
     if not server.started or server.grpc_failed:
         logger.error("the server did not start (see the error above)")

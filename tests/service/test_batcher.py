@@ -150,3 +150,75 @@ def test_a_queued_requests_repr_leaves_its_tensors_out() -> None:
 
     text = asyncio.run(scenario())
     assert "array" not in text and "3071" not in text and "n=1" in text
+
+
+def test_a_lone_request_runs_on_the_event_loop_only_while_inline_is_allowed() -> None:
+    """With the server holding only this request's connection the batch runs on the loop (no thread hops);
+    otherwise in the ONNX Runtime thread. Either way the answer is the same, and a failure reaches the request."""
+    model = FakeModel()
+    model.release.set()
+    ran_on: list[int] = []
+    run = model.run
+
+    def recording_run(x: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        ran_on.append(threading.get_ident())
+        if x[0][0, 0] < 0:
+            raise ValueError("negative input")
+        return run(x)
+
+    model.run = recording_run  # type: ignore[method-assign]
+
+    async def scenario() -> tuple[int, list[np.ndarray], str]:
+        alone = [True]
+        metrics = Metrics().version(model.name, str(model.version))
+        batcher = Batcher(model, max_queue_size=16, metrics=metrics, inline=lambda: alone[0])  # type: ignore[arg-type]
+        x = np.ones((1, 2), np.float32)
+        outs = [(await batcher.infer((x,), 10))[0]]
+        try:
+            await batcher.infer((-x,), 10)
+            failure = ""
+        except ValueError as exc:
+            failure = str(exc)
+        alone[0] = False
+        outs.append((await batcher.infer((x,), 10))[0])
+        await batcher.stop()
+        return threading.get_ident(), outs, failure
+
+    loop_thread, outs, failure = asyncio.run(scenario())
+    assert ran_on[0] == loop_thread and ran_on[1] == loop_thread  # inline, the failing one too
+    assert ran_on[2] != loop_thread  # not alone: the ONNX Runtime thread
+    assert failure == "negative input"
+    for out in outs:
+        np.testing.assert_array_equal(out, np.full((1, 2), 2, np.float32))
+
+
+def test_a_batch_whose_last_run_was_long_runs_in_the_thread_even_when_alone() -> None:
+    """A long run on the loop would hold back a connection that opens meanwhile: after a run longer than
+    INLINE_MAX_RUN_S the next batch goes to the ONNX Runtime thread, and after a short one inline again."""
+    import time
+
+    from service.batching import INLINE_MAX_RUN_S
+
+    model = FakeModel()
+    model.release.set()
+    ran_on: list[int] = []
+    run = model.run
+
+    def timed_run(x: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        ran_on.append(threading.get_ident())
+        if len(ran_on) == 1:
+            time.sleep(2 * INLINE_MAX_RUN_S)
+        return run(x)
+
+    model.run = timed_run  # type: ignore[method-assign]
+
+    async def scenario() -> int:
+        metrics = Metrics().version(model.name, str(model.version))
+        batcher = Batcher(model, max_queue_size=16, metrics=metrics, inline=lambda: True)  # type: ignore[arg-type]
+        for _ in range(3):
+            await batcher.infer((np.ones((1, 2), np.float32),), 10)
+        await batcher.stop()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(scenario())
+    assert [t == loop_thread for t in ran_on] == [True, False, True]

@@ -238,3 +238,28 @@ def test_every_setting_has_its_flag() -> None:
     s = settings_from(["--model-versions", "2", "--no-require-model", "--graceful-timeout-s", "5"])
     assert (s.model_versions, s.require_model, s.graceful_timeout_s) == (2, False, 5.0)
     assert settings_from(["--max-image-pixels", "1000"]).max_image_pixels == 1000
+
+
+@pytest.mark.parametrize("grpc", [False, True])
+def test_batches_may_run_on_the_loop_only_while_the_server_holds_one_connection(
+    model_repo: Path, monkeypatch: pytest.MonkeyPatch, grpc: bool
+) -> None:
+    """serve() tells the batchers (ModelManager.may_run_inline) from uvicorn's own set of open connections;
+    with gRPC on, whose connections that set does not hold, never."""
+    from service import server as server_module
+    from service.settings import Settings
+    from tests.service.conftest import free_port
+
+    seen: list[bool] = []
+
+    def run(self: Any, sockets: Any = None) -> None:  # instead of serving: look, as a batcher would
+        connections = self.server_state.connections
+        for _ in range(3):
+            seen.append(self.manager.may_run_inline())
+            connections.add(object())
+        self.started = True
+
+    monkeypatch.setattr(server_module.DrainingServer, "run", run)
+    settings = Settings(repository=model_repo, grpc_port=free_port() if grpc else 0)
+    assert server_module.serve(settings) == 0
+    assert seen == ([False, False, False] if grpc else [True, True, False])  # 0, 1, then 2 connections
