@@ -7,6 +7,7 @@ import asyncio
 import collections
 import contextlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,16 +29,22 @@ class FakeModel:
     release: threading.Event = field(default_factory=threading.Event)
     started: threading.Event = field(default_factory=threading.Event)
     queue_policy: QueuePolicy = field(default_factory=QueuePolicy)
+    threads: list[int] = field(default_factory=list)  # the thread each run ran on
+    before: Callable[[np.ndarray], None] | None = None  # called with the batch's input before each run
 
     def run(self, x: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        self.threads.append(threading.get_ident())
+        if self.before is not None:
+            self.before(x[0])
         self.batches.append(x[0].shape[0])
         self.started.set()
         assert self.release.wait(5)
         return [x[0] * 2]
 
 
-def _batcher(model: FakeModel) -> Batcher:
-    return Batcher(model, max_queue_size=16, metrics=Metrics().version(model.name, str(model.version)))  # type: ignore[arg-type]
+def _batcher(model: FakeModel, inline: Callable[[], bool] = lambda: False) -> Batcher:
+    metrics = Metrics().version(model.name, str(model.version))
+    return Batcher(model, max_queue_size=16, metrics=metrics, inline=inline)  # type: ignore[arg-type]
 
 
 def test_lone_request_runs_at_once_and_arrivals_batch_behind_it() -> None:
@@ -155,23 +162,17 @@ def test_a_queued_requests_repr_leaves_its_tensors_out() -> None:
 def test_a_lone_request_runs_on_the_event_loop_only_while_inline_is_allowed() -> None:
     """With the server holding only this request's connection the batch runs on the loop (no thread hops);
     otherwise in the ONNX Runtime thread. Either way the answer is the same, and a failure reaches the request."""
-    model = FakeModel()
-    model.release.set()
-    ran_on: list[int] = []
-    run = model.run
 
-    def recording_run(x: tuple[np.ndarray, ...]) -> list[np.ndarray]:
-        ran_on.append(threading.get_ident())
-        if x[0][0, 0] < 0:
+    def refuse_negative(x: np.ndarray) -> None:
+        if x[0, 0] < 0:
             raise ValueError("negative input")
-        return run(x)
 
-    model.run = recording_run  # type: ignore[method-assign]
+    model = FakeModel(before=refuse_negative)
+    model.release.set()
 
     async def scenario() -> tuple[int, list[np.ndarray], str]:
         alone = [True]
-        metrics = Metrics().version(model.name, str(model.version))
-        batcher = Batcher(model, max_queue_size=16, metrics=metrics, inline=lambda: alone[0])  # type: ignore[arg-type]
+        batcher = _batcher(model, inline=lambda: alone[0])
         x = np.ones((1, 2), np.float32)
         outs = [(await batcher.infer((x,), 10))[0]]
         try:
@@ -185,8 +186,7 @@ def test_a_lone_request_runs_on_the_event_loop_only_while_inline_is_allowed() ->
         return threading.get_ident(), outs, failure
 
     loop_thread, outs, failure = asyncio.run(scenario())
-    assert ran_on[0] == loop_thread and ran_on[1] == loop_thread  # inline, the failing one too
-    assert ran_on[2] != loop_thread  # not alone: the ONNX Runtime thread
+    assert [t == loop_thread for t in model.threads] == [True, True, False]  # alone (the failing one too), not
     assert failure == "negative input"
     for out in outs:
         np.testing.assert_array_equal(out, np.full((1, 2), 2, np.float32))
@@ -200,25 +200,15 @@ def test_a_batch_whose_last_run_was_long_runs_in_the_thread_even_when_alone() ->
     from service.batching import INLINE_MAX_RUN_S
 
     model = FakeModel()
+    model.before = lambda x: time.sleep(2 * INLINE_MAX_RUN_S) if len(model.threads) == 1 else None
     model.release.set()
-    ran_on: list[int] = []
-    run = model.run
-
-    def timed_run(x: tuple[np.ndarray, ...]) -> list[np.ndarray]:
-        ran_on.append(threading.get_ident())
-        if len(ran_on) == 1:
-            time.sleep(2 * INLINE_MAX_RUN_S)
-        return run(x)
-
-    model.run = timed_run  # type: ignore[method-assign]
 
     async def scenario() -> int:
-        metrics = Metrics().version(model.name, str(model.version))
-        batcher = Batcher(model, max_queue_size=16, metrics=metrics, inline=lambda: True)  # type: ignore[arg-type]
+        batcher = _batcher(model, inline=lambda: True)
         for _ in range(3):
             await batcher.infer((np.ones((1, 2), np.float32),), 10)
         await batcher.stop()
         return threading.get_ident()
 
     loop_thread = asyncio.run(scenario())
-    assert [t == loop_thread for t in ran_on] == [True, False, True]
+    assert [t == loop_thread for t in model.threads] == [True, False, True]
