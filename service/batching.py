@@ -11,10 +11,11 @@ own batch of one at once, without the round trip through the worker task; reques
 runs queue up and form the next batch as usual. When, in addition, the server holds no connection but this
 request's (``inline``, see :meth:`service.manager.ModelManager.may_run_inline`), that batch runs on the
 event loop itself: no request can be waiting for the loop meanwhile, and the two thread hops (to the ONNX
-Runtime thread and back), which are most of a lone request's overhead, are saved. Only while the last run
-took at most ``INLINE_MAX_RUN_S``: a connection that opens meanwhile waits no longer than that. Under load
-a worker holds several connections and every batch runs in the thread (running idle batchers' batches on
-the loop whatever the connections cost 0.865x the int8 throughput at 16 clients, benchmarks/RESULTS.md).
+Runtime thread and back), which are most of a lone request's overhead, are saved. Only once a run has
+taken at most ``INLINE_MAX_RUN_S``, and while the last one did: a connection that opens meanwhile waits no
+longer than that. Under load a worker holds several connections and every batch runs in the thread
+(running idle batchers' batches on the loop whatever the connections cost 0.865x the int8 throughput at 16
+clients, benchmarks/RESULTS.md).
 The queue holds one FIFO per priority level (:mod:`service.queues`): a batch takes the highest level's
 requests first, so a high-priority request waits behind no low-priority one; each request's level and queue
 timeout come from the model's queue policy and its parameters (:mod:`service.queue_policy`).
@@ -117,7 +118,7 @@ class Batcher:
     ) -> None:
         self.model = model
         self._inline = inline  # may a lone request's batch run on the event loop now (see the module docstring)
-        self._last_run_ns = 0  # how long the last batch ran
+        self._last_run_ns = 2**62  # how long the last batch ran (until one has: too long, the thread runs it)
         self.max_batch = model.max_batch_size
         self.max_delay = model.max_queue_delay_us / 1e6
         self.max_queue_size = max_queue_size
