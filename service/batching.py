@@ -11,7 +11,9 @@ own batch of one at once, without the round trip through the worker task; reques
 runs queue up and form the next batch as usual. When, in addition, the server holds no connection but this
 request's (``inline``, see :meth:`service.manager.ModelManager.may_run_inline`), that batch runs on the
 event loop itself: no request can be waiting for the loop meanwhile, and the two thread hops (to the ONNX
-Runtime thread and back), which are most of a lone request's overhead, are saved. Only once a run has
+Runtime thread and back), which are most of a lone request's overhead, are saved, and the model's
+lone-request session runs it when it has one (every core, threads spinning between runs:
+:func:`service.model.lone_session_options`). Only once a run has
 taken at most ``INLINE_MAX_RUN_S``, and while the last one did: a connection that opens meanwhile waits no
 longer than that. Under load a worker holds several connections and every batch runs in the thread
 (running idle batchers' batches on the loop whatever the connections cost 0.865x the int8 throughput at 16
@@ -340,7 +342,7 @@ class Batcher:
         if inline:
             begin = time.perf_counter_ns()
             try:
-                out, exc = self.model.run(x), None
+                out, exc = self.model.run(x, lone=True), None
             except Exception as error:  # handed to the request; KeyboardInterrupt and the like stop the loop
                 out, exc = None, error
             answer(out, exc, begin, time.perf_counter_ns())

@@ -36,6 +36,13 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
         choices=["run", "always", "off"],
         help="ONNX Runtime threads spin for work while a run lasts (default run), also between runs, or never",
     )
+    p.add_argument(
+        "--lone-request-session",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="on CPU, a second session per model, on every core with threads spinning between runs, runs a "
+        "lone client's requests (default on; --no-lone-request-session saves its memory)",
+    )
     p.add_argument("--grpc-port", type=int, help="gRPC (v2 GRPCInferenceService) port; 0: off (default 0)")
     p.add_argument("--cuda-device-id", type=int, help="GPU to run on (CUDA provider)")
     p.add_argument("--cuda-cudnn-conv-algo-search", choices=["EXHAUSTIVE", "HEURISTIC", "DEFAULT"])

@@ -60,11 +60,19 @@ class ModelManager:
         self._lock = asyncio.Lock()
 
     def may_run_inline(self) -> bool:
-        """Whether a lone request's batch may run on the event loop (:mod:`service.batching`): the server
-        says it holds one connection (``sole_connection``; never with gRPC on, whose connections it does not
-        count)."""
+        """Whether a lone request's batch may run on the event loop (:mod:`service.batching`), on the
+        lone-request session if there is one: the server says it holds one connection, with several workers
+        across all of them (``sole_connection``; never with gRPC on, whose connections it does not count)."""
         sole = self.sole_connection
         return sole is not None and sole()
+
+    def _lone_threads(self) -> int | None:
+        """Intra-op threads of a lone-request session (:func:`service.model.lone_session_options`): all the
+        workers' threads together (0, ONNX Runtime's default, with one worker and no thread setting); None
+        when ``lone_request_session`` is off."""
+        if not self.settings.lone_request_session:
+            return None
+        return self.settings.intra_op_threads * (1 if self.cluster is None else self.cluster.size)
 
     def is_ready(self) -> bool:
         """Models loaded and warm, not draining, and (with several workers) every worker so."""
@@ -128,6 +136,7 @@ class ModelManager:
                         cuda=cuda_options(s),
                         batch_buckets=s.batch_buckets,
                         spinning=s.intra_op_spinning,
+                        lone_threads=self._lone_threads(),
                     )
                 )
             except ModelLoadError as exc:

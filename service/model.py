@@ -8,6 +8,7 @@ callers (``input_name``, ``sample_shape``, ``output_name``, ...) are the first i
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -102,6 +103,7 @@ class ModelVersion:
     queue_policy: QueuePolicy = field(default_factory=QueuePolicy)  # priority levels and queue timeouts
     config: ModelConfig | None = None  # config.pbtxt as read (Triton's ModelConfig message)
     labels_output: str | None = None  # the (N, classes) output the labels name (None: none is)
+    lone_session: Any = None  # the lone-request session (see open_lone_session); None: ``session`` runs all
     input_names: list[str] = field(init=False)
     output_names: list[str] = field(init=False)
     input_index: dict[str, int] = field(init=False)
@@ -165,6 +167,7 @@ class ModelVersion:
             "provider": self.provider,
             "provider_options": self.provider_options,
             "session_options": self.session_options,
+            "lone_request_session": None if self.lone_session is None else session_in_force(self.lone_session),
             "batch_buckets": self.buckets,
         }
 
@@ -177,21 +180,30 @@ class ModelVersion:
         precision = str(self.metadata.get("bnfold.precision", "float32"))
         return self.name, str(self.version), self.provider, options, session, buckets, precision
 
-    def run(self, batch: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+    def run(self, batch: tuple[np.ndarray, ...], lone: bool = False) -> list[np.ndarray]:
         """Every output (model order) for ``batch``, one array per input (model order, N rows each), padded
-        up to its bucket when buckets are on."""
+        up to its bucket when buckets are on. ``lone``: the server holds no other connection, so the
+        lone-request session runs it when there is one."""
+        session = self.lone_session if lone and self.lone_session is not None else self.session
         if self.buckets:
-            return run_padded(self._run, batch, self.buckets)
-        return self._run(batch)
+            return run_padded(functools.partial(self._run, session), batch, self.buckets)
+        return self._run(session, batch)
 
-    def _run(self, batch: tuple[np.ndarray, ...]) -> list[np.ndarray]:
-        out: list[np.ndarray] = self.session.run(self.output_names, dict(zip(self.input_names, batch, strict=True)))
+    def _run(self, session: Any, batch: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        out: list[np.ndarray] = session.run(self.output_names, dict(zip(self.input_names, batch, strict=True)))
         return out
 
     def warm_up(self) -> None:
-        """Run every bucket (without buckets: batch 1 and the largest) once, so no request pays a set-up cost."""
-        for n in self.buckets or sorted({1, self.max_batch_size}):
-            self._run(tuple(np.zeros((n, *t.shape), V2_NUMPY.get(t.datatype, np.float32)) for t in self.inputs))
+        """Run every bucket (without buckets: batch 1 and the largest) once on each session, so no request
+        pays a set-up cost."""
+        for session in (self.session, self.lone_session):
+            if session is None:
+                continue
+            for n in self.buckets or sorted({1, self.max_batch_size}):
+                zeros: tuple[np.ndarray, ...] = tuple(
+                    np.zeros((n, *t.shape), V2_NUMPY.get(t.datatype, np.float32)) for t in self.inputs
+                )
+                self._run(session, zeros)
 
 
 def _static_dims(dims: list[Any], what: str, path: Path) -> tuple[int, ...]:
@@ -218,6 +230,24 @@ def _labels_output(outputs: tuple[TensorInfo, ...], metadata: dict[str, Any]) ->
         found = [o for o in outputs if o.name == name and o.classes]
         return found[0].name if recorded["kind"] == "logits" and found else None
     return next((o.name for o in outputs if o.classes), None)
+
+
+def lone_session_options(
+    provider: str, lone_threads: int | None, intra_op_threads: int, spinning: str
+) -> tuple[int, str] | None:
+    """(threads, spinning) of the lone-request session, or None when there is none to open.
+
+    A lone client's request (the server holds no other connection, see :mod:`service.batching`) can have
+    every core the workers share (``lone_threads``) with threads that keep spinning between runs, so the
+    next request of that client does not wait for a sleeping thread to wake: measured on 2 cores, a lone
+    client's median latency fell 0.3-0.45 ms (benchmarks/RESULTS.md). Not on CUDA (the GPU runs the model),
+    and not when it would be the serving session's twin (one worker already spinning always); spinning
+    ``off`` stays off.
+    """
+    if lone_threads is None or provider == CUDA:
+        return None
+    lone = (lone_threads, "off" if spinning == "off" else "always")
+    return None if lone == (intra_op_threads, spinning) else lone
 
 
 def _open_session(
@@ -304,11 +334,13 @@ def load_version(
     cuda: CudaOptions | None = None,
     batch_buckets: str = "off",
     spinning: str = "run",
+    lone_threads: int | None = None,
 ) -> ModelVersion:
     """Open ``<model_dir>/<version>/model.onnx`` as a session, read its metadata and warm it up.
 
     ``cuda``: the CUDA provider's options when it is chosen; ``batch_buckets``: see :mod:`service.buckets`;
-    ``spinning``: see :func:`service.providers.session_options`.
+    ``spinning``: see :func:`service.providers.session_options`; ``lone_threads``: the intra-op threads of a
+    lone-request session (:func:`lone_session_options`; None: no such session).
     """
     path = model_dir / str(version) / "model.onnx"
     if not path.is_file():
@@ -320,6 +352,9 @@ def load_version(
     session = _open_session(path, providers_setting, intra_op_threads, cuda, spinning)
     model = _describe(session, model_dir, version, config, max_batch_size, max_queue_delay_us)
     model.buckets = resolve_buckets(batch_buckets, model.provider == CUDA, model.max_batch_size)
+    lone = lone_session_options(model.provider, lone_threads, intra_op_threads, spinning)
+    if lone is not None:
+        model.lone_session = _open_session(path, providers_setting, lone[0], cuda, lone[1])
     try:
         model.warm_up()
     except Exception as exc:  # a model that cannot run its own warm-up batch must not serve

@@ -48,6 +48,8 @@ from service.settings import Settings
 from service.workers.accepting import BalancedAcceptor, CountedConnections
 
 if TYPE_CHECKING:
+    from uvicorn.server import ServerState
+
     from service.grpc.server import GrpcServer
     from service.workers.cluster import Cluster
 
@@ -196,6 +198,12 @@ def front(app: Any) -> InferenceFront:
     return InferenceFront(fallback, app.state.manager)
 
 
+def sole_connection(state: ServerState, cluster: Cluster | None) -> bool:
+    """Whether the server holds at most one connection: this process's (``state``), and with several
+    workers every worker's (the counts they publish, :mod:`service.workers.accepting`)."""
+    return len(state.connections) <= 1 and (cluster is None or cluster.connections() <= 1)
+
+
 def serve(settings: Settings, sockets: list[socket.socket] | None = None, cluster: Cluster | None = None) -> int:
     """Serve until a signal; returns the exit code (0 after a drain, 1 when forced, 3 when it could not start).
 
@@ -222,7 +230,7 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None, cluste
         grpc = GrpcServer(app.state.manager, settings, shared_port=cluster is not None)
     server = DrainingServer(config, app.state.manager, settings.drain_delay_s, grpc, cluster)
     if grpc is None:  # a lone client's batches run on the event loop (service.batching)
-        app.state.manager.sole_connection = lambda: len(server.server_state.connections) <= 1
+        app.state.manager.sole_connection = functools.partial(sole_connection, server.server_state, cluster)
     server.run(sockets)
     if not server.started or server.grpc_failed:
         logger.error("the server did not start (see the error above)")

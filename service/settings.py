@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     intra_op_spinning: Literal["run", "always", "off"] = Field(
         "run", description="intra-op threads spin while a run lasts (run), also between runs (always), or never"
     )
+    lone_request_session: bool = Field(
+        True, description="CPU: a second session per model on every core, spinning, runs a lone client's requests"
+    )
     # CUDA provider options (None: bnfold's default, see service.providers.CudaOptions); refused without CUDA
     cuda_device_id: int | None = Field(None, ge=0, description="GPU to run on")
     cuda_cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] | None = None

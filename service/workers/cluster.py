@@ -57,6 +57,15 @@ class Cluster:
         self._waiting: dict[int, asyncio.Future[tuple[int, str]]] = {}
         self._staged: dict[int, tuple[str, str, Any]] = {}
 
+    @property
+    def size(self) -> int:
+        """How many workers the server runs."""
+        return len(self.shared.connections)
+
+    def connections(self) -> int:
+        """The connections every worker holds together, as they publish them."""
+        return sum(self.shared.connections[:])
+
     def ready(self) -> bool:
         """Every worker serves and the server is not draining."""
         return self.shared.all_ready()

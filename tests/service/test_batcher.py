@@ -31,9 +31,11 @@ class FakeModel:
     queue_policy: QueuePolicy = field(default_factory=QueuePolicy)
     threads: list[int] = field(default_factory=list)  # the thread each run ran on
     before: Callable[[np.ndarray], None] | None = None  # called with the batch's input before each run
+    lone: list[bool] = field(default_factory=list)  # whether each run asked for the lone-request session
 
-    def run(self, x: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+    def run(self, x: tuple[np.ndarray, ...], lone: bool = False) -> list[np.ndarray]:
         self.threads.append(threading.get_ident())
+        self.lone.append(lone)
         if self.before is not None:
             self.before(x[0])
         self.batches.append(x[0].shape[0])
@@ -92,11 +94,11 @@ def test_stop_waits_for_a_running_batch() -> None:
 
 def test_a_failing_run_fails_its_requests_and_the_next_one_succeeds() -> None:
     class Flaky(FakeModel):
-        def run(self, x: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        def run(self, x: tuple[np.ndarray, ...], lone: bool = False) -> list[np.ndarray]:
             if not self.batches:
                 self.batches.append(-1)
                 raise RuntimeError("boom")
-            return super().run(x)
+            return super().run(x, lone)
 
     async def scenario() -> tuple[str, np.ndarray]:
         model = Flaky()
@@ -160,8 +162,9 @@ def test_a_queued_requests_repr_leaves_its_tensors_out() -> None:
 
 
 def test_a_lone_request_runs_on_the_event_loop_only_while_inline_is_allowed() -> None:
-    """With the server holding only this request's connection the batch runs on the loop (no thread hops);
-    otherwise in the ONNX Runtime thread. Either way the answer is the same, and a failure reaches the request."""
+    """With the server holding only this request's connection the batch runs on the loop (no thread hops),
+    on the lone-request session; otherwise in the ONNX Runtime thread on the worker's own session. Either way
+    the answer is the same, and a failure reaches the request."""
 
     def refuse_negative(x: np.ndarray) -> None:
         if x[0, 0] < 0:
@@ -187,6 +190,7 @@ def test_a_lone_request_runs_on_the_event_loop_only_while_inline_is_allowed() ->
 
     loop_thread, outs, failure = asyncio.run(scenario())
     assert [t == loop_thread for t in model.threads] == [False, True, True, False]  # unknown, alone (twice), not
+    assert model.lone == [False, True, True, False]
     assert failure == "negative input"
     for out in outs:
         np.testing.assert_array_equal(out, np.full((1, 2), 2, np.float32))

@@ -49,3 +49,35 @@ def test_a_malformed_config_is_a_load_error_naming_file_and_field(tmp_path: Path
     config.write_text(config.read_text().replace("max_batch_size: 64", "max_batch_sise: 8"))
     with pytest.raises(ModelLoadError, match=r"flat/config\.pbtxt: .*no field named \"max_batch_sise\""):
         load_version(model_dir, 1, "cpu", 1)
+
+
+class Recording:
+    """A session that records each run's name before running it."""
+
+    def __init__(self, inner: Any, name: str, runs: list[str]) -> None:
+        self.inner, self.name, self.runs = inner, name, runs
+
+    def run(self, names: Any, feeds: Any) -> Any:
+        self.runs.append(self.name)
+        return self.inner.run(names, feeds)
+
+
+@pytest.mark.parametrize("buckets", ["off", "1,4,64"])
+def test_a_lone_run_goes_to_the_lone_request_session_and_answers_the_same(tmp_path: Path, buckets: str) -> None:
+    """``run(x, lone=True)`` runs on the lone-request session (padded to buckets the same way) and gives the
+    serving session's answer; without a lone-request session it runs on the serving session."""
+    import numpy as np
+
+    model_dir = flatten_model(tmp_path / "repo", tmp_path)
+    model = load_version(model_dir, 1, "cpu", 1, lone_threads=2, batch_buckets=buckets)
+    assert model.lone_session is not None
+    runs: list[str] = []
+    model.session = Recording(model.session, "serving", runs)
+    model.lone_session = Recording(model.lone_session, "lone", runs)
+    x = (np.arange(12, dtype=np.float32).reshape(3, 1, 2, 2),)
+    served, lone = model.run(x), model.run(x, lone=True)
+    np.testing.assert_array_equal(lone[0], served[0])
+    np.testing.assert_array_equal(served[0], x[0].reshape(3, 4))
+    model.lone_session = None
+    model.run(x, lone=True)
+    assert runs == ["serving", "lone", "serving"]

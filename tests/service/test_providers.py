@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import onnxruntime as ort
 import pytest
+from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 import service.providers as providers
@@ -152,6 +153,7 @@ def test_metadata_and_metrics_show_provider_and_options(fake_cuda: type[FakeCuda
     assert execution["provider"] == CUDA
     assert execution["provider_options"]["gpu_mem_limit"] == "123456789"
     assert execution["batch_buckets"] == [1, 2, 4, 8, 16]  # auto on CUDA: powers of two up to max_batch_size
+    assert execution["lone_request_session"] is None  # the GPU runs the model: no CPU threads to give a client
     line = next(row for row in metrics.splitlines() if row.startswith("bnfold_model_info{"))
     assert 'provider="CUDAExecutionProvider"' in line and "123456789" in line
     assert 'batch_buckets="1,2,4,8,16"' in line and line.endswith(" 1.0")
@@ -162,7 +164,14 @@ def test_cpu_keeps_buckets_off_by_default(no_cuda: None, model_repo: Path) -> No
         execution = client.get("/v2/models/digits").json()["parameters"]["execution"]
         metrics = client.get("/metrics").text
     session = {"intra_op_num_threads": "0", "session.force_spinning_stop": "1", "session.intra_op.allow_spinning": "1"}
-    assert execution == {"provider": CPU, "provider_options": {}, "session_options": session, "batch_buckets": []}
+    lone = session | {"session.force_spinning_stop": "0"}  # the lone-request session spins between runs
+    assert execution == {
+        "provider": CPU,
+        "provider_options": {},
+        "session_options": session,
+        "lone_request_session": lone,
+        "batch_buckets": [],
+    }
     assert 'batch_buckets="off"' in metrics and 'provider="CPUExecutionProvider"' in metrics
 
 
@@ -215,3 +224,39 @@ def test_intra_op_spinning_reaches_the_served_session(
     assert f'\\"session.intra_op.allow_spinning\\": \\"{allow}\\"' in line, line
     with pytest.raises(ValidationError, match="intra_op_spinning"):
         Settings(intra_op_spinning="sometimes")  # type: ignore[arg-type]
+
+
+SPINS = {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "0"}
+OFF = {"session.intra_op.allow_spinning": "0"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "workers", "expected"),
+    [
+        ({}, 1, {"intra_op_num_threads": "0"} | SPINS),  # one worker: ONNX Runtime's own thread count
+        ({"intra_op_threads": 1}, 2, {"intra_op_num_threads": "2"} | SPINS),  # every worker's threads
+        ({"intra_op_threads": 1, "intra_op_spinning": "off"}, 2, {"intra_op_num_threads": "2", **OFF}),
+        ({"intra_op_spinning": "always"}, 1, None),  # it would be the serving session's twin
+        ({"intra_op_threads": 1, "intra_op_spinning": "off"}, 1, None),  # the same: no spinning, one worker
+        ({"lone_request_session": False}, 1, None),
+    ],
+)
+def test_the_lone_request_session_has_every_workers_threads_and_spins(
+    no_cuda: None, model_repo: Path, overrides: dict[str, object], workers: int, expected: dict[str, str] | None
+) -> None:
+    """BNFOLD_LONE_REQUEST_SESSION: on CPU a second session with all the workers' intra-op threads, spinning
+    between runs (never when spinning is off), unless it would equal the serving session or is turned off."""
+    from types import SimpleNamespace
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    app = create_app(Settings(repository=model_repo, **overrides))  # type: ignore[arg-type]
+    manager = app.state.manager
+    if workers > 1:
+        manager.cluster = SimpleNamespace(size=workers, ready=lambda: True, plan=None, attach=lambda m: None)
+    with TestClient(app) as client:
+        shown = client.get("/v2/models/digits").json()["parameters"]["execution"]["lone_request_session"]
+        lone = manager.get("digits").model.lone_session
+    assert shown == expected
+    assert (lone is None) == (expected is None)

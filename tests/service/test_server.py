@@ -263,3 +263,24 @@ def test_batches_may_run_on_the_loop_only_while_the_server_holds_one_connection(
     settings = Settings(repository=model_repo, grpc_port=free_port() if grpc else 0)
     assert server_module.serve(settings) == 0
     assert seen == ([False, False, False] if grpc else [True, True, False])  # 0, 1, then 2 connections
+
+
+def test_with_workers_the_sole_connection_is_counted_across_every_worker() -> None:
+    """A worker holding one connection is not alone while another worker holds one too: the lone-request
+    session would then run beside that worker's own session on the same cores."""
+    from types import SimpleNamespace
+
+    from service.server import sole_connection
+
+    class Workers:  # the shared per-worker counts (Cluster.connections)
+        def __init__(self, *counts: int) -> None:
+            self.counts = counts
+
+        def connections(self) -> int:
+            return sum(self.counts)
+
+    mine = SimpleNamespace(connections={object()})
+    assert sole_connection(mine, None)  # type: ignore[arg-type]
+    assert sole_connection(mine, Workers(1, 0))  # type: ignore[arg-type]
+    assert not sole_connection(mine, Workers(1, 1))  # type: ignore[arg-type]
+    assert not sole_connection(SimpleNamespace(connections={object(), object()}), Workers(1, 0))  # type: ignore[arg-type]
