@@ -69,8 +69,9 @@ class ModelManager:
     def _lone_threads(self) -> int | None:
         """Intra-op threads of a lone-request session (:func:`service.model.lone_session_options`): all the
         workers' threads together (0, ONNX Runtime's default, with one worker and no thread setting); None
-        when ``lone_request_session`` is off."""
-        if not self.settings.lone_request_session:
+        when ``lone_request_session`` is off, or with gRPC on (whose connections the server does not count, so
+        no request is known to be alone: see :meth:`may_run_inline`)."""
+        if not self.settings.lone_request_session or self.settings.grpc_port:
             return None
         return self.settings.intra_op_threads * (1 if self.cluster is None else self.cluster.size)
 
