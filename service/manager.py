@@ -11,8 +11,9 @@ Versions in requests are canonical decimal integers (``1``, not ``01`` or other 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,21 +58,36 @@ class ModelManager:
         self.draining = False
         self.cluster: Any = None  # a service.workers.cluster.Cluster when this is one worker of several
         self.sole_connection: Callable[[], bool] | None = None  # set by service.server, see may_run_inline
+        self.grpc_calls = 0  # gRPC inferences running (grpc_call)
         self._lock = asyncio.Lock()
 
     def may_run_inline(self) -> bool:
         """Whether a lone request's batch may run on the event loop (:mod:`service.batching`), on the
-        lone-request session if there is one: the server says it holds one connection, with several workers
-        across all of them (``sole_connection``; never with gRPC on, whose connections it does not count)."""
+        lone-request session if there is one: the server says it holds one client, an HTTP connection or a
+        gRPC inference, with several workers across all of them (``sole_connection``)."""
         sole = self.sole_connection
         return sole is not None and sole()
+
+    @contextlib.contextmanager
+    def grpc_call(self) -> Iterator[None]:
+        """Count a gRPC inference while it runs (a gRPC channel's connection tells nothing of its load: it is
+        one for any number of concurrent calls), published to the other workers with several."""
+        self._count_grpc(1)
+        try:
+            yield
+        finally:
+            self._count_grpc(-1)
+
+    def _count_grpc(self, change: int) -> None:
+        self.grpc_calls += change
+        if self.cluster is not None:
+            self.cluster.publish_grpc_calls(self.grpc_calls)
 
     def _lone_threads(self) -> int | None:
         """Intra-op threads of a lone-request session (:func:`service.model.lone_session_options`): all the
         workers' threads together (0, ONNX Runtime's default, with one worker and no thread setting); None
-        when ``lone_request_session`` is off, or with gRPC on (whose connections the server does not count, so
-        no request is known to be alone: see :meth:`may_run_inline`)."""
-        if not self.settings.lone_request_session or self.settings.grpc_port:
+        when ``lone_request_session`` is off."""
+        if not self.settings.lone_request_session:
             return None
         return self.settings.intra_op_threads * (1 if self.cluster is None else self.cluster.size)
 

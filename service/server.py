@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from uvicorn.server import ServerState
 
     from service.grpc.server import GrpcServer
+    from service.manager import ModelManager
     from service.workers.cluster import Cluster
 
 logger = logging.getLogger(__name__)
@@ -198,10 +199,11 @@ def front(app: Any) -> InferenceFront:
     return InferenceFront(fallback, app.state.manager)
 
 
-def sole_connection(state: ServerState, cluster: Cluster | None) -> bool:
-    """Whether the server holds at most one connection: this process's (``state``), and with several
-    workers every worker's (the counts they publish, :mod:`service.workers.accepting`)."""
-    return len(state.connections) <= 1 and (cluster is None or cluster.connections() <= 1)
+def sole_connection(state: ServerState, manager: ModelManager, cluster: Cluster | None) -> bool:
+    """Whether the server holds at most one client: HTTP connections (``state``) and gRPC inferences running
+    (``manager.grpc_calls``) together, and with several workers every worker's (the counts they publish,
+    :mod:`service.workers.accepting`, :meth:`ModelManager.grpc_call`)."""
+    return len(state.connections) + manager.grpc_calls <= 1 and (cluster is None or cluster.clients() <= 1)
 
 
 def serve(settings: Settings, sockets: list[socket.socket] | None = None, cluster: Cluster | None = None) -> int:
@@ -229,8 +231,10 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None, cluste
 
         grpc = GrpcServer(app.state.manager, settings, shared_port=cluster is not None)
     server = DrainingServer(config, app.state.manager, settings.drain_delay_s, grpc, cluster)
-    if grpc is None:  # a lone client's batches run on the event loop (service.batching)
-        app.state.manager.sole_connection = functools.partial(sole_connection, server.server_state, cluster)
+    # a lone client's batches run on the event loop (service.batching)
+    app.state.manager.sole_connection = functools.partial(
+        sole_connection, server.server_state, app.state.manager, cluster
+    )
     server.run(sockets)
     if not server.started or server.grpc_failed:
         logger.error("the server did not start (see the error above)")

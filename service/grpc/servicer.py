@@ -126,9 +126,14 @@ class Servicer(GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """The HTTP route's pipeline (service.pipeline) with gRPC's codec; the deadline bounds the wait."""
         version = request.model_version or None
-        result = await infer_decoded(
-            self.manager, request.model_name, version, lambda: decode_infer_request(request), context.time_remaining()
-        )
+        with self.manager.grpc_call():
+            result = await infer_decoded(
+                self.manager,
+                request.model_name,
+                version,
+                lambda: decode_infer_request(request),
+                context.time_remaining(),
+            )
         return encode_infer_response(result.model_name, result.model_version, result.id, result.outputs)
 
     # ---- model repository (API key) ----------------------------------------------------------------------

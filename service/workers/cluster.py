@@ -33,12 +33,14 @@ Plan = dict[str, list[int]]
 
 @dataclass
 class Shared:
-    """Shared memory made by the supervisor: ``ready`` (one byte per worker slot), ``draining``, and
-    ``connections`` (the connections each worker slot holds, see :mod:`service.workers.accepting`)."""
+    """Shared memory made by the supervisor: ``ready`` (one byte per worker slot), ``draining``,
+    ``connections`` (the HTTP connections each worker slot holds, see :mod:`service.workers.accepting`) and
+    ``grpc_calls`` (the gRPC inferences each is running)."""
 
     ready: Any  # multiprocessing.Array("b", workers)
     draining: Any  # multiprocessing.Value("b")
     connections: Any  # multiprocessing.Array("i", workers)
+    grpc_calls: Any  # multiprocessing.Array("i", workers)
 
     def all_ready(self) -> bool:
         return not self.draining.value and all(self.ready)
@@ -62,9 +64,13 @@ class Cluster:
         """How many workers the server runs."""
         return len(self.shared.connections)
 
-    def connections(self) -> int:
-        """The connections every worker holds together, as they publish them."""
-        return sum(self.shared.connections[:])
+    def clients(self) -> int:
+        """The HTTP connections and gRPC inferences of every worker together, as they publish them."""
+        return sum(self.shared.connections[:]) + sum(self.shared.grpc_calls[:])
+
+    def publish_grpc_calls(self, calls: int) -> None:
+        """This worker now runs ``calls`` gRPC inferences."""
+        self.shared.grpc_calls[self.slot] = calls
 
     def ready(self) -> bool:
         """Every worker serves and the server is not draining."""

@@ -111,6 +111,7 @@ class Supervisor:
             self.ctx.Array("b", workers, lock=False),
             self.ctx.Value("b", 0, lock=False),
             self.ctx.Array("i", workers, lock=False),
+            self.ctx.Array("i", workers, lock=False),
         )
         self.workers: dict[int, Worker] = {}
         self.plan: Plan | None = None  # versions served, once every worker has been ready
@@ -206,7 +207,8 @@ class Supervisor:
         worker.process.join()
         worker.exit_code = code = worker.process.exitcode
         self.shared.ready[worker.slot] = 0
-        self.shared.connections[worker.slot] = 0  # its connections died with it
+        self.shared.connections[worker.slot] = 0  # its connections and calls died with it
+        self.shared.grpc_calls[worker.slot] = 0
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.process.pid, self.metrics_dir)

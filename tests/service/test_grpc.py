@@ -368,3 +368,47 @@ def test_a_taken_grpc_port_stops_the_server_with_a_clear_error(model_repo: Path)
             srv.stop()
     assert code == 3, out
     assert f"cannot listen for gRPC on 127.0.0.1:{port} (BNFOLD_GRPC_PORT)" in out
+
+
+def test_a_grpc_inference_is_counted_while_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ModelInfer counts itself (ModelManager.grpc_call) while it runs, published to the other workers, and
+    uncounts itself however it ends: the server knows whether a request is alone (service.server)."""
+    from types import SimpleNamespace
+
+    from service.errors import bad_request
+    from service.grpc import servicer as servicer_module
+    from service.manager import ModelManager
+    from service.metrics import Metrics
+    from service.settings import Settings
+
+    manager = ModelManager(Settings(), Metrics())
+    published: list[int] = []
+    manager.cluster = SimpleNamespace(publish_grpc_calls=published.append)
+    seen: list[int] = []
+
+    async def infer(manager: ModelManager, *args: Any) -> Any:
+        seen.append(manager.grpc_calls)
+        if len(seen) == 2:
+            raise bad_request("refused")
+        return SimpleNamespace(model_name="m", model_version="1", id="", outputs=[])
+
+    class Context:
+        def time_remaining(self) -> None:
+            return None
+
+        async def abort(self, code: Any, message: str) -> None:
+            raise grpc.aio.AbortError(code, message)
+
+    monkeypatch.setattr(servicer_module, "infer_decoded", infer)
+    servicer = servicer_module.Servicer(manager, manager.settings)
+
+    async def scenario() -> None:
+        await servicer.ModelInfer(pb.ModelInferRequest(model_name="m"), Context())
+        with pytest.raises(grpc.aio.AbortError):
+            await servicer.ModelInfer(pb.ModelInferRequest(model_name="m"), Context())
+
+    import asyncio
+
+    asyncio.run(scenario())
+    assert seen == [1, 1] and manager.grpc_calls == 0
+    assert published == [1, 0, 1, 0]

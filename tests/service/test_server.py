@@ -241,11 +241,11 @@ def test_every_setting_has_its_flag() -> None:
 
 
 @pytest.mark.parametrize("grpc", [False, True])
-def test_batches_may_run_on_the_loop_only_while_the_server_holds_one_connection(
+def test_batches_may_run_on_the_loop_only_while_the_server_holds_one_client(
     model_repo: Path, monkeypatch: pytest.MonkeyPatch, grpc: bool
 ) -> None:
-    """serve() tells the batchers (ModelManager.may_run_inline) from uvicorn's own set of open connections;
-    with gRPC on, whose connections that set does not hold, never."""
+    """serve() tells the batchers (ModelManager.may_run_inline) from uvicorn's own set of open connections
+    and the gRPC inferences running (ModelManager.grpc_call), gRPC on or off."""
     from service import server as server_module
     from service.settings import Settings
     from tests.service.conftest import free_port
@@ -253,34 +253,39 @@ def test_batches_may_run_on_the_loop_only_while_the_server_holds_one_connection(
     seen: list[bool] = []
 
     def run(self: Any, sockets: Any = None) -> None:  # instead of serving: look, as a batcher would
-        connections = self.server_state.connections
-        for _ in range(3):
-            seen.append(self.manager.may_run_inline())
+        connections, manager = self.server_state.connections, self.manager
+        seen.append(manager.may_run_inline())  # nobody
+        with manager.grpc_call():
+            seen.append(manager.may_run_inline())  # one gRPC inference
             connections.add(object())
+            seen.append(manager.may_run_inline())  # and an HTTP connection
+        seen.append(manager.may_run_inline())  # one HTTP connection
+        connections.add(object())
+        seen.append(manager.may_run_inline())  # two
         self.started = True
 
     monkeypatch.setattr(server_module.DrainingServer, "run", run)
     settings = Settings(repository=model_repo, grpc_port=free_port() if grpc else 0)
     assert server_module.serve(settings) == 0
-    assert seen == ([False, False, False] if grpc else [True, True, False])  # 0, 1, then 2 connections
+    assert seen == [True, True, False, True, False]
 
 
-def test_with_workers_the_sole_connection_is_counted_across_every_worker() -> None:
-    """A worker holding one connection is not alone while another worker holds one too: the lone-request
-    session would then run beside that worker's own session on the same cores."""
+def test_with_workers_the_sole_client_is_counted_across_every_worker() -> None:
+    """A worker holding one connection is not alone while another worker holds a connection or runs a gRPC
+    inference: the lone-request session would then run beside that worker's own session on the same cores."""
     from types import SimpleNamespace
 
     from service.server import sole_connection
+    from service.workers.cluster import Cluster, Shared
 
-    class Workers:  # the shared per-worker counts (Cluster.connections)
-        def __init__(self, *counts: int) -> None:
-            self.counts = counts
+    def workers(connections: list[int], grpc_calls: list[int]) -> Cluster:
+        return Cluster(0, Shared([1, 1], SimpleNamespace(value=0), connections, grpc_calls), None, None)
 
-        def connections(self) -> int:
-            return sum(self.counts)
-
-    mine = SimpleNamespace(connections={object()})
-    assert sole_connection(mine, None)  # type: ignore[arg-type]
-    assert sole_connection(mine, Workers(1, 0))  # type: ignore[arg-type]
-    assert not sole_connection(mine, Workers(1, 1))  # type: ignore[arg-type]
-    assert not sole_connection(SimpleNamespace(connections={object(), object()}), Workers(1, 0))  # type: ignore[arg-type]
+    one, quiet = SimpleNamespace(connections={object()}), SimpleNamespace(grpc_calls=0)
+    assert sole_connection(one, quiet, None)  # type: ignore[arg-type]
+    assert sole_connection(one, quiet, workers([1, 0], [0, 0]))  # type: ignore[arg-type]
+    assert not sole_connection(one, quiet, workers([1, 1], [0, 0]))  # type: ignore[arg-type]
+    assert not sole_connection(one, quiet, workers([1, 0], [0, 1]))  # type: ignore[arg-type]
+    assert not sole_connection(one, SimpleNamespace(grpc_calls=1), None)  # type: ignore[arg-type]
+    two = SimpleNamespace(connections={object(), object()})
+    assert not sole_connection(two, quiet, workers([1, 0], [0, 0]))  # type: ignore[arg-type]

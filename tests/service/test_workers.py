@@ -359,7 +359,7 @@ def test_a_worker_that_cannot_start_stops_the_start_and_leaves_no_orphans(tmp_pa
 def test_readiness_needs_every_worker_and_no_drain() -> None:
     from service.workers.cluster import Shared
 
-    shared = Shared([1, 1], type("Flag", (), {"value": 0})(), [0, 0])
+    shared = Shared([1, 1], type("Flag", (), {"value": 0})(), [0, 0], [0, 0])
     assert shared.all_ready()
     shared.ready[1] = 0  # one worker dead or still starting
     assert not shared.all_ready()
