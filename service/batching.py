@@ -8,13 +8,13 @@ request is one array per model input (the same number of rows in each); a batch 
 along axis 0 together, and every output is split back by rows.
 A request that finds the batcher idle (no batch running, nothing queued, nobody else arriving) starts its
 own batch of one at once, without the round trip through the worker task; requests that arrive while it
-runs queue up and form the next batch as usual. When, in addition, the server holds no connection but this
-request's (``inline``, see :meth:`service.manager.ModelManager.may_run_inline`), that batch runs on the
-event loop itself: no request can be waiting for the loop meanwhile, and the two thread hops (to the ONNX
-Runtime thread and back), which are most of a lone request's overhead, are saved, and the model's
-lone-request session runs it when it has one (every core, threads spinning between runs:
-:func:`service.model.lone_session_options`). Only once a run has
-taken at most ``INLINE_MAX_RUN_S``, and while the last one did: a connection that opens meanwhile waits no
+runs queue up and form the next batch as usual. When, in addition, the server has no client but this
+request's (no other HTTP connection or gRPC inference: ``inline``, see
+:meth:`service.manager.ModelManager.may_run_inline`), that batch runs on the event loop itself: no request
+can be waiting for the loop meanwhile, and the two thread hops (to the ONNX Runtime thread and back), which
+are most of a lone request's overhead, are saved; the model's lone-request session runs it when it has one
+(every core, threads spinning between runs: :func:`service.model.lone_session_options`). Only once a run has
+taken at most ``INLINE_MAX_RUN_S``, and while the last one did: a client that arrives meanwhile waits no
 longer than that. Under load a worker holds several connections and every batch runs in the thread
 (running idle batchers' batches on the loop whatever the connections cost 0.865x the int8 throughput at 16
 clients, benchmarks/RESULTS.md).

@@ -57,15 +57,15 @@ class ModelManager:
         self.ready = False
         self.draining = False
         self.cluster: Any = None  # a service.workers.cluster.Cluster when this is one worker of several
-        self.sole_connection: Callable[[], bool] | None = None  # set by service.server, see may_run_inline
+        self.sole_client: Callable[[], bool] | None = None  # set by service.server, see may_run_inline
         self.grpc_calls = 0  # gRPC inferences running (grpc_call)
         self._lock = asyncio.Lock()
 
     def may_run_inline(self) -> bool:
         """Whether a lone request's batch may run on the event loop (:mod:`service.batching`), on the
         lone-request session if there is one: the server says it holds one client, an HTTP connection or a
-        gRPC inference, with several workers across all of them (``sole_connection``)."""
-        sole = self.sole_connection
+        gRPC inference, with several workers across all of them (``sole_client``)."""
+        sole = self.sole_client
         return sole is not None and sole()
 
     @contextlib.contextmanager

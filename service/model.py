@@ -103,7 +103,7 @@ class ModelVersion:
     queue_policy: QueuePolicy = field(default_factory=QueuePolicy)  # priority levels and queue timeouts
     config: ModelConfig | None = None  # config.pbtxt as read (Triton's ModelConfig message)
     labels_output: str | None = None  # the (N, classes) output the labels name (None: none is)
-    lone_session: Any = None  # the lone-request session (see open_lone_session); None: ``session`` runs all
+    lone_session: Any = None  # the lone-request session (see lone_session_options); None: ``session`` runs all
     input_names: list[str] = field(init=False)
     output_names: list[str] = field(init=False)
     input_index: dict[str, int] = field(init=False)
@@ -182,7 +182,7 @@ class ModelVersion:
 
     def run(self, batch: tuple[np.ndarray, ...], lone: bool = False) -> list[np.ndarray]:
         """Every output (model order) for ``batch``, one array per input (model order, N rows each), padded
-        up to its bucket when buckets are on. ``lone``: the server holds no other connection, so the
+        up to its bucket when buckets are on. ``lone``: the server has no other client, so the
         lone-request session runs it when there is one."""
         session = self.lone_session if lone and self.lone_session is not None else self.session
         if self.buckets:
@@ -237,7 +237,7 @@ def lone_session_options(
 ) -> tuple[int, str] | None:
     """(threads, spinning) of the lone-request session, or None when there is none to open.
 
-    A lone client's request (the server holds no other connection, see :mod:`service.batching`) can have
+    A lone client's request (the server has no other client, see :mod:`service.batching`) can have
     every core the workers share (``lone_threads``) with threads that keep spinning between runs, so the
     next request of that client does not wait for a sleeping thread to wake: measured on 2 cores, a lone
     client's median latency fell 0.3-0.45 ms (benchmarks/RESULTS.md). Not on CUDA (the GPU runs the model),

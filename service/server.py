@@ -199,7 +199,7 @@ def front(app: Any) -> InferenceFront:
     return InferenceFront(fallback, app.state.manager)
 
 
-def sole_connection(state: ServerState, manager: ModelManager, cluster: Cluster | None) -> bool:
+def sole_client(state: ServerState, manager: ModelManager, cluster: Cluster | None) -> bool:
     """Whether the server holds at most one client: HTTP connections (``state``) and gRPC inferences running
     (``manager.grpc_calls``) together, and with several workers every worker's (the counts they publish,
     :mod:`service.workers.accepting`, :meth:`ModelManager.grpc_call`)."""
@@ -232,9 +232,7 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None, cluste
         grpc = GrpcServer(app.state.manager, settings, shared_port=cluster is not None)
     server = DrainingServer(config, app.state.manager, settings.drain_delay_s, grpc, cluster)
     # a lone client's batches run on the event loop (service.batching)
-    app.state.manager.sole_connection = functools.partial(
-        sole_connection, server.server_state, app.state.manager, cluster
-    )
+    app.state.manager.sole_client = functools.partial(sole_client, server.server_state, app.state.manager, cluster)
     server.run(sockets)
     if not server.started or server.grpc_failed:
         logger.error("the server did not start (see the error above)")

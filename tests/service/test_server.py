@@ -275,17 +275,17 @@ def test_with_workers_the_sole_client_is_counted_across_every_worker() -> None:
     inference: the lone-request session would then run beside that worker's own session on the same cores."""
     from types import SimpleNamespace
 
-    from service.server import sole_connection
+    from service.server import sole_client
     from service.workers.cluster import Cluster, Shared
 
     def workers(connections: list[int], grpc_calls: list[int]) -> Cluster:
         return Cluster(0, Shared([1, 1], SimpleNamespace(value=0), connections, grpc_calls), None, None)
 
     one, quiet = SimpleNamespace(connections={object()}), SimpleNamespace(grpc_calls=0)
-    assert sole_connection(one, quiet, None)  # type: ignore[arg-type]
-    assert sole_connection(one, quiet, workers([1, 0], [0, 0]))  # type: ignore[arg-type]
-    assert not sole_connection(one, quiet, workers([1, 1], [0, 0]))  # type: ignore[arg-type]
-    assert not sole_connection(one, quiet, workers([1, 0], [0, 1]))  # type: ignore[arg-type]
-    assert not sole_connection(one, SimpleNamespace(grpc_calls=1), None)  # type: ignore[arg-type]
+    assert sole_client(one, quiet, None)  # type: ignore[arg-type]
+    assert sole_client(one, quiet, workers([1, 0], [0, 0]))  # type: ignore[arg-type]
+    assert not sole_client(one, quiet, workers([1, 1], [0, 0]))  # type: ignore[arg-type]
+    assert not sole_client(one, quiet, workers([1, 0], [0, 1]))  # type: ignore[arg-type]
+    assert not sole_client(one, SimpleNamespace(grpc_calls=1), None)  # type: ignore[arg-type]
     two = SimpleNamespace(connections={object(), object()})
-    assert not sole_connection(two, quiet, workers([1, 0], [0, 0]))  # type: ignore[arg-type]
+    assert not sole_client(two, quiet, workers([1, 0], [0, 0]))  # type: ignore[arg-type]
