@@ -360,12 +360,14 @@ def load_version(
     except Exception as exc:  # a model that cannot run its own warm-up batch must not serve
         raise ModelLoadError(f"{path}: warm-up run failed: {first_line(exc)}") from exc
     buckets = list(model.buckets) or "off"
+    lone_note = "" if lone is None else f", lone-request session: {lone[0] or 'default'} threads, spinning {lone[1]}"
     logger.info(
-        "loaded %s v%d (%s, max batch %d, buckets %s)",
+        "loaded %s v%d (%s, max batch %d, buckets %s%s)",
         model.name,
         version,
         model.provider,
         model.max_batch_size,
         buckets,
+        lone_note,
     )
     return model

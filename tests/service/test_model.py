@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +64,18 @@ class Recording:
 
 
 @pytest.mark.parametrize("buckets", ["off", "1,4,64"])
-def test_a_lone_run_goes_to_the_lone_request_session_and_answers_the_same(tmp_path: Path, buckets: str) -> None:
+def test_a_lone_run_goes_to_the_lone_request_session_and_answers_the_same(
+    tmp_path: Path, buckets: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """``run(x, lone=True)`` runs on the lone-request session (padded to buckets the same way) and gives the
     serving session's answer; without a lone-request session it runs on the serving session."""
     import numpy as np
 
     model_dir = flatten_model(tmp_path / "repo", tmp_path)
-    model = load_version(model_dir, 1, "cpu", 1, lone_threads=2, batch_buckets=buckets)
+    with caplog.at_level(logging.INFO, logger="service.model"):
+        model = load_version(model_dir, 1, "cpu", 1, lone_threads=2, batch_buckets=buckets)
     assert model.lone_session is not None
+    assert "lone-request session: 2 threads, spinning always)" in caplog.text  # its cost, said at load
     runs: list[str] = []
     model.session = Recording(model.session, "serving", runs)
     model.lone_session = Recording(model.lone_session, "lone", runs)
