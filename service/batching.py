@@ -377,8 +377,9 @@ class Batcher:
             return
         started, prepared, begin, end = timing
         split = time.perf_counter_ns()
-        self.metrics.compute_seconds.observe((split - started) / 1e9)
-        self.metrics.batch_size.observe(samples)
+        metrics = self.metrics
+        metrics.tally.observe(metrics.compute_seconds, (split - started) / 1e9)
+        metrics.tally.observe(metrics.batch_size, samples)
         offset = 0
         answered = []
         for item in batch:

@@ -9,7 +9,9 @@ request that the server controls.
 :class:`CoalescingTransport` holds what is written during one step of the event loop and hands it to the
 real transport in one write at the start of the next step (``loop.call_soon``), so a response's head and
 body leave together. Nothing else changes: the bytes and their order are the same, a close or an EOF first
-writes what is held, and everything but ``write`` is the real transport's own.
+writes what is held, and everything but ``write`` is the real transport's own. An inference answer, already
+one write, goes out at once (:meth:`CoalescingTransport.write_now`): ahead of the metric updates that the
+same step defers to its end (:mod:`service.tally`), so they no longer delay the client.
 
 A handler that wants to know when its client goes away (the inference route: a queued request is dropped)
 calls ``scope[ON_DISCONNECT](callback)``: the protocol calls ``callback()`` if the connection is lost before
@@ -64,6 +66,14 @@ class CoalescingTransport:
         if not self._held:
             self._loop.call_soon(self.flush)
         self._held.append(data)
+
+    def write_now(self, data: bytes) -> None:
+        """Write what is held and then ``data`` now, in this step: for a response that is already one write
+        (an inference answer), so it leaves before the end-of-step work (:mod:`service.tally`)."""
+        if self._held:
+            self.flush()
+        if not self._transport.is_closing():
+            self._transport.write(data)
 
     def flush(self) -> None:
         """Write what is held now (nothing when the connection is already closing: it cannot be sent)."""
@@ -228,7 +238,7 @@ class HttpProtocol(_Base):
         for name, value in (*self.server_state.default_headers, *raw):
             head += (name, b": ", value, b"\r\n")
         head.append(b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
-        self.transport.write(b"".join(head) + body)
+        self.transport.write_now(b"".join(head) + body)
         exchange.response_complete = True
         if not keep_alive:
             self.transport.close()

@@ -107,7 +107,7 @@ class Metrics:
                 compute_seconds=self.compute_seconds.labels(*key),
                 batch_size=self.batch_size.labels(*key),
                 queue_depth=self.queue_depth.labels(*key),
-                stats=self.statistics.version(*key),
+                stats=self.statistics.version(*key, self.tally),
                 tally=self.tally,
             )
         return self._versions[key]

@@ -27,6 +27,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from service.tally import Tally
+
 REQUEST_STATS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
 COMPUTE_STATS = ("compute_input", "compute_infer", "compute_output")
 TRITON_ONLY_STATS = ("cache_hit", "cache_miss")  # Triton's fields that bnfold (no response cache) keeps at 0
@@ -44,7 +46,8 @@ class BatchTimes:
 
 @dataclass
 class VersionStatistics:
-    """One model version's statistics series, bound once (``labels()`` is too slow for the hot path)."""
+    """One model version's statistics series, bound once (``labels()`` is too slow for the hot path), written
+    through a :class:`~service.tally.Tally` (at the end of the event loop's step, after the response)."""
 
     requests: dict[str, Any]
     nanoseconds: dict[str, Any]
@@ -54,12 +57,13 @@ class VersionStatistics:
     _batch: Any  # the family children per batch size come from
     _batch_ns: Any
     _key: tuple[str, str]
+    tally: Tally
     _sizes: dict[int, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
 
     def request(self, stat: str, ns: int) -> None:
         """One request adds to ``stat`` (one of :data:`REQUEST_STATS`), taking ``ns`` nanoseconds."""
-        self.requests[stat].inc()
-        self.nanoseconds[stat].inc(ns)
+        self.tally.inc(self.requests[stat])
+        self.tally.inc(self.nanoseconds[stat], ns)
 
     def answered(self, queue_ns: int, times: BatchTimes) -> None:
         """One request answered by a batch: its queue time, and the batch's compute times."""
@@ -70,14 +74,15 @@ class VersionStatistics:
         figures as :meth:`answered` once per request (each request is charged the batch's compute times),
         in eight counter updates per batch instead of eight per request (each one a locked write to a
         memory-mapped file with several workers)."""
+        tally = self.tally
         for stat, ns in (
             ("queue", queue_ns),
             ("compute_input", times.compute_input * requests),
             ("compute_infer", times.compute_infer * requests),
             ("compute_output", times.compute_output * requests),
         ):
-            self.requests[stat].inc(requests)
-            self.nanoseconds[stat].inc(ns)
+            tally.inc(self.requests[stat], requests)
+            tally.inc(self.nanoseconds[stat], ns)
 
     def batch(self, size: int, times: BatchTimes) -> None:
         """One batch of ``size`` samples ran."""
@@ -87,12 +92,13 @@ class VersionStatistics:
                 {s: self._batch_ns.labels(*self._key, str(size), s) for s in COMPUTE_STATS},
             )
         count, ns = self._sizes[size]
-        count.inc()
+        tally = self.tally
+        tally.inc(count)
         for stat in COMPUTE_STATS:
-            ns[stat].inc(getattr(times, stat))
-        self.inferences.inc(size)
-        self.executions.inc()
-        self.last_inference.set(time.time_ns() // 1_000_000)
+            tally.inc(ns[stat], getattr(times, stat))
+        tally.inc(self.inferences, size)
+        tally.inc(self.executions)
+        tally.set(self.last_inference, time.time_ns() // 1_000_000)
 
 
 class StatisticsMetrics:
@@ -123,8 +129,8 @@ class StatisticsMetrics:
             registry=r,
         )
 
-    def version(self, model: str, version: str) -> VersionStatistics:
-        """The bound series of ``model`` version ``version``."""
+    def version(self, model: str, version: str, tally: Tally) -> VersionStatistics:
+        """The bound series of ``model`` version ``version``, written through ``tally``."""
         key = (model, version)
         return VersionStatistics(
             requests={s: self.requests.labels(*key, s) for s in REQUEST_STATS},
@@ -135,6 +141,7 @@ class StatisticsMetrics:
             _batch=self.batch,
             _batch_ns=self.batch_ns,
             _key=key,
+            tally=tally,
         )
 
 

@@ -1,4 +1,4 @@
-"""Per-request metric updates added up in Python and written once per step of the event loop.
+"""Per-request and per-batch metric updates added up in Python and written once per step of the event loop.
 
 With several workers every Prometheus value write is a locked write to a memory-mapped file (prometheus_client's
 multiprocess mode); a request's own series (its outcome, request time, Triton's success statistics, its queue
@@ -7,6 +7,11 @@ a batch answers all finish in the same step of the event loop, so :class:`Tally`
 dict and writes each series once, in a callback scheduled for the end of that step (``loop.call_soon``): the
 same totals, one write per series per step instead of one per request. Outside a running event loop an update
 is written at once.
+
+The callback also comes after the response: a lone request's batch runs, and its response is written
+(:meth:`service.http_protocol.CoalescingTransport.write_now`), in the step that made its updates, so the
+batch's own series (compute time, batch size, Triton's statistics: about twenty writes) no longer stand
+between the run and the client. A gauge's :meth:`Tally.set` keeps the step's last value.
 
 A histogram observation is added to the ``_sum`` and the bucket of the observed histogram child (what
 ``Histogram.observe`` itself does); a child without those attributes (another prometheus_client) is observed
@@ -23,16 +28,23 @@ from typing import Any
 class Tally:
     """Counter increments and histogram observations, merged within one step of the event loop."""
 
-    __slots__ = ("_adds", "_scheduled")
+    __slots__ = ("_adds", "_scheduled", "_sets")
 
     def __init__(self) -> None:
         self._adds: dict[Any, float] = {}  # a prometheus value (or counter child) -> what to add to it
+        self._sets: dict[Any, float] = {}  # a gauge child -> the value it takes
         self._scheduled = False
 
     def inc(self, child: Any, amount: float = 1.0) -> None:
         """``child.inc(amount)``, written at the end of this step."""
         adds = self._adds
         adds[child] = adds.get(child, 0.0) + amount
+        if not self._scheduled:
+            self._schedule()
+
+    def set(self, child: Any, value: float) -> None:
+        """``child.set(value)`` for a gauge child, written at the end of this step (the last value set wins)."""
+        self._sets[child] = value
         if not self._scheduled:
             self._schedule()
 
@@ -59,6 +71,9 @@ class Tally:
     def flush(self) -> None:
         """Write everything added so far."""
         adds, self._adds = self._adds, {}
+        sets, self._sets = self._sets, {}
         self._scheduled = False
         for child, amount in adds.items():
             child.inc(amount)
+        for child, value in sets.items():
+            child.set(value)

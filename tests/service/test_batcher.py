@@ -217,3 +217,39 @@ def test_a_batch_whose_last_run_was_long_runs_in_the_thread_even_when_alone() ->
 
     loop_thread = asyncio.run(scenario())
     assert [t == loop_thread for t in model.threads] == [False, True, False, True]  # unknown, short, long, short
+
+
+def test_a_batchs_metrics_are_written_after_its_answer_at_the_end_of_the_step() -> None:
+    """The batch's own series (compute time, batch size, Triton's statistics) go through the tally: a lone
+    request on the loop has its answer before any of them is written, and they are all there one step later."""
+    model = FakeModel()
+    model.release.set()
+    metrics = Metrics()
+    labels = {"model": model.name, "version": str(model.version)}
+
+    def written() -> list[float | None]:
+        sample = metrics.registry.get_sample_value
+        return [
+            sample("bnfold_batch_size_count", labels),
+            sample("bnfold_compute_seconds_count", labels),
+            sample("bnfold_stats_executions_total", labels),
+            sample("bnfold_stats_requests_total", {**labels, "stat": "compute_infer"}),
+            sample("bnfold_stats_last_inference_ms", labels),
+        ]
+
+    async def scenario() -> tuple[list[float | None], list[float | None], list[float | None]]:
+        batcher = Batcher(model, 16, metrics.version(model.name, "1"), inline=lambda: True)  # type: ignore[arg-type]
+        await batcher.infer((np.ones((1, 2), np.float32),), 10)  # the first run's time is unknown: the thread
+        await asyncio.sleep(0)
+        before = written()
+        await batcher.infer((np.ones((1, 2), np.float32),), 10)  # on the loop, answered in this step
+        during = written()
+        await asyncio.sleep(0)
+        after = written()
+        await batcher.stop()
+        return before, during, after
+
+    before, during, after = asyncio.run(scenario())
+    assert before[:4] == [1, 1, 1, 1] and before[4] is not None and before[4] > 0
+    assert during == before  # answered, nothing of this batch written yet
+    assert after[:4] == [2, 2, 2, 2]

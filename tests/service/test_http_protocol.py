@@ -89,6 +89,22 @@ def test_close_and_eof_write_what_is_held_first_abort_drops_it() -> None:
     asyncio.run(main())
 
 
+def test_write_now_writes_what_is_held_then_its_data_before_the_step_ends() -> None:
+    async def main() -> None:
+        real = FakeTransport()
+        t = CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+        t.write(b"earlier ")
+        t.write_now(b"answer")
+        assert real.writes == [b"earlier ", b"answer"]  # in order, and now: not at the end of the step
+        await _step()
+        assert real.writes == [b"earlier ", b"answer"]  # nothing left to write twice
+        real.closing = True
+        t.write_now(b"too late")
+        assert real.writes == [b"earlier ", b"answer"]
+
+    asyncio.run(main())
+
+
 def test_nothing_is_written_to_a_transport_already_closing() -> None:
     async def main() -> None:
         real = FakeTransport()

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from tritonclient.utils import InferenceServerException
 
 from service.statistics import BatchTimes, StatisticsMetrics, read_statistics
+from service.tally import Tally
 from tests.service.test_grpc import GrpcServerProcess, started
 
 TRITON_KEYS = {
@@ -103,7 +104,7 @@ def test_unknown_model_or_version_is_a_clear_4xx(server: GrpcServerProcess) -> N
 def test_read_back_from_the_registry() -> None:
     """The figures are the registry's series, exactly; a version that ran nothing reads as zeros."""
     registry = CollectorRegistry()
-    first = StatisticsMetrics(registry).version("m", "1")
+    first = StatisticsMetrics(registry).version("m", "1", Tally())
     times = BatchTimes(10, 100, 1)
     first.batch(2, times)
     first.answered(5, times)

@@ -34,6 +34,25 @@ def test_updates_in_one_step_are_written_once_at_its_end() -> None:
     assert during == [] and after == [10.5, 1.0]
 
 
+def test_a_gauge_takes_the_last_value_set_in_a_step_at_its_end() -> None:
+    class Gauge:
+        def __init__(self) -> None:
+            self.values: list[float] = []
+
+        def set(self, value: float) -> None:
+            self.values.append(value)
+
+    async def scenario() -> tuple[list[float], list[float]]:
+        tally, gauge = Tally(), Gauge()
+        tally.set(gauge, 1.0)
+        tally.set(gauge, 3.0)
+        during = list(gauge.values)
+        await asyncio.sleep(0)
+        return during, gauge.values
+
+    assert asyncio.run(scenario()) == ([], [3.0])
+
+
 def test_outside_an_event_loop_an_update_is_written_at_once() -> None:
     tally, child = Tally(), Recorder()
     tally.inc(child, 3)
