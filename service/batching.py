@@ -6,18 +6,19 @@ early when no other request is on its way: ``arriving`` counts requests still be
 off the event loop (ONNX Runtime releases the GIL) and hands each request exactly its own rows back. A
 request is one array per model input (the same number of rows in each); a batch concatenates every input
 along axis 0 together, and every output is split back by rows.
-A request that finds the batcher idle (no batch running, nothing queued, nobody else arriving) starts its
-own batch of one at once, without the round trip through the worker task; requests that arrive while it
-runs queue up and form the next batch as usual. When, in addition, the server has no client but this
-request's (no other HTTP connection or gRPC inference: ``inline``, see
-:meth:`service.manager.ModelManager.may_run_inline`), that batch runs on the event loop itself: no request
-can be waiting for the loop meanwhile, and the two thread hops (to the ONNX Runtime thread and back), which
-are most of a lone request's overhead, are saved; the model's lone-request session runs it when it has one
-(every core, threads spinning between runs: :func:`service.model.lone_session_options`). Only once a run has
-taken at most ``INLINE_MAX_RUN_S``, and while the last one did: a client that arrives meanwhile waits no
-longer than that. Under load a worker holds several connections and every batch runs in the thread
-(running idle batchers' batches on the loop whatever the connections cost 0.865x the int8 throughput at 16
-clients, benchmarks/RESULTS.md).
+A request that finds the batcher idle (no batch running, nothing queued, nobody else arriving) starts its own
+batch of one at once, without the round trip through the worker task; requests that arrive while it runs queue
+up and form the next batch as usual. An arrival wakes the worker only while it is idle or collecting: while a
+batch runs, the run's end wakes it once for everything queued meanwhile. When, in addition, the server has no
+client but this request's (no other HTTP connection or gRPC inference: ``inline``, see
+:meth:`service.manager.ModelManager.may_run_inline`), that batch runs on the event loop itself: no request can
+be waiting for the loop meanwhile, and the two thread hops (to the ONNX Runtime thread and back), which are
+most of a lone request's overhead, are saved; the model's lone-request session runs it when it has one (every
+core, threads spinning between runs: :func:`service.model.lone_session_options`). Only once a run has taken at
+most ``INLINE_MAX_RUN_S``, and while the last one did: a client that arrives meanwhile waits no longer than
+that. Under load a worker holds several connections and every batch runs in the thread (running idle batchers'
+batches on the loop whatever the connections cost 0.865x the int8 throughput at 16 clients,
+benchmarks/RESULTS.md).
 The queue holds one FIFO per priority level (:mod:`service.queues`): a batch takes the highest level's
 requests first, so a high-priority request waits behind no low-priority one; each request's level and queue
 timeout come from the model's queue policy and its parameters (:mod:`service.queue_policy`).
@@ -131,6 +132,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self.arriving = 0  # admitted requests still being decoded: they will reach this queue
         self._running = False  # a batch is being collected or run
+        self._collecting = False  # the worker is collecting a batch: an arrival wakes it
         self._admitted = 0  # requests holding an Admission
         self._closed = False  # admit() refuses: stop() has begun
         self._stopped = False  # the worker and its thread are gone
@@ -238,7 +240,8 @@ class Batcher:
         else:
             self._items.append(item)
             self.metrics.queue_depth.set(len(self._items))
-            self._wake.set()
+            if self._collecting or not self._running:  # while a batch runs, its end wakes the worker
+                self._wake.set()
             if ticket.timeout_s is not None:
                 queue_timer = loop.call_later(ticket.timeout_s, self._queue_timeout, item, ticket.delay)
         timer = loop.call_later(timeout_s, self._expire, item, timeout_s)
@@ -289,7 +292,7 @@ class Batcher:
             while not self._items or self._running:  # the batch that runs wakes us when it ends
                 self._wake.clear()
                 await self._wake.wait()
-            self._running = True
+            self._running = self._collecting = True
             batch: list[_Pending] = []
             samples = 0
             deadline = time.perf_counter() + self.max_delay
@@ -309,6 +312,7 @@ class Batcher:
                 samples += head.n
                 if not self._items and (remaining <= 0 or self.arriving == 0):
                     break
+            self._collecting = False
             self.metrics.queue_depth.set(len(self._items))
             if not batch:
                 self._running = False

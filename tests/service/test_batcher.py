@@ -253,3 +253,39 @@ def test_a_batchs_metrics_are_written_after_its_answer_at_the_end_of_the_step() 
     assert before[:4] == [1, 1, 1, 1] and before[4] is not None and before[4] > 0
     assert during == before  # answered, nothing of this batch written yet
     assert after[:4] == [2, 2, 2, 2]
+
+
+def test_arrivals_during_a_run_do_not_wake_the_worker_the_runs_end_does() -> None:
+    """A request that queues while a batch runs leaves the worker asleep (one wasted step of the event loop
+    per request under load); the end of the run wakes it once, and the queued requests form one batch."""
+
+    class CountingEvent(asyncio.Event):
+        sets = 0
+
+        def set(self) -> None:
+            CountingEvent.sets += 1
+            super().set()
+
+    async def scenario() -> tuple[int, int, list[int]]:
+        model = FakeModel()
+        batcher = _batcher(model)
+        batcher._wake = CountingEvent()
+        batcher.start()
+        first = asyncio.create_task(batcher.infer((np.ones((1, 2), np.float32),), 10))
+        assert await asyncio.to_thread(model.started.wait, 2)
+        before = CountingEvent.sets
+        rest = [asyncio.create_task(batcher.infer((np.ones((1, 2), np.float32),), 10)) for _ in range(5)]
+        for _ in range(1000):
+            if batcher.depth == 5:
+                break
+            await asyncio.sleep(0)
+        during = CountingEvent.sets - before
+        model.release.set()
+        await asyncio.gather(first, *rest)
+        await batcher.stop()
+        return during, CountingEvent.sets - before, model.batches
+
+    during, in_all, batches = asyncio.run(scenario())
+    assert during == 0
+    assert in_all == 1  # the end of the first run
+    assert batches == [1, 5]
