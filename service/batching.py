@@ -239,7 +239,7 @@ class Batcher:
             self._start(loop, [item], n, self._last_run_ns <= INLINE_MAX_RUN_S * 1e9 and self._inline())
         else:
             self._items.append(item)
-            self.metrics.queue_depth.set(len(self._items))
+            self.metrics.depth(len(self._items))
             if self._collecting or not self._running:  # while a batch runs, its end wakes the worker
                 self._wake.set()
             if ticket.timeout_s is not None:
@@ -254,7 +254,7 @@ class Batcher:
             if item.future.cancelled():  # the request went away (client disconnect, shutdown): drop it
                 item.abandoned = True
                 if self._items.remove(item):
-                    self.metrics.queue_depth.set(len(self._items))
+                    self.metrics.depth(len(self._items))
 
     def _queue_timeout(self, item: _Pending, delay: bool) -> None:
         """The queue policy's timeout passed while ``item`` waits: DELAY moves it behind its level, REJECT fails
@@ -264,7 +264,7 @@ class Batcher:
         elif self._items.remove(item) and not item.future.done():
             item.abandoned = True
             self.metrics.count("timeout")
-            self.metrics.queue_depth.set(len(self._items))
+            self.metrics.depth(len(self._items))
             item.future.set_exception(unavailable(f"{TIMED_OUT} (model {self.model.name!r}, queue policy timeout)"))
 
     def _expire(self, item: _Pending, timeout_s: float) -> None:
@@ -313,7 +313,7 @@ class Batcher:
                 if not self._items and (remaining <= 0 or self.arriving == 0):
                     break
             self._collecting = False
-            self.metrics.queue_depth.set(len(self._items))
+            self.metrics.depth(len(self._items))
             if not batch:
                 self._running = False
                 continue

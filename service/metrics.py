@@ -53,6 +53,11 @@ class VersionMetrics:
         tally.inc(stats.requests["success"])
         tally.inc(stats.nanoseconds["success"], ns)
 
+    def depth(self, requests: int) -> None:
+        """``requests`` wait in the queue now (the gauge is written at the end of the step, through the
+        tally: with several workers a gauge write is a locked mmap write, once per arrival under load)."""
+        self.tally.set(self.queue_depth, requests)
+
     def queued(self, seconds: float) -> None:
         """One request waited ``seconds`` for its batch (through the tally)."""
         self.tally.observe(self.queue_seconds, seconds)
