@@ -26,6 +26,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from service import eager
 from service.body import body_too_large, whole_body
 from service.http_infer import Gone, answer
 
@@ -133,14 +134,16 @@ class HttpProtocol(_Base):
     """uvicorn's HTTP protocol (httptools) writing through a :class:`CoalescingTransport`, telling the request
     being answered when its connection is lost (:data:`ON_DISCONNECT`), and answering inference itself.
 
-    An inference request (a POST that :meth:`~service.routes.infer.InferenceFront.route` takes for one) with
-    no other request of its connection in flight, no ``Expect: 100-continue`` and no percent-encoding in its
-    path is an :class:`Exchange`: its body is collected as it arrives (up to the body limit), and when it is
-    complete one task answers it through :func:`service.http_infer.answer` and writes status line, uvicorn's
-    default headers (``date``, ``server``), the response's headers and the body in one write, with
-    ``Connection: close`` when the client or the drain asks for it. No ASGI scope, messages or app layers are
-    built for it; every other request takes uvicorn's own path through the app. With tracing on, or when the
-    server's app is not an :class:`~service.routes.infer.InferenceFront`, every request does.
+    An inference request (a POST that :meth:`~service.routes.infer.InferenceFront.route` takes for one) with no
+    other request of its connection in flight, no ``Expect: 100-continue`` and no percent-encoding in its path is an
+    :class:`Exchange`: its body is collected as it arrives (up to the body limit), and when it is complete it is
+    answered through :func:`service.http_infer.answer`, started at once (:func:`service.eager.start`: a lone
+    request's whole answer runs in the step that read its last byte; one that waits for its batch goes on in a
+    Task), which writes status line, uvicorn's default headers (``date``, ``server``), the response's headers and
+    the body in one write, with ``Connection: close`` when the client or the drain asks for it. No ASGI scope,
+    messages or app layers are built for it; every other request takes uvicorn's own path through the app. With
+    tracing on, or when the server's app is not an :class:`~service.routes.infer.InferenceFront`, every request
+    does.
 
     It reads uvicorn's httptools protocol state (``url``, ``headers``, ``expect_100_continue``, ``cycle``,
     ``tasks``, ``on_response_complete``, ``STATUS_LINE``), the same from uvicorn 0.29 (the lowest version
@@ -210,7 +213,9 @@ class HttpProtocol(_Base):
         if not isinstance(exchange, Exchange):
             super().on_message_complete()
             return
-        task = self.loop.create_task(self._answer(exchange))
+        task = eager.start(self.loop, self._answer(exchange))  # a lone request is answered right here
+        if task is None:
+            return
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
         self._on_lost = functools.partial(self._gone, exchange, task)

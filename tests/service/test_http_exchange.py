@@ -213,3 +213,39 @@ def test_inference_is_answered_by_the_protocol_without_calling_the_app(model_rep
     length = int(head.lower().split(b"inference-header-content-length: ")[1].split(b"\r\n")[0])
     expected = direct_logits(model_repo / "digits" / "1" / "model.onnx", x)
     np.testing.assert_array_equal(np.frombuffer(answer[length:], np.float32).reshape(expected.shape), expected)
+
+
+def test_a_lone_request_is_answered_within_the_step_that_read_it(model_repo: Path, digits_val: Any) -> None:
+    """With the server holding one client, a request whose batch runs on the loop is answered before
+    data_received returns: no Task and no later turn of the loop (service.eager). With other clients it waits
+    for its batch in a Task, and is answered as well."""
+    x = np.asarray(digits_val[0][:1], np.float32)
+    body, headers = binary_request(x, parameters={"binary_data_output": True})
+
+    async def scenario() -> list[tuple[bool, int, bool]]:
+        app = create_app(Settings(repository=model_repo))
+        await app.state.manager.load_all()
+        alone = [True]
+        app.state.manager.sole_client = lambda: alone[0]
+        config = uvicorn.Config(front(app), interface="asgi3", proxy_headers=False, lifespan="off", log_level="warning")
+        config.load()
+        protocol, transport = HttpProtocol(config=config, server_state=ServerState(), app_state={}), Transport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        seen = []
+        for lone in (True, True, False):  # the first run's time is unknown: it runs in the thread
+            alone[0] = lone
+            transport.written.clear()
+            protocol.data_received(request(body, headers))
+            seen.append((b"\r\n\r\n" in transport.written, len(protocol.tasks), lone))
+            for _ in range(500):
+                if b"\r\n\r\n" in transport.written:
+                    break
+                await asyncio.sleep(0.01)
+            assert transport.written.startswith(b"HTTP/1.1 200 OK")
+        await app.state.manager.stop()
+        return seen
+
+    first, lone, crowded = asyncio.run(scenario())
+    assert first == (False, 1, True)
+    assert lone == (True, 0, True)
+    assert crowded == (False, 1, False)
