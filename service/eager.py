@@ -11,8 +11,10 @@ turn of the loop. If it yields (it awaits a future that is not done yet), the re
 carries on from that point, :func:`_resume`: what the coroutine yields goes to the Task, what the Task sends
 or throws in (a result, a cancellation) goes to the coroutine, exactly as ``await`` would pass them through.
 
-Precondition: the part that runs before the first wait runs outside any Task, so it must not ask for the
-current Task (``asyncio.current_task()``, ``asyncio.timeout()``); after the first wait it runs in the Task.
+Precondition: the part that runs before the first wait runs outside any Task, in the caller's context, so it
+must not ask for the current Task (``asyncio.current_task()``, ``asyncio.timeout()``) nor set a context
+variable (it would stay set for the caller; bnfold's inference path sets none); after the first wait it runs
+in the Task, in a copy of that context.
 """
 
 from __future__ import annotations
