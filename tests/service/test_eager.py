@@ -4,6 +4,7 @@ from where it waited, passing results, exceptions and cancellation through as ``
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 
 import pytest
 
@@ -75,3 +76,46 @@ def test_cancelling_the_task_cancels_the_coroutine_where_it_waits() -> None:
 
     asyncio.run(main())
     assert cleaned == [True]
+
+
+def test_a_task_cancelled_before_its_first_step_cancels_the_wait_too() -> None:
+    """The connection can go away (and the Task be cancelled) before the loop ever ran the Task: the future
+    the coroutine waits on is cancelled, as Task.cancel does for a Task that has run, so the request's own
+    clean-up sees a cancelled wait."""
+    seen: list[bool] = []
+
+    async def waits(future: asyncio.Future[None]) -> None:
+        try:
+            await future
+        finally:
+            seen.append(future.cancelled())
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        task = eager.start(loop, waits(future))
+        assert task is not None
+        task.cancel()  # no turn of the loop in between
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert seen == [True]
+
+
+def test_what_a_task_carries_on_is_a_coroutine_to_asyncio() -> None:
+    """asyncio.create_task takes coroutines only (from Python 3.12 a generator, even a types.coroutine one, is
+    refused)."""
+
+    async def waits(future: asyncio.Future[None]) -> None:
+        await future
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        task = eager.start(loop, waits(future))
+        assert task is not None and isinstance(task.get_coro(), collections.abc.Coroutine)
+        future.set_result(None)
+        await task
+
+    asyncio.run(main())
