@@ -294,30 +294,43 @@ class Batcher:
                 await self._wake.wait()
             self._running = self._collecting = True
             batch: list[_Pending] = []
-            samples = 0
-            deadline = time.perf_counter() + self.max_delay
-            while samples < self.max_batch:
-                remaining = deadline - time.perf_counter()
-                head = self._items.head() if self._items else await self._next(max(remaining, 0) if batch else None)
-                if head is None:
-                    break
-                if head.abandoned:
-                    self._items.popleft()
-                    if not batch and not self._items:
-                        break  # only requests that gave up were queued: back to idle, not a wait while "running"
-                    continue
-                if samples + head.n > self.max_batch:
-                    break  # it starts the next batch
-                batch.append(self._items.popleft())
-                samples += head.n
-                if not self._items and (remaining <= 0 or self.arriving == 0):
-                    break
+            try:
+                samples = await self._collect(batch)
+            except asyncio.CancelledError:  # stopped while collecting (stop's grace ran out): answer what it holds
+                self._running = self._collecting = False
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(unavailable(f"model {self.model.name!r} stopped; retry", 1))
+                raise
             self._collecting = False
             self.metrics.depth(len(self._items))
             if not batch:
                 self._running = False
                 continue
             self._start(loop, batch, samples)
+
+    async def _collect(self, batch: list[_Pending]) -> int:
+        """Move queued requests into ``batch`` (see the module docstring) until it is full, ``max_queue_delay``
+        has passed, or nobody else is on the way; the samples it holds."""
+        samples = 0
+        deadline = time.perf_counter() + self.max_delay
+        while samples < self.max_batch:
+            remaining = deadline - time.perf_counter()
+            head = self._items.head() if self._items else await self._next(max(remaining, 0) if batch else None)
+            if head is None:
+                break
+            if head.abandoned:
+                self._items.popleft()
+                if not batch and not self._items:
+                    break  # only requests that gave up were queued: back to idle, not a wait while "running"
+                continue
+            if samples + head.n > self.max_batch:
+                break  # it starts the next batch
+            batch.append(self._items.popleft())
+            samples += head.n
+            if not self._items and (remaining <= 0 or self.arriving == 0):
+                break
+        return samples
 
     def _start(
         self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], samples: int, inline: bool = False

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -40,6 +41,7 @@ except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools; h1
 
 
 ON_DISCONNECT = "bnfold.on_disconnect"
+logger = logging.getLogger(__name__)
 
 
 class _NoEvent:
@@ -51,6 +53,21 @@ class _NoEvent:
 
 
 NO_EVENT = _NoEvent()
+
+
+class _Closed:
+    """The cycle of a request parsed after an answer closed its connection (an answer given while the rest of
+    the same read was still to be parsed): never served, as RFC 9112 section 9.6 asks. uvicorn's own parser
+    callbacks see a finished response and do nothing."""
+
+    response_complete = True
+    keep_alive = False
+    disconnected = True
+    more_body = False
+    message_event = NO_EVENT
+
+
+CLOSED = _Closed()
 
 
 class CoalescingTransport:
@@ -163,6 +180,7 @@ class HttpProtocol(_Base):
         super().connection_made(wrapped)
 
     def on_message_begin(self) -> None:
+        self._unset_keepalive_if_required()  # an answer given earlier in this read armed it: a request runs now
         super().on_message_begin()
         self.scope[ON_DISCONNECT] = self._watch
 
@@ -177,6 +195,9 @@ class HttpProtocol(_Base):
 
     # ---- inference answered here -------------------------------------------------------------------------
     def on_headers_complete(self) -> None:
+        if self.transport.is_closing():  # an earlier answer in this read closed the connection
+            self.cycle: Any = CLOSED
+            return
         exchange = self._exchange()
         if exchange is None:
             super().on_headers_complete()
@@ -213,7 +234,12 @@ class HttpProtocol(_Base):
         if not isinstance(exchange, Exchange):
             super().on_message_complete()
             return
-        task = eager.start(self.loop, self._answer(exchange))  # a lone request is answered right here
+        try:
+            task = eager.start(self.loop, self._answer(exchange))  # a lone request is answered right here
+        except Exception:  # past the error policy: a bug. Logged, not the parser's "400 Invalid HTTP request"
+            logger.exception("answering an inference request failed; closing its connection")
+            self.transport.close()
+            return
         if task is None:
             return
         task.add_done_callback(self.tasks.discard)

@@ -15,7 +15,9 @@ between the run and the client. A gauge's :meth:`Tally.set` keeps the step's las
 
 A histogram observation is added to the ``_sum`` and the bucket of the observed histogram child (what
 ``Histogram.observe`` itself does); a child without those attributes (another prometheus_client) is observed
-as usual. Nothing is held past the step that made it, so ``/metrics`` never misses a request it answered.
+as usual. Nothing is held past the step that made it: a worker's ``/metrics`` never misses a request that
+worker answered. With several workers a scrape that another worker serves in the very microseconds between a
+response leaving and the end of its step can miss that response's figures; the next scrape has them.
 """
 
 from __future__ import annotations

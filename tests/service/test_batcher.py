@@ -289,3 +289,37 @@ def test_arrivals_during_a_run_do_not_wake_the_worker_the_runs_end_does() -> Non
     assert during == 0
     assert in_all == 1  # the end of the first run
     assert batches == [1, 5]
+
+
+def test_stop_whose_grace_runs_out_while_a_batch_is_collected_answers_it_and_returns() -> None:
+    """The worker waits for a request still being decoded (``arriving``) with one request in its batch; a stop
+    whose grace runs out meanwhile cancels the worker: the request in hand gets 503 and stop() returns."""
+
+    async def scenario() -> tuple[bool, str]:
+        model = FakeModel(max_queue_delay_us=30_000_000)  # the batch would wait 30 s for the late request
+        model.release.set()
+        batcher = _batcher(model)
+        batcher.start()
+        first = asyncio.create_task(batcher.infer((np.ones((1, 2), np.float32),), 60))
+        await asyncio.to_thread(model.started.wait, 2)  # the first request's batch runs (its run time unknown)
+        late = batcher.admit()  # decoding: the next batch waits for it
+        held = asyncio.create_task(batcher.infer((np.ones((1, 2), np.float32),), 60))
+        await first
+        for _ in range(100):
+            await asyncio.sleep(0.01)  # the worker collects `held` and waits for `late`
+        try:
+            await asyncio.wait_for(batcher.stop(grace_s=0.1), 5)
+            returned = True
+        except TimeoutError:
+            returned = False
+        late.__exit__()
+        try:
+            await held
+            error = ""
+        except Exception as exc:
+            error = str(exc)
+        return returned, error
+
+    returned, error = asyncio.run(scenario())
+    assert returned, "stop() did not return"
+    assert "stopped; retry" in error

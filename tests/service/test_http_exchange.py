@@ -249,3 +249,120 @@ def test_a_lone_request_is_answered_within_the_step_that_read_it(model_repo: Pat
     assert first == (False, 1, True)
     assert lone == (True, 0, True)
     assert crowded == (False, 1, False)
+
+
+def test_what_follows_an_answer_that_closed_the_connection_in_the_same_read_is_not_served(
+    model_repo: Path, digits_val: Any
+) -> None:
+    """A request answered at once with ``Connection: close`` (here: the server drains) closes the connection
+    while the rest of the same read is still to be parsed: a pipelined inference or any other request behind
+    it is not run (RFC 9112 section 9.6), and nothing more is written."""
+    x = np.asarray(digits_val[0][:1], np.float32)
+    body, headers = binary_request(x, parameters={"binary_data_output": True})
+    unload = b"POST /v2/repository/models/digits/unload HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
+
+    async def scenario() -> tuple[bytes, float, bool]:
+        app = create_app(Settings(repository=model_repo))
+        manager = app.state.manager
+        await manager.load_all()
+        manager.sole_client = lambda: True
+        config = uvicorn.Config(front(app), interface="asgi3", proxy_headers=False, lifespan="off", log_level="warning")
+        config.load()
+
+        def connection() -> tuple[HttpProtocol, Transport]:
+            protocol, transport = HttpProtocol(config=config, server_state=ServerState(), app_state={}), Transport()
+            protocol.connection_made(transport)  # type: ignore[arg-type]
+            return protocol, transport
+
+        warm, written = connection()  # the first run's time is unknown: it runs in the thread
+        warm.data_received(request(body, headers))
+        for _ in range(500):
+            if b"\r\n\r\n" in written.written:
+                break
+            await asyncio.sleep(0.01)
+        before = app.state.metrics.registry.get_sample_value(
+            "bnfold_requests_total", {"model": "digits", "version": "1", "outcome": "success"}
+        )
+        manager.draining = True  # answers say "connection: close" and close
+        protocol, transport = connection()
+        protocol.data_received(request(body, headers) + request(body, headers) + unload)
+        await asyncio.sleep(0.2)
+        after = app.state.metrics.registry.get_sample_value(
+            "bnfold_requests_total", {"model": "digits", "version": "1", "outcome": "success"}
+        )
+        still_loaded = "digits" in manager.models
+        await manager.stop()
+        return bytes(transport.written), after - before, still_loaded and transport.closing
+
+    written, answered, closed_and_loaded = asyncio.run(scenario())
+    assert written.count(b"HTTP/1.1 ") == 1 and b"connection: close" in written
+    assert answered == 1
+    assert closed_and_loaded
+
+
+def test_a_request_pipelined_behind_an_answer_in_the_same_read_is_not_timed_out_as_idle(
+    model_repo: Path, digits_val: Any
+) -> None:
+    """The first answer arms the keep-alive timer while the rest of the read is parsed; the next request in
+    that read disarms it while it runs (else a request waiting longer than the keep-alive timeout would have
+    its connection closed under it)."""
+    x = np.asarray(digits_val[0][:1], np.float32)
+    body, headers = binary_request(x, parameters={"binary_data_output": True})
+
+    async def scenario() -> tuple[bool, bool, int]:
+        app = create_app(Settings(repository=model_repo))
+        manager = app.state.manager
+        await manager.load_all()
+        lone = iter([True])  # asked for the first pipelined request (the warm-up runs in the thread: its run's
+        # time is unknown), then another client has come
+        manager.sole_client = lambda: next(lone, False)
+        config = uvicorn.Config(front(app), interface="asgi3", proxy_headers=False, lifespan="off", log_level="warning")
+        config.load()
+        protocol, transport = HttpProtocol(config=config, server_state=ServerState(), app_state={}), Transport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(request(body, headers))  # warm-up: its run's time becomes known
+        for _ in range(500):
+            if b"\r\n\r\n" in transport.written:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)
+        transport.written.clear()
+        protocol.data_received(request(body, headers) + request(body, headers))
+        first_answered = transport.written.count(b"HTTP/1.1 200") == 1
+        second_waits_untimed = len(protocol.tasks) == 1 and protocol.timeout_keep_alive_task is None
+        for _ in range(500):
+            if transport.written.count(b"HTTP/1.1 200") == 2:
+                break
+            await asyncio.sleep(0.01)
+        await manager.stop()
+        return first_answered, second_waits_untimed, transport.written.count(b"HTTP/1.1 200")
+
+    first_answered, second_waits_untimed, answers = asyncio.run(scenario())
+    assert first_answered and second_waits_untimed and answers == 2
+
+
+def test_a_failure_past_the_error_policy_is_logged_and_closes_the_connection(
+    model_repo: Path, digits_val: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exception the error policy did not turn into an answer (a bug in the protocol's own code) is logged
+    with its traceback and the connection closed, not turned into the parser's "400 Invalid HTTP request"."""
+    x = np.asarray(digits_val[0][:1], np.float32)
+    body, headers = binary_request(x)
+
+    async def broken(self: HttpProtocol, exchange: Any) -> None:
+        raise RuntimeError("a bug in the answer")
+
+    monkeypatch.setattr(HttpProtocol, "_answer", broken)
+
+    async def scenario() -> Transport:
+        app = create_app(Settings(repository=model_repo))
+        config = uvicorn.Config(front(app), interface="asgi3", proxy_headers=False, lifespan="off", log_level="warning")
+        config.load()
+        protocol, transport = HttpProtocol(config=config, server_state=ServerState(), app_state={}), Transport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(request(body, headers))
+        return transport
+
+    transport = asyncio.run(scenario())
+    assert transport.closing and b"400" not in transport.written
+    assert "a bug in the answer" in caplog.text and "answering an inference request failed" in caplog.text
