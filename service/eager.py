@@ -14,10 +14,10 @@ and what the Task sends or throws in later (a result, a cancellation) goes to th
 ``await`` passes them through. A Task cancelled before its first step first cancels the future the coroutine
 waits on, as ``Task.cancel`` does for a Task that has run.
 
-Precondition: the part that runs before the first wait runs outside any Task, in the caller's context, so it
-must not ask for the current Task (``asyncio.current_task()``, ``asyncio.timeout()``) nor set a context
+Precondition, on 3.11: the part that runs before the first wait runs outside any Task, in the caller's
+context, so it must not ask for the current Task (``asyncio.current_task()``, ``asyncio.timeout()``) nor set a context
 variable (it would stay set for the caller; bnfold's inference path sets none); after the first wait it runs
-in the Task, in a copy of that context.
+in the Task, in a copy of that context. On 3.12+ the eager step runs in its Task already.
 """
 
 from __future__ import annotations
