@@ -203,11 +203,17 @@ class Batcher:
     def _shutdown(self) -> None:
         self._stopped = True
         while self._items:
-            item = self._items.popleft()
-            if not item.future.done():
-                item.future.set_exception(unavailable(f"model {self.model.name!r} stopped; retry", 1))
+            self._refuse_stopped(self._items.popleft())
         if self._task is not None:
             self._task.cancel()
+
+    def _stopped_error(self) -> ApiError:
+        return unavailable(f"model {self.model.name!r} stopped; retry", 1)
+
+    def _refuse_stopped(self, item: _Pending) -> None:
+        """Fail ``item`` (unless answered) because the batcher stopped before running it."""
+        if not item.future.done():
+            item.future.set_exception(self._stopped_error())
 
     def _refuse_full(self, ticket: Ticket) -> None:
         if len(self._items) >= self.max_queue_size:
@@ -230,7 +236,7 @@ class Batcher:
             )
         if self._stopped:
             self.metrics.count("rejected")
-            raise unavailable(f"model {self.model.name!r} stopped; retry", 1)
+            raise self._stopped_error()
         self._refuse_full(ticket)
         loop = asyncio.get_running_loop()
         item = _Pending(x, loop.create_future(), n, ticket.level, tracing.current())
@@ -299,8 +305,7 @@ class Batcher:
             except asyncio.CancelledError:  # stopped while collecting (stop's grace ran out): answer what it holds
                 self._running = self._collecting = False
                 for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(unavailable(f"model {self.model.name!r} stopped; retry", 1))
+                    self._refuse_stopped(item)
                 raise
             self._collecting = False
             self.metrics.depth(len(self._items))
