@@ -163,9 +163,9 @@ class HttpProtocol(_Base):
     does.
 
     It reads uvicorn's httptools protocol state (``url``, ``headers``, ``expect_100_continue``, ``cycle``,
-    ``tasks``, ``on_response_complete``, ``STATUS_LINE``), the same from uvicorn 0.29 (the lowest version
-    pyproject.toml allows) to 0.55 (checked against both sources); tests/service/test_http_exchange.py fails
-    if a later uvicorn changes it.
+    ``tasks``, ``on_response_complete``, ``_unset_keepalive_if_required``, ``STATUS_LINE``), the same from
+    uvicorn 0.29 (the lowest version pyproject.toml allows) to 0.55 (checked against both sources);
+    tests/service/test_http_exchange.py fails if a later uvicorn changes it.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
