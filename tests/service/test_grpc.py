@@ -220,26 +220,32 @@ def test_bad_requests_get_tritons_status_codes(client: Any, stub: Any, samples: 
 
 
 def test_queue_full_and_timeouts_over_grpc(slow_repo: Path) -> None:  # noqa: F811
-    """One slot of queue and a 1 ms request timeout on a model that takes far longer per sample."""
+    """One slot of queue and a 1 ms request timeout on a model that takes far longer per sample: a burst of
+    8 gets both refusals, each with its message; then the server still drains and exits 0."""
     srv = started(slow_repo, "--max-queue-size", "1", "--request-timeout-s", "0.001")
     try:
         client = srv.client()
         x = np.zeros((1, 3, 96, 96), np.float32)
-        with ThreadPoolExecutor(8) as pool:
-            outcomes = list(pool.map(lambda _: status_of(lambda: client.infer("slow", [raw_input(x)])), range(8)))
-        codes = {code for code, _ in outcomes}
-        assert codes == {"UNAVAILABLE", "DEADLINE_EXCEEDED"}, outcomes
-        for code, message in outcomes:
+        seen: list[tuple[str, str]] = []
+        # "queue is full" needs a request to arrive within 1 ms of the queued one (which then times out): on a
+        # loaded machine a burst's calls can reach the server further apart, so up to 5 bursts, every outcome
+        # checked, until both refusals have been seen
+        for _ in range(5):
+            with ThreadPoolExecutor(8) as pool:
+                seen += pool.map(lambda _: status_of(lambda: client.infer("slow", [raw_input(x)])), range(8))
+            if {code for code, _ in seen} >= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}:
+                break
+        assert {code for code, _ in seen} == {"UNAVAILABLE", "DEADLINE_EXCEEDED"}, seen
+        for code, message in seen:
             expected = "queue is full (1 requests); retry" if code == "UNAVAILABLE" else "timed out after 0.001 s"
             assert expected in message
         # no key configured: the repository RPCs are switched off, not open
         code, message = status_of(client.get_model_repository_index)
         assert code == "PERMISSION_DENIED" and "model control is disabled" in message
         client.close()
+        srv.proc.terminate()  # requests that timed out leave nothing behind that would hold the drain
+        assert srv.proc.wait(timeout=60) == 0
     finally:
-        # Not a drain test: a batcher whose queue holds only expired requests waits with _running set, so its
-        # stop() (the lifespan shutdown) would hang until ServerProcess.stop kills it 30 s later.
-        srv.proc.kill()
         srv.stop()
 
 
