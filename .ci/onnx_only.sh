@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 WORK=$(mktemp -d)
-trap 'kill "${SERVER_PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+# the server drains on SIGTERM: wait for it, so its last lines come before this script's end and its
+# virtual environment is not removed under it
+trap 'if [ -n "${SERVER_PID:-}" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" || true; fi; rm -rf "$WORK"' EXIT
 "$PYTHON" -m venv "$WORK/venv"
 "$WORK/venv/bin/python" -m pip install --quiet --upgrade pip
 "$WORK/venv/bin/python" -m pip install --quiet ".[onnx,serve]"
@@ -31,3 +33,12 @@ for name in m m-fp16 m-int8; do
         -d @request.json | grep -q '"outputs"'
     echo "onnx_only: $name served"
 done
+kill "$SERVER_PID"
+status=0
+wait "$SERVER_PID" || status=$?
+SERVER_PID=
+if [ "$status" -ne 0 ]; then
+    echo "onnx_only: bnfold-serve exited $status after SIGTERM (expected 0 after its drain)" >&2
+    exit 1
+fi
+echo "onnx_only: bnfold-serve drained and exited 0"
