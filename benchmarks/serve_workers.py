@@ -16,6 +16,10 @@ in turn, so machine drift hits all alike. Per round and server:
   threads' CPU alone per request;
 * the event-loop threads' CPU per request for binary v2 on the ResNet-20 under 16 connections (the fp32
   phase), where ONNX Runtime's compute (on other threads) is most of the CPU;
+* what that cost allows int8 (:func:`int8_ceiling`): in-process ``session.run`` time per sample, fp32 and
+  int8, at batch 8 (a worker's batch under 16 connections shared by two workers) on one intra-op thread (so
+  time is CPU: what each of two workers runs), and the served int8/fp32 ratio the cores could give at most
+  when each request also costs the loops' CPU;
 * errors: wrk's socket errors and non-2xx answers.
 """
 
@@ -27,6 +31,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -157,6 +162,33 @@ def server_cost(
     }
 
 
+def per_sample_us(path: Path, batch: int, seconds: float) -> float:
+    """In-process ``session.run`` time per sample (us) at ``batch`` on one intra-op thread, the best of the
+    runs made in ``seconds`` after a warm-up."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {"input": np.random.default_rng(3).standard_normal((batch, 3, 32, 32)).astype(np.float32)}
+    for _ in range(5):
+        session.run(None, feed)
+    best, end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        session.run(None, feed)
+        best = min(best, time.perf_counter() - t)
+    return best / batch * 1e6
+
+
+def int8_ceiling(fp32_us: float, int8_us: float, loop_us: float) -> float:
+    """The most served int8/fp32 that cores kept busy can give when each request costs ONNX Runtime
+    ``fp32_us`` or ``int8_us`` and the server's event loops ``loop_us`` more, whatever the model:
+    requests/s is cores / CPU per request, so the ratio is (fp32 + loop) / (int8 + loop). An upper bound: the
+    load generator's CPU and the kernel's work for the client come on top of both."""
+    return (fp32_us + loop_us) / (int8_us + loop_us)
+
+
 def start(repo: Path, workers: int, port: int) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "service", "--repository", str(repo), "--port", str(port), "--workers", str(workers)]
     return subprocess.Popen([*cmd, "--log-level", "warning"])
@@ -176,6 +208,7 @@ def one_round(
     direct_same = ort_latency(paths["resnet20"], 1000, threads) if threads else direct
     single = wrk(port, "resnet20", image, 1, phase, workdir)
     tiny, tiny_cost = server_cost(port, pid, lambda: wrk(port, TINY, (4,), 64, phase, workdir))
+    fp32_us, int8_us = (per_sample_us(paths[m], 8, phase / 4) for m in ("resnet20", INT8_MODEL))
     return {
         "ort_best_samples_per_s": best,
         "binary_16_clients": fp32["rate"],
@@ -191,6 +224,10 @@ def one_round(
         "server_cpu_us_per_request": tiny_cost["cpu_us"],  # ONNX Runtime's compute excluded
         "server_loop_cpu_us_per_request": tiny_cost["loop_us"],
         "resnet20_server_loop_cpu_us_per_request": fp32_cost["loop_us"],  # binary v2, 16 clients
+        "ort_fp32_us_per_sample_batch8": fp32_us,  # one intra-op thread
+        "ort_int8_us_per_sample_batch8": int8_us,
+        "ort_int8_vs_fp32_batch8": fp32_us / int8_us,
+        "int8_vs_fp32_ceiling_at_this_loop_cost": int8_ceiling(fp32_us, int8_us, fp32_cost["loop_us"]),
         "errors": fp32["errors"] + int8["errors"] + single["errors"] + tiny["errors"],
     }
 
