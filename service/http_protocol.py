@@ -124,10 +124,21 @@ class CoalescingTransport:
 
 class Exchange:
     """One inference request that :class:`HttpProtocol` answers itself: the attributes of uvicorn's
-    ``RequestResponseCycle`` that uvicorn's protocol reads (``body``, ``response_complete``, ``keep_alive``,
-    ``disconnected``, ``message_event``), the request's path parameters and headers, and its body so far."""
+    ``RequestResponseCycle`` that uvicorn's protocol reads (``response_complete``, ``keep_alive``,
+    ``disconnected``, ``message_event``), the request's path parameters and headers, and its body so far: the
+    pieces the parser handed over, kept as they came (a body read in one piece is never copied here)."""
 
-    __slots__ = ("body", "disconnected", "headers", "keep_alive", "model", "oversized", "response_complete", "version")
+    __slots__ = (
+        "disconnected",
+        "headers",
+        "keep_alive",
+        "model",
+        "oversized",
+        "parts",
+        "response_complete",
+        "size",
+        "version",
+    )
     message_event = NO_EVENT
 
     def __init__(self, keep_alive: bool, model: str, version: str | None, headers: list[tuple[bytes, bytes]]) -> None:
@@ -135,16 +146,28 @@ class Exchange:
         self.model = model
         self.version = version
         self.headers = headers
-        self.body = bytearray()
-        self.oversized = False  # more than the body limit arrived: only the size is kept
+        self.parts: list[bytes] = []
+        self.size = 0  # bytes of body arrived
+        self.oversized = False  # more than the body limit arrived: nothing more is kept
         self.response_complete = False
         self.disconnected = False
+
+    def add(self, part: bytes, limit: int) -> None:
+        """One more piece of the body; past ``limit`` bytes in all, every piece is dropped (answered 413)."""
+        if self.oversized:
+            return
+        self.size += len(part)
+        if self.size > limit:
+            self.oversized, self.parts = True, []
+        else:
+            self.parts.append(part)
 
     async def read(self, headers: Mapping[str, str], limit: int) -> bytes:
         """The whole body, held to the limits of :mod:`service.body`."""
         if self.oversized:
             raise body_too_large(headers, limit)
-        return whole_body(headers, bytes(self.body), limit)
+        parts = self.parts
+        return whole_body(headers, parts[0] if len(parts) == 1 else b"".join(parts), limit)
 
 
 class HttpProtocol(_Base):
@@ -224,10 +247,8 @@ class HttpProtocol(_Base):
         exchange = self.cycle
         if not isinstance(exchange, Exchange):
             super().on_body(body)
-        elif not exchange.oversized:
-            exchange.body += body
-            if len(exchange.body) > self._front.manager.settings.max_body_bytes:  # the rest is read and dropped
-                exchange.oversized, exchange.body = True, bytearray()  # then answered 413, as uvicorn's path does
+        else:  # over the limit, the rest is read and dropped, then answered 413, as uvicorn's path does
+            exchange.add(body, self._front.manager.settings.max_body_bytes)
 
     def on_message_complete(self) -> None:
         exchange = self.cycle

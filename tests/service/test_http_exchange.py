@@ -193,7 +193,7 @@ def test_inference_is_answered_by_the_protocol_without_calling_the_app(model_rep
         protocol.data_received(f"POST {INFER} HTTP/1.1\r\nHost: t\r\nContent-Length: {10 * LIMIT}\r\n\r\n".encode())
         for _ in range(9):
             protocol.data_received(b"x" * LIMIT)
-        assert len(protocol.cycle.body) <= LIMIT
+        assert protocol.cycle.oversized and protocol.cycle.parts == []
         protocol.connection_lost(None)
         protocol, transport = HttpProtocol(config=config, server_state=ServerState(), app_state={}), Transport()
         protocol.connection_made(transport)  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
-"""One write per response (service.http_protocol): the transport wrapper, and the real server on the wire."""
+"""One write per response (service.http_protocol): the transport wrapper, and the real server on the wire; the
+body an inference exchange keeps."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from service.http_protocol import CoalescingTransport
+from service.errors import ApiError
+from service.http_protocol import CoalescingTransport, Exchange
 from tests.service.conftest import ServerProcess
 
 
@@ -137,6 +139,26 @@ def read_response(sock: socket.socket) -> bytes:
     while len(body) < length:
         body += sock.recv(65536)
     return head
+
+
+def test_an_exchange_keeps_its_body_as_it_came_and_drops_it_past_the_limit() -> None:
+    """A body the parser handed over in one piece is the body read (no copy: a 600 KB tensor was copied twice,
+    16 us of a request's CPU); pieces are joined once; past the limit nothing is kept and reading is a 413."""
+    one = Exchange(True, "m", None, [])
+    piece = b"x" * 1000
+    one.add(piece, 4096)
+    assert asyncio.run(one.read({}, 4096)) is piece
+    several = Exchange(True, "m", None, [])
+    for part in (b"ab", b"cd", b"e"):
+        several.add(part, 4096)
+    assert asyncio.run(several.read({}, 4096)) == b"abcde"
+    over = Exchange(True, "m", None, [])
+    for _ in range(3):
+        over.add(piece, 2500)
+    assert over.oversized and over.parts == []
+    with pytest.raises(ApiError) as info:
+        asyncio.run(over.read({}, 2500))
+    assert info.value.status == 413
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TCP_INFO's segment counts are Linux's")
