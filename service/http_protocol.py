@@ -196,6 +196,10 @@ class HttpProtocol(_Base):
         app = self.app
         front = _Base is HttpToolsProtocol and getattr(app, "answers_inference", False) is True
         self._front: Any = app if front else None  # the InferenceFront
+        # uvicorn's default headers (date, server) as response-head bytes; uvicorn puts a new list in place
+        # each time the date changes (once a second), so the bytes are made again only then
+        self._defaults: list[tuple[bytes, bytes]] | None = None
+        self._default_head = b""
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         wrapped: Any = CoalescingTransport(transport, asyncio.get_running_loop())
@@ -286,8 +290,11 @@ class HttpProtocol(_Base):
         if exchange.disconnected:
             return
         keep_alive = exchange.keep_alive and not manager.draining
-        head = [STATUS_LINE[status]]
-        for name, value in (*self.server_state.default_headers, *raw):
+        defaults = self.server_state.default_headers
+        if defaults is not self._defaults:
+            self._defaults, self._default_head = defaults, b"".join(b"%s: %s\r\n" % pair for pair in defaults)
+        head = [STATUS_LINE[status], self._default_head]
+        for name, value in raw:
             head += (name, b": ", value, b"\r\n")
         head.append(b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
         self.transport.write_now(b"".join(head) + body)

@@ -251,6 +251,38 @@ def test_a_lone_request_is_answered_within_the_step_that_read_it(model_repo: Pat
     assert crowded == (False, 1, False)
 
 
+def test_an_answer_carries_the_default_headers_uvicorn_holds_now(model_repo: Path, digits_val: Any) -> None:
+    """uvicorn puts a new list of default headers (date, server) in place when the date changes; the protocol
+    keeps them as bytes between those changes, and each answer carries the list in place when it is written."""
+    x = np.asarray(digits_val[0][:1], np.float32)
+    body, headers = binary_request(x, parameters={"binary_data_output": True})
+
+    async def scenario() -> list[bytes]:
+        app = create_app(Settings(repository=model_repo))
+        await app.state.manager.load_all()
+        config = uvicorn.Config(front(app), interface="asgi3", proxy_headers=False, lifespan="off", log_level="warning")
+        config.load()
+        state = ServerState()
+        protocol, transport = HttpProtocol(config=config, server_state=state, app_state={}), Transport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        heads = []
+        for date in (b"Fri, 04 Dec 2026 22:00:00 GMT", b"Fri, 04 Dec 2026 22:00:01 GMT"):
+            state.default_headers = [(b"date", date), (b"server", b"uvicorn")]
+            transport.written.clear()
+            protocol.data_received(request(body, headers))
+            for _ in range(500):
+                if b"\r\n\r\n" in transport.written:
+                    break
+                await asyncio.sleep(0.01)
+            heads.append(bytes(transport.written).partition(b"\r\n\r\n")[0])
+        await app.state.manager.stop()
+        return heads
+
+    first, second = asyncio.run(scenario())
+    assert first.startswith(b"HTTP/1.1 200 OK\r\ndate: Fri, 04 Dec 2026 22:00:00 GMT\r\nserver: uvicorn\r\n")
+    assert second.startswith(b"HTTP/1.1 200 OK\r\ndate: Fri, 04 Dec 2026 22:00:01 GMT\r\nserver: uvicorn\r\n")
+
+
 def test_what_follows_an_answer_that_closed_the_connection_in_the_same_read_is_not_served(
     model_repo: Path, digits_val: Any
 ) -> None:
