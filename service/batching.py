@@ -1,24 +1,16 @@
 """Dynamic batching for one model version: requests queue up, merge into one batch, and split back.
 
 A worker task takes the first waiting request, then keeps taking requests until the batch holds
-``max_batch_size`` samples or ``max_queue_delay`` has passed since it started collecting, runs the batch
+``max_batch_size`` samples or ``max_queue_delay`` has passed since it started collecting (it stops waiting
+early when no other request is on its way: ``arriving`` counts requests still being decoded), runs the batch
 off the event loop (ONNX Runtime releases the GIL) and hands each request exactly its own rows back. A
 request is one array per model input (the same number of rows in each); a batch concatenates every input
 along axis 0 together, and every output is split back by rows.
-It stops waiting early when no other request is on its way: none is being decoded (``arriving``) and the
-batch already holds as many requests as were in play when the last batch ended (that batch's and those then
-queued: ``expected``). Clients that send their next request when the answer comes back (a keep-alive client
-under load) are on their way though not yet read: without that count, 8 such clients on one worker settled
-into alternate batches of 1 and 7 (38% of the batches ran one sample), each batch of 1 started by a request
-that came back before the others; with it they run together (2 workers, 16 wrk connections: 1.03x
-requests/s, 0.95x CPU per request; 1 worker 1.06x). A batch that reaches ``max_queue_delay`` short of the
-count lowers it to what came, so clients that went away cost at most one delay.
-A request that finds the batcher idle (no batch running, nothing queued, nobody else arriving, no more than
-one request expected) starts its own batch of one at once, without the round trip through the worker task;
-requests that arrive while it runs queue up and form the next batch as usual. An arrival wakes the worker only
-while it is idle or collecting: while a batch runs, the run's end wakes it once for everything queued
-meanwhile. When, in addition, the server has no client but this request's (no other HTTP connection or gRPC
-inference: ``inline``, see
+A request that finds the batcher idle (no batch running, nothing queued, nobody else arriving) starts its own
+batch of one at once, without the round trip through the worker task; requests that arrive while it runs queue
+up and form the next batch as usual. An arrival wakes the worker only while it is idle or collecting: while a
+batch runs, the run's end wakes it once for everything queued meanwhile. When, in addition, the server has no
+client but this request's (no other HTTP connection or gRPC inference: ``inline``, see
 :meth:`service.manager.ModelManager.may_run_inline`), that batch runs on the event loop itself: no request can
 be waiting for the loop meanwhile, and the two thread hops (to the ONNX Runtime thread and back), which are
 most of a lone request's overhead, are saved; the model's lone-request session runs it when it has one (every
@@ -141,7 +133,6 @@ class Batcher:
         self.arriving = 0  # admitted requests still being decoded: they will reach this queue
         self._running = False  # a batch is being collected or run
         self._collecting = False  # the worker is collecting a batch: an arrival wakes it
-        self.expected = 0  # requests in play when the last batch ended: a batch waits for as many (docstring)
         self._admitted = 0  # requests holding an Admission
         self._closed = False  # admit() refuses: stop() has begun
         self._stopped = False  # the worker and its thread are gone
@@ -250,7 +241,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         item = _Pending(x, loop.create_future(), n, ticket.level, tracing.current())
         queue_timer = None
-        if not self._running and not self._items and self.arriving == 0 and not self._expecting():
+        if not self._running and not self._items and self.arriving == 0:
             self._start(loop, [item], n, self._last_run_ns <= INLINE_MAX_RUN_S * 1e9 and self._inline())
         else:
             self._items.append(item)
@@ -270,10 +261,6 @@ class Batcher:
                 item.abandoned = True
                 if self._items.remove(item):
                     self.metrics.depth(len(self._items))
-
-    def _expecting(self) -> bool:
-        """Whether more requests than one are expected, and a batch may wait for them."""
-        return self.expected > 1 and self.max_delay > 0
 
     def _queue_timeout(self, item: _Pending, delay: bool) -> None:
         """The queue policy's timeout passed while ``item`` waits: DELAY moves it behind its level, REJECT fails
@@ -346,7 +333,7 @@ class Batcher:
                 break  # it starts the next batch
             batch.append(self._items.popleft())
             samples += head.n
-            if not self._items and (remaining <= 0 or (self.arriving == 0 and len(batch) >= self.expected)):
+            if not self._items and (remaining <= 0 or self.arriving == 0):
                 break
         return samples
 
@@ -370,7 +357,6 @@ class Batcher:
         ) -> None:  # on the loop
             self._running = False
             self._last_run_ns = end - begin
-            self.expected = len(batch) + len(self._items)
             if self._items:
                 self._wake.set()
             self._answer(out, exc, batch, samples, (started, prepared, begin, end))

@@ -7,8 +7,7 @@ import asyncio
 import collections
 import contextlib
 import threading
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -324,71 +323,3 @@ def test_stop_whose_grace_runs_out_while_a_batch_is_collected_answers_it_and_ret
     returned, error = asyncio.run(scenario())
     assert returned, "stop() did not return"
     assert "stopped; retry" in error
-
-
-def _closed_loop(
-    model: FakeModel, clients: int, rounds: int, turnaround_s: float
-) -> Callable[[Batcher], Awaitable[object]]:
-    """``clients`` clients that each send their next request ``turnaround_s`` after their answer."""
-
-    async def client(batcher: Batcher, i: int) -> None:
-        for _ in range(rounds):
-            (out,) = await batcher.infer((np.full((1, 2), i, np.float32),), 30)
-            np.testing.assert_array_equal(out, np.full((1, 2), 2 * i, np.float32))
-            await asyncio.sleep(turnaround_s)
-
-    async def run(batcher: Batcher) -> object:
-        return await asyncio.gather(*(client(batcher, i) for i in range(clients)))
-
-    return run
-
-
-def test_clients_that_come_back_after_their_answer_run_together_not_in_alternate_batches() -> None:
-    """4 clients, each back 5 ms after its answer, on a model that runs 20 ms a batch: the first request runs
-    alone (the batcher was idle); when it ends four requests are in play, so the three queued behind it wait
-    for the fourth, and from then on all four run together (the last batch holds the three clients that had
-    a round left). Without the count of requests in play the batches alternate 1, 3, 1, 3: the first client
-    back started a batch alone because nobody else was being read yet."""
-
-    async def scenario() -> list[int]:
-        model = FakeModel(before=lambda _: time.sleep(0.02))
-        model.release.set()
-        batcher = _batcher(model)
-        batcher.start()
-        await _closed_loop(model, clients=4, rounds=6, turnaround_s=0.005)(batcher)
-        await batcher.stop()
-        return model.batches
-
-    assert asyncio.run(scenario()) == [1, 4, 4, 4, 4, 4, 3]
-
-
-def test_clients_that_went_away_cost_one_queue_delay_then_a_lone_request_runs_at_once() -> None:
-    """After a batch of three clients (the last of a closed loop of four), one goes on alone: its next batch
-    waits the queue delay for the others once (0.3 s here), and then the batcher expects one request and
-    starts it at once. With no queue delay the batcher never waits, whatever it expects."""
-
-    async def scenario() -> tuple[float, float, int]:
-        model = FakeModel(max_queue_delay_us=300_000)
-        model.release.set()
-        batcher = _batcher(model)
-        batcher.start()
-        await _closed_loop(model, clients=4, rounds=3, turnaround_s=0.005)(batcher)
-        assert model.batches == [1, 4, 4, 3] and batcher.expected == 3
-        loop = asyncio.get_running_loop()
-        times = []
-        for _ in range(2):
-            start = loop.time()
-            await batcher.infer((np.ones((1, 2), np.float32),), 30)
-            times.append(loop.time() - start)
-        expected = batcher.expected
-        await batcher.stop()
-        return times[0], times[1], expected
-
-    first, second, expected = asyncio.run(scenario())
-    assert first >= 0.3 - 0.002, "the first lone request did not wait for the clients expected back"
-    assert second < 0.25, f"a lone request waited {second:.3f} s once the batcher expected one"
-    assert expected == 1
-    nothing = FakeModel(max_queue_delay_us=0)
-    batcher = _batcher(nothing)
-    batcher.expected = 4
-    assert not batcher._expecting(), "with no queue delay a batch must never wait for requests on their way"
