@@ -1,16 +1,27 @@
 """Dynamic batching for one model version: requests queue up, merge into one batch, and split back.
 
 A worker task takes the first waiting request, then keeps taking requests until the batch holds
-``max_batch_size`` samples or ``max_queue_delay`` has passed since it started collecting (it stops waiting
-early when no other request is on its way: ``arriving`` counts requests still being decoded), runs the batch
+``max_batch_size`` samples or ``max_queue_delay`` has passed since it started collecting, runs the batch
 off the event loop (ONNX Runtime releases the GIL) and hands each request exactly its own rows back. A
 request is one array per model input (the same number of rows in each); a batch concatenates every input
 along axis 0 together, and every output is split back by rows.
-A request that finds the batcher idle (no batch running, nothing queued, nobody else arriving) starts its own
-batch of one at once, without the round trip through the worker task; requests that arrive while it runs queue
-up and form the next batch as usual. An arrival wakes the worker only while it is idle or collecting: while a
-batch runs, the run's end wakes it once for everything queued meanwhile. When, in addition, the server has no
-client but this request's (no other HTTP connection or gRPC inference: ``inline``, see
+It stops waiting early when no other request is on its way: none is being decoded (``arriving``) and none is
+expected back (``expected``). A client whose requests came within ``max_queue_delay`` of the answers to its
+previous ones (``returned_after``: the slower of its last two returns, which the HTTP protocol measures on its
+connection) is one that sends again as soon as it is answered; when a batch ends, the clients of that kind it
+answered, and the requests queued then, are the requests expected, and the next batch waits (within the
+delay) until it holds as many. Without that, 8 keep-alive clients under load on one worker settled into
+alternate batches of 1 and 7 (38% of the batches ran one sample): the first client back found the batcher
+idle and started a batch alone. Clients that do not come back at once (independent users, new connections,
+gRPC) are never expected, so their requests never wait for anyone: a count of requests in play, tried first,
+could not tell the two apart and made independent arrivals wait the whole delay (benchmarks/RESULTS.md,
+2026-12-04, seventh session).
+A request that finds the batcher idle (no batch running, nothing queued, nobody else arriving or expected)
+starts its own batch of one at once, without the round trip through the worker task; requests that arrive
+while it runs queue up and form the next batch as usual. An arrival wakes the worker only while it is idle or
+collecting: while a batch runs, the run's end wakes it once for everything queued meanwhile. When, in
+addition, the server has no client but this request's (no other HTTP connection or gRPC inference:
+``inline``, see
 :meth:`service.manager.ModelManager.may_run_inline`), that batch runs on the event loop itself: no request can
 be waiting for the loop meanwhile, and the two thread hops (to the ONNX Runtime thread and back), which are
 most of a lone request's overhead, are saved; the model's lone-request session runs it when it has one (every
@@ -69,11 +80,12 @@ class Admission:
     """One request's hold on a batcher, from before decoding until its answer; :meth:`Batcher.stop` waits for
     every admission to end. Use as ``with batcher.admit() as admission: ... await admission.infer(x, t)``."""
 
-    __slots__ = ("_batcher", "_decoding")
+    __slots__ = ("_batcher", "_decoding", "returned_after")
 
     def __init__(self, batcher: Batcher) -> None:
         self._batcher = batcher
         self._decoding = True  # counted in ``batcher.arriving`` until it queues
+        self.returned_after: float | None = None  # how soon its client sends again after an answer (docstring)
 
     def __enter__(self) -> Admission:
         return self
@@ -93,7 +105,7 @@ class Admission:
         """Queue ``x`` (n samples of each input) and wait for its outputs (n rows each); see
         :meth:`Batcher.infer`."""
         self._arrived()
-        return await self._batcher._infer(x, timeout_s, ticket)
+        return await self._batcher._infer(x, timeout_s, ticket, self.returned_after)
 
 
 @dataclass(eq=False)  # queued requests are told apart by identity
@@ -107,6 +119,7 @@ class _Pending:
     trace: Any = None  # the request's OpenTelemetry context when it is traced (service.tracing)
     enqueued: int = field(default_factory=time.perf_counter_ns)
     abandoned: bool = False
+    returns: bool = False  # its client sends again as soon as it is answered (module docstring)
 
 
 class Batcher:
@@ -133,6 +146,7 @@ class Batcher:
         self.arriving = 0  # admitted requests still being decoded: they will reach this queue
         self._running = False  # a batch is being collected or run
         self._collecting = False  # the worker is collecting a batch: an arrival wakes it
+        self.expected = 0  # requests expected when the last batch ended (module docstring)
         self._admitted = 0  # requests holding an Admission
         self._closed = False  # admit() refuses: stop() has begun
         self._stopped = False  # the worker and its thread are gone
@@ -159,16 +173,22 @@ class Batcher:
             self._drained.set()
 
     async def infer(
-        self, x: tuple[np.ndarray, ...], timeout_s: float, ticket: Ticket = DEFAULT_TICKET
+        self,
+        x: tuple[np.ndarray, ...],
+        timeout_s: float,
+        ticket: Ticket = DEFAULT_TICKET,
+        returned_after: float | None = None,
     ) -> list[np.ndarray]:
         """Admit, queue ``x`` (n samples of each input) at ``ticket``'s priority level and wait for its outputs
-        (n rows each, model order).
+        (n rows each, model order). ``returned_after``: how soon its client sends again after an answer
+        (seconds), when known (see the module docstring).
 
         ``timeout_s`` bounds the wait and the run (504); ``ticket.timeout_s`` the time queued (the queue
         policy: REJECT answers 503 "Request timeout expired", DELAY queues it behind its level).
         Requests refused or timed out here are counted here (outcomes bad_request, rejected, timeout).
         """
         with self.admit() as admission:
+            admission.returned_after = returned_after
             return await admission.infer(x, timeout_s, ticket)
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -227,7 +247,9 @@ class Batcher:
                 1,
             )
 
-    async def _infer(self, x: tuple[np.ndarray, ...], timeout_s: float, ticket: Ticket) -> list[np.ndarray]:
+    async def _infer(
+        self, x: tuple[np.ndarray, ...], timeout_s: float, ticket: Ticket, returned_after: float | None = None
+    ) -> list[np.ndarray]:
         n = x[0].shape[0]
         if n > self.max_batch:
             self.metrics.count("bad_request")
@@ -240,8 +262,9 @@ class Batcher:
         self._refuse_full(ticket)
         loop = asyncio.get_running_loop()
         item = _Pending(x, loop.create_future(), n, ticket.level, tracing.current())
+        item.returns = returned_after is not None and returned_after <= self.max_delay
         queue_timer = None
-        if not self._running and not self._items and self.arriving == 0:
+        if not self._running and not self._items and self.arriving == 0 and self.expected <= 1:
             self._start(loop, [item], n, self._last_run_ns <= INLINE_MAX_RUN_S * 1e9 and self._inline())
         else:
             self._items.append(item)
@@ -333,7 +356,7 @@ class Batcher:
                 break  # it starts the next batch
             batch.append(self._items.popleft())
             samples += head.n
-            if not self._items and (remaining <= 0 or self.arriving == 0):
+            if not self._items and (remaining <= 0 or (self.arriving == 0 and len(batch) >= self.expected)):
                 break
         return samples
 
@@ -357,6 +380,7 @@ class Batcher:
         ) -> None:  # on the loop
             self._running = False
             self._last_run_ns = end - begin
+            self.expected = sum(item.returns for item in batch) + len(self._items)
             if self._items:
                 self._wake.set()
             self._answer(out, exc, batch, samples, (started, prepared, begin, end))

@@ -26,14 +26,21 @@ class Gone(Exception):
 
 
 async def answer(
-    manager: Any, model: str, version: str | None, headers: Mapping[str, str], read: Read, gone: Callable[[], bool]
+    manager: Any,
+    model: str,
+    version: str | None,
+    headers: Mapping[str, str],
+    read: Read,
+    gone: Callable[[], bool],
+    returned_after: float | None = None,
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """(status, response headers, body) for one inference; ``headers`` with lower-case names, ``read`` gives
-    the body (see :func:`~service.pipeline.infer_http`), ``gone()`` says whether a cancellation came from the
-    client going away (then :class:`Gone` is raised, and the task's cancellation is taken back)."""
+    the body, ``returned_after`` how soon the client sends again after an answer (see
+    :func:`~service.pipeline.infer_http`), ``gone()`` says whether a cancellation came from the client going
+    away (then :class:`Gone` is raised, and the task's cancellation is taken back)."""
     status, content_type = 200, JSON
     try:
-        body, extra = await infer_http(manager, model, version, headers, read)
+        body, extra = await infer_http(manager, model, version, headers, read, returned_after)
         if HEADER_LENGTH in extra:
             content_type = BINARY
     except asyncio.CancelledError:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -136,6 +137,7 @@ class Exchange:
         "oversized",
         "parts",
         "response_complete",
+        "returned_after",
         "size",
         "version",
     )
@@ -151,6 +153,7 @@ class Exchange:
         self.oversized = False  # more than the body limit arrived: nothing more is kept
         self.response_complete = False
         self.disconnected = False
+        self.returned_after: float | None = None  # how soon its client sends again after an answer (seconds)
 
     def add(self, part: bytes, limit: int) -> None:
         """One more piece of the body; past ``limit`` bytes in all, every piece is dropped (answered 413)."""
@@ -200,6 +203,8 @@ class HttpProtocol(_Base):
         # each time the date changes (once a second), so the bytes are made again only then
         self._defaults: list[tuple[bytes, bytes]] | None = None
         self._default_head = b""
+        self._answered_at: float | None = None  # perf_counter() at this connection's last inference answer
+        self._came_back_after: float | None = None  # the seconds its last request came after the answer before
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         wrapped: Any = CoalescingTransport(transport, asyncio.get_running_loop())
@@ -259,6 +264,12 @@ class HttpProtocol(_Base):
         if not isinstance(exchange, Exchange):
             super().on_message_complete()
             return
+        if self._answered_at is not None:  # how soon this client came back: the batcher may wait for it next time
+            gap, before = time.perf_counter() - self._answered_at, self._came_back_after
+            self._came_back_after = gap
+            # the slower of its last two returns: one quick return by chance (a random pause) is not a client
+            # that sends again as soon as it is answered
+            exchange.returned_after = None if before is None else max(gap, before)
         try:
             task = eager.start(self.loop, self._answer(exchange))  # a lone request is answered right here
         except Exception:  # past the error policy: a bug. Logged, not the parser's "400 Invalid HTTP request"
@@ -281,7 +292,13 @@ class HttpProtocol(_Base):
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in exchange.headers}
         try:
             status, raw, body = await answer(
-                manager, exchange.model, exchange.version, headers, exchange.read, lambda: exchange.disconnected
+                manager,
+                exchange.model,
+                exchange.version,
+                headers,
+                exchange.read,
+                lambda: exchange.disconnected,
+                exchange.returned_after,
             )
         except Gone:
             return  # the client is gone: nobody to answer
@@ -298,6 +315,7 @@ class HttpProtocol(_Base):
             head += (name, b": ", value, b"\r\n")
         head.append(b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
         self.transport.write_now(b"".join(head) + body)
+        self._answered_at = time.perf_counter()
         exchange.response_complete = True
         if not keep_alive:
             self.transport.close()

@@ -232,11 +232,15 @@ async def infer_http(
     version: str | None,
     headers: Mapping[str, str],
     read: Callable[[Mapping[str, str], int], Awaitable[bytes]],
+    returned_after: float | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """A v2 HTTP inference: ``read(headers, limit)`` gives the body (``headers`` with lower-case names, see
-    :func:`service.body.read_body`), response body and headers out."""
+    :func:`service.body.read_body`), response body and headers out. ``returned_after``: how soon this client
+    sends again after an answer (seconds; the slower of its last two returns on this connection), when known:
+    the batcher waits for clients that come back at once (:mod:`service.batching`)."""
     settings = manager.settings
     served, admission = admit(manager, model, version)
+    admission.returned_after = returned_after
     started = time.perf_counter_ns()
     try:
         with admission:

@@ -7,7 +7,8 @@ import asyncio
 import collections
 import contextlib
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -323,3 +324,68 @@ def test_stop_whose_grace_runs_out_while_a_batch_is_collected_answers_it_and_ret
     returned, error = asyncio.run(scenario())
     assert returned, "stop() did not return"
     assert "stopped; retry" in error
+
+
+def _clients(
+    model: FakeModel, clients: int, rounds: int, think_s: float, tell: bool
+) -> Callable[[Batcher], Awaitable[list[float]]]:
+    """``clients`` clients that each send their next request ``think_s`` after their answer, telling the
+    batcher how long after their previous answer each request came (``tell``), as the HTTP protocol does;
+    returns every request's wait for its answer."""
+
+    async def client(batcher: Batcher, i: int, waits: list[float]) -> None:
+        loop = asyncio.get_running_loop()
+        answered: float | None = None
+        for _ in range(rounds):
+            sent = loop.time()
+            after = None if answered is None or not tell else sent - answered
+            (out,) = await batcher.infer((np.full((1, 2), i, np.float32),), 30, returned_after=after)
+            np.testing.assert_array_equal(out, np.full((1, 2), 2 * i, np.float32))
+            answered = loop.time()
+            waits.append(answered - sent)
+            await asyncio.sleep(think_s)
+
+    async def run(batcher: Batcher) -> list[float]:
+        waits: list[float] = []
+        await asyncio.gather(*(client(batcher, i, waits) for i in range(clients)))
+        return waits
+
+    return run
+
+
+def test_clients_that_come_back_at_once_run_together_not_in_alternate_batches() -> None:
+    """4 clients, each back 5 ms after its answer, on a model that runs 20 ms a batch. Until each client has
+    come back once the batcher cannot tell (batches 1, 3, 1); then the four run together, and the last batch,
+    the three clients with a round left, waits the queue delay for the fourth once. Without the clients'
+    return times the batches alternate 1, 3, 1, 3: the first client back found the batcher idle."""
+
+    async def scenario() -> list[int]:
+        model = FakeModel(before=lambda _: time.sleep(0.02))
+        model.release.set()
+        batcher = _batcher(model)
+        batcher.start()
+        await _clients(model, clients=4, rounds=6, think_s=0.005, tell=True)(batcher)
+        await batcher.stop()
+        return model.batches
+
+    assert asyncio.run(scenario()) == [1, 3, 1, 4, 4, 4, 4, 3]
+
+
+def test_requests_from_clients_that_do_not_come_back_at_once_never_wait_for_others() -> None:
+    """The same load from clients that do not say how soon they came back (as a new connection or a gRPC
+    call does not) never waits for a client expected back: every answer comes within a run or two (each
+    20 ms), well under the queue delay (0.3 s), and the batches alternate as before. Expecting every request
+    in play back (the count tried first) made nearly every batch wait the whole 0.3 s."""
+
+    async def scenario() -> tuple[list[float], list[int]]:
+        model = FakeModel(max_queue_delay_us=300_000, before=lambda _: time.sleep(0.02))
+        model.release.set()
+        batcher = _batcher(model)
+        batcher.start()
+        waits = await _clients(model, clients=4, rounds=5, think_s=0.005, tell=False)(batcher)
+        await batcher.stop()
+        return waits, model.batches
+
+    waits, batches = asyncio.run(scenario())
+    assert max(waits) < 0.25, f"a request waited {max(waits):.3f} s: {batches}"
+    assert batches[:4] == [1, 3, 1, 3]

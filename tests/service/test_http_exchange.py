@@ -283,6 +283,49 @@ def test_an_answer_carries_the_default_headers_uvicorn_holds_now(model_repo: Pat
     assert second.startswith(b"HTTP/1.1 200 OK\r\ndate: Fri, 04 Dec 2026 22:00:01 GMT\r\nserver: uvicorn\r\n")
 
 
+def test_each_request_says_how_soon_after_its_connections_previous_answer_it_came(
+    model_repo: Path, digits_val: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batcher waits only for clients that come back at once (service.batching): from the third request on
+    a connection, the protocol tells the pipeline the slower of the connection's last two returns (the
+    seconds from an answer being written to the next request)."""
+    import service.http_infer
+
+    x = np.asarray(digits_val[0][:1], np.float32)
+    body, headers = binary_request(x, parameters={"binary_data_output": True})
+    seen: list[float | None] = []
+    inner = service.http_infer.infer_http
+
+    async def recording(*args: Any) -> Any:
+        seen.append(args[-1])
+        return await inner(*args)
+
+    monkeypatch.setattr(service.http_infer, "infer_http", recording)
+
+    async def scenario() -> None:
+        app = create_app(Settings(repository=model_repo))
+        await app.state.manager.load_all()
+        config = uvicorn.Config(front(app), interface="asgi3", proxy_headers=False, lifespan="off", log_level="warning")
+        config.load()
+        protocol, transport = HttpProtocol(config=config, server_state=ServerState(), app_state={}), Transport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        for pause in (0.0, 0.05, 0.0):
+            await asyncio.sleep(pause)
+            transport.written.clear()
+            protocol.data_received(request(body, headers))
+            for _ in range(500):
+                if b"\r\n\r\n" in transport.written:
+                    break
+                await asyncio.sleep(0.01)
+            assert transport.written.startswith(b"HTTP/1.1 200 OK")
+        await app.state.manager.stop()
+
+    asyncio.run(scenario())
+    first, second, third = seen
+    assert first is None and second is None, "one return is not yet a client that comes back at once"
+    assert third is not None and 0.04 <= third < 5, f"{third}: not the slower of the last two returns"
+
+
 def test_what_follows_an_answer_that_closed_the_connection_in_the_same_read_is_not_served(
     model_repo: Path, digits_val: Any
 ) -> None:
