@@ -13,9 +13,11 @@ answered, and the requests queued then, are the requests expected, and the next 
 delay) until it holds as many. Without that, 8 keep-alive clients under load on one worker settled into
 alternate batches of 1 and 7 (38% of the batches ran one sample): the first client back found the batcher
 idle and started a batch alone. Clients that do not come back at once (independent users, new connections,
-gRPC) are never expected, so their requests never wait for anyone: a count of requests in play, tried first,
-could not tell the two apart and made independent arrivals wait the whole delay (benchmarks/RESULTS.md,
-2026-12-04, seventh session).
+gRPC) are never expected (though a request of theirs that comes while clients are expected back waits with
+them, within the delay): a count of requests in play, tried first, could not tell the two apart and made
+independent arrivals wait the whole delay (benchmarks/RESULTS.md, 2026-12-04, seventh session). A client
+expected back is due within the queue delay of its batch's end: after that, and when the batch has no room
+left for the smallest request such a client sent, nobody is waited for.
 A request that finds the batcher idle (no batch running, nothing queued, nobody else arriving or expected)
 starts its own batch of one at once, without the round trip through the worker task; requests that arrive
 while it runs queue up and form the next batch as usual. An arrival wakes the worker only while it is idle or
@@ -147,6 +149,8 @@ class Batcher:
         self._running = False  # a batch is being collected or run
         self._collecting = False  # the worker is collecting a batch: an arrival wakes it
         self.expected = 0  # requests expected when the last batch ended (module docstring)
+        self._expected_n = 1  # the fewest samples an expected client sends: a batch with less room waits for none
+        self._expected_until = 0.0  # perf_counter() by which a client expected back has come or will not
         self._admitted = 0  # requests holding an Admission
         self._closed = False  # admit() refuses: stop() has begun
         self._stopped = False  # the worker and its thread are gone
@@ -264,7 +268,7 @@ class Batcher:
         item = _Pending(x, loop.create_future(), n, ticket.level, tracing.current())
         item.returns = returned_after is not None and returned_after <= self.max_delay
         queue_timer = None
-        if not self._running and not self._items and self.arriving == 0 and self.expected <= 1:
+        if not self._running and not self._items and self.arriving == 0 and not self._expecting(2):
             self._start(loop, [item], n, self._last_run_ns <= INLINE_MAX_RUN_S * 1e9 and self._inline())
         else:
             self._items.append(item)
@@ -284,6 +288,16 @@ class Batcher:
                 item.abandoned = True
                 if self._items.remove(item):
                     self.metrics.depth(len(self._items))
+
+    def _expecting(self, requests: int) -> bool:
+        """Whether ``requests`` requests or more are expected now (module docstring): a client expected back
+        comes within the queue delay of its answer, or is no longer waited for."""
+        return self.expected >= requests and time.perf_counter() < self._expected_until
+
+    def _waits_for_expected(self, batch: list[_Pending], samples: int) -> bool:
+        """Whether the batch being collected waits for clients expected back: fewer requests than expected,
+        room for the smallest of them, and still their time."""
+        return self.max_batch - samples >= self._expected_n and self._expecting(len(batch) + 1)
 
     def _queue_timeout(self, item: _Pending, delay: bool) -> None:
         """The queue policy's timeout passed while ``item`` waits: DELAY moves it behind its level, REJECT fails
@@ -344,6 +358,8 @@ class Batcher:
         deadline = time.perf_counter() + self.max_delay
         while samples < self.max_batch:
             remaining = deadline - time.perf_counter()
+            if batch and not self.arriving:  # only clients expected back are awaited: no longer than they are due
+                remaining = min(remaining, self._expected_until - time.perf_counter())
             head = self._items.head() if self._items else await self._next(max(remaining, 0) if batch else None)
             if head is None:
                 break
@@ -356,7 +372,9 @@ class Batcher:
                 break  # it starts the next batch
             batch.append(self._items.popleft())
             samples += head.n
-            if not self._items and (remaining <= 0 or (self.arriving == 0 and len(batch) >= self.expected)):
+            if not self._items and (
+                remaining <= 0 or (self.arriving == 0 and not self._waits_for_expected(batch, samples))
+            ):
                 break
         return samples
 
@@ -380,7 +398,10 @@ class Batcher:
         ) -> None:  # on the loop
             self._running = False
             self._last_run_ns = end - begin
-            self.expected = sum(item.returns for item in batch) + len(self._items)
+            returning = [item.n for item in batch if item.returns]
+            self.expected = len(returning) + len(self._items)
+            self._expected_n = min(returning, default=1)
+            self._expected_until = time.perf_counter() + self.max_delay
             if self._items:
                 self._wake.set()
             self._answer(out, exc, batch, samples, (started, prepared, begin, end))

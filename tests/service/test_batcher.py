@@ -330,8 +330,8 @@ def _clients(
     model: FakeModel, clients: int, rounds: int, think_s: float, tell: bool
 ) -> Callable[[Batcher], Awaitable[list[float]]]:
     """``clients`` clients that each send their next request ``think_s`` after their answer, telling the
-    batcher how long after their previous answer each request came (``tell``), as the HTTP protocol does;
-    returns every request's wait for its answer."""
+    batcher how long after their previous answer each request came (``tell``; the HTTP protocol tells the
+    slower of a connection's last two, the batcher takes what it is told); returns every request's wait."""
 
     async def client(batcher: Batcher, i: int, waits: list[float]) -> None:
         loop = asyncio.get_running_loop()
@@ -389,3 +389,59 @@ def test_requests_from_clients_that_do_not_come_back_at_once_never_wait_for_othe
     waits, batches = asyncio.run(scenario())
     assert max(waits) < 0.25, f"a request waited {max(waits):.3f} s: {batches}"
     assert batches[:4] == [1, 3, 1, 3]
+
+
+def test_a_batch_waits_for_no_client_whose_request_would_not_fit() -> None:
+    """Clients sending 3 samples each and back 0.15 s after their answers (within the 0.3 s delay: expected
+    back) on a model that takes 8 per batch: once a batch holds 6 samples it runs at once, as no expected
+    request fits; waiting for one would hold every batch until the next client came back, then run without it."""
+
+    async def scenario() -> tuple[list[float], list[int]]:
+        model = FakeModel(max_queue_delay_us=300_000, before=lambda _: time.sleep(0.02))
+        model.release.set()
+        batcher = _batcher(model)
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        waits: list[float] = []
+
+        async def client(i: int) -> None:
+            answered: float | None = None
+            for _ in range(4):
+                sent = loop.time()
+                after = None if answered is None else sent - answered
+                await batcher.infer((np.full((3, 2), i, np.float32),), 30, returned_after=after)
+                answered = loop.time()
+                waits.append(answered - sent)
+                await asyncio.sleep(0.15)
+
+        await asyncio.gather(*(client(i) for i in range(4)))
+        await batcher.stop()
+        return waits, model.batches
+
+    waits, batches = asyncio.run(scenario())
+    assert max(batches) <= 8
+    assert max(waits) < 0.12, f"a request waited {max(waits):.3f} s; batches {batches}"
+
+
+def test_clients_expected_back_are_not_waited_for_once_their_time_has_passed() -> None:
+    """After a closed loop of clients that came back at once, the next request that comes later than the
+    queue delay (0.3 s) after the last batch ended runs at once: whoever was expected back is not coming."""
+
+    async def scenario() -> tuple[int, float]:
+        model = FakeModel(max_queue_delay_us=300_000, before=lambda _: time.sleep(0.02))
+        model.release.set()
+        batcher = _batcher(model)
+        batcher.start()
+        await _clients(model, clients=4, rounds=3, think_s=0.005, tell=True)(batcher)
+        expected = batcher.expected
+        await asyncio.sleep(0.35)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await batcher.infer((np.ones((1, 2), np.float32),), 30)
+        took = loop.time() - start
+        await batcher.stop()
+        return expected, took
+
+    expected, took = asyncio.run(scenario())
+    assert expected > 1, "the closed loop left no client expected back: the test shows nothing"
+    assert took < 0.2, f"a request {took:.3f} s after the delay had passed still waited for expected clients"
