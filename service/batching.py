@@ -16,8 +16,11 @@ idle and started a batch alone. Clients that do not come back at once (independe
 gRPC) are never expected (though a request of theirs that comes while clients are expected back waits with
 them, within the delay): a count of requests in play, tried first, could not tell the two apart and made
 independent arrivals wait the whole delay (benchmarks/RESULTS.md, 2026-12-04, seventh session). A client
-expected back is due within the queue delay of its batch's end: after that, and when the batch has no room
-left for the smallest request such a client sent, nobody is waited for.
+expected back is due within twice the queue delay of its batch's end, or ``EXPECTED_BACK_S`` if longer (its
+answer leaves in the steps after the batch ends, and under full load the client's next request takes longer
+than the delay to be read: bounded by the delay alone, a third of the batches at 16 connections ran one
+sample again); after that, and when the batch has no room left for the smallest request such a client
+sent, nobody is waited for.
 A request that finds the batcher idle (no batch running, nothing queued, nobody else arriving or expected)
 starts its own batch of one at once, without the round trip through the worker task; requests that arrive
 while it runs queue up and form the next batch as usual. An arrival wakes the worker only while it is idle or
@@ -68,6 +71,7 @@ from service.statistics import BatchTimes
 
 logger = logging.getLogger(__name__)
 INLINE_MAX_RUN_S = 0.005  # a batch whose last run took longer always runs in the ONNX Runtime thread
+EXPECTED_BACK_S = 0.01  # clients expected back are waited for no later than this after their batch ended (or 2 delays)
 DEFAULT_TICKET = Ticket()
 
 
@@ -291,7 +295,7 @@ class Batcher:
 
     def _expecting(self, requests: int) -> bool:
         """Whether ``requests`` requests or more are expected now (module docstring): a client expected back
-        comes within the queue delay of its answer, or is no longer waited for."""
+        that has not come by ``_expected_until`` is no longer waited for."""
         return self.expected >= requests and time.perf_counter() < self._expected_until
 
     def _waits_for_expected(self, batch: list[_Pending], samples: int) -> bool:
@@ -401,7 +405,7 @@ class Batcher:
             returning = [item.n for item in batch if item.returns]
             self.expected = len(returning) + len(self._items)
             self._expected_n = min(returning, default=1)
-            self._expected_until = time.perf_counter() + self.max_delay
+            self._expected_until = time.perf_counter() + max(2 * self.max_delay, EXPECTED_BACK_S)
             if self._items:
                 self._wake.set()
             self._answer(out, exc, batch, samples, (started, prepared, begin, end))
