@@ -173,6 +173,26 @@ class Transport:
         pass
 
 
+async def in_process(model_repo: Path, state: ServerState | None = None) -> tuple[Any, HttpProtocol, Transport]:
+    """An app with its models loaded, and one connection of bnfold's protocol to it over a fake transport."""
+    app = create_app(Settings(repository=model_repo))
+    await app.state.manager.load_all()
+    config = uvicorn.Config(front(app), interface="asgi3", proxy_headers=False, lifespan="off", log_level="warning")
+    config.load()
+    protocol, transport = HttpProtocol(config=config, server_state=state or ServerState(), app_state={}), Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return app, protocol, transport
+
+
+async def answered(transport: Transport) -> bytes:
+    """What the protocol wrote, once a response head is there (waiting 5 s at most)."""
+    for _ in range(500):
+        if b"\r\n\r\n" in transport.written:
+            break
+        await asyncio.sleep(0.01)
+    return bytes(transport.written)
+
+
 def test_inference_is_answered_by_the_protocol_without_calling_the_app(model_repo: Path, digits_val: Any) -> None:
     x = np.asarray(digits_val[0][:2], np.float32)
     body, headers = binary_request(x, parameters={"binary_data_output": True})
@@ -223,25 +243,16 @@ def test_a_lone_request_is_answered_within_the_step_that_read_it(model_repo: Pat
     body, headers = binary_request(x, parameters={"binary_data_output": True})
 
     async def scenario() -> list[tuple[bool, int, bool]]:
-        app = create_app(Settings(repository=model_repo))
-        await app.state.manager.load_all()
+        app, protocol, transport = await in_process(model_repo)
         alone = [True]
         app.state.manager.sole_client = lambda: alone[0]
-        config = uvicorn.Config(front(app), interface="asgi3", proxy_headers=False, lifespan="off", log_level="warning")
-        config.load()
-        protocol, transport = HttpProtocol(config=config, server_state=ServerState(), app_state={}), Transport()
-        protocol.connection_made(transport)  # type: ignore[arg-type]
         seen = []
         for lone in (True, True, False):  # the first run's time is unknown: it runs in the thread
             alone[0] = lone
             transport.written.clear()
             protocol.data_received(request(body, headers))
             seen.append((b"\r\n\r\n" in transport.written, len(protocol.tasks), lone))
-            for _ in range(500):
-                if b"\r\n\r\n" in transport.written:
-                    break
-                await asyncio.sleep(0.01)
-            assert transport.written.startswith(b"HTTP/1.1 200 OK")
+            assert (await answered(transport)).startswith(b"HTTP/1.1 200 OK")
         await app.state.manager.stop()
         return seen
 
@@ -258,23 +269,14 @@ def test_an_answer_carries_the_default_headers_uvicorn_holds_now(model_repo: Pat
     body, headers = binary_request(x, parameters={"binary_data_output": True})
 
     async def scenario() -> list[bytes]:
-        app = create_app(Settings(repository=model_repo))
-        await app.state.manager.load_all()
-        config = uvicorn.Config(front(app), interface="asgi3", proxy_headers=False, lifespan="off", log_level="warning")
-        config.load()
         state = ServerState()
-        protocol, transport = HttpProtocol(config=config, server_state=state, app_state={}), Transport()
-        protocol.connection_made(transport)  # type: ignore[arg-type]
+        app, protocol, transport = await in_process(model_repo, state)
         heads = []
         for date in (b"Fri, 04 Dec 2026 22:00:00 GMT", b"Fri, 04 Dec 2026 22:00:01 GMT"):
             state.default_headers = [(b"date", date), (b"server", b"uvicorn")]
             transport.written.clear()
             protocol.data_received(request(body, headers))
-            for _ in range(500):
-                if b"\r\n\r\n" in transport.written:
-                    break
-                await asyncio.sleep(0.01)
-            heads.append(bytes(transport.written).partition(b"\r\n\r\n")[0])
+            heads.append((await answered(transport)).partition(b"\r\n\r\n")[0])
         await app.state.manager.stop()
         return heads
 
@@ -303,21 +305,12 @@ def test_each_request_says_how_soon_after_its_connections_previous_answer_it_cam
     monkeypatch.setattr(service.http_infer, "infer_http", recording)
 
     async def scenario() -> None:
-        app = create_app(Settings(repository=model_repo))
-        await app.state.manager.load_all()
-        config = uvicorn.Config(front(app), interface="asgi3", proxy_headers=False, lifespan="off", log_level="warning")
-        config.load()
-        protocol, transport = HttpProtocol(config=config, server_state=ServerState(), app_state={}), Transport()
-        protocol.connection_made(transport)  # type: ignore[arg-type]
+        app, protocol, transport = await in_process(model_repo)
         for pause in (0.0, 0.05, 0.0):
             await asyncio.sleep(pause)
             transport.written.clear()
             protocol.data_received(request(body, headers))
-            for _ in range(500):
-                if b"\r\n\r\n" in transport.written:
-                    break
-                await asyncio.sleep(0.01)
-            assert transport.written.startswith(b"HTTP/1.1 200 OK")
+            assert (await answered(transport)).startswith(b"HTTP/1.1 200 OK")
         await app.state.manager.stop()
 
     asyncio.run(scenario())
