@@ -256,7 +256,7 @@ class Batcher:
             )
 
     async def _infer(
-        self, x: tuple[np.ndarray, ...], timeout_s: float, ticket: Ticket, returned_after: float | None = None
+        self, x: tuple[np.ndarray, ...], timeout_s: float, ticket: Ticket, returned_after: float | None
     ) -> list[np.ndarray]:
         n = x[0].shape[0]
         if n > self.max_batch:

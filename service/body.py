@@ -64,8 +64,11 @@ def body_too_large(headers: Mapping[str, str], limit: int) -> ApiError:
     return too_large(limit, f"request body of {declared} bytes" if declared.isdigit() else "request body")
 
 
-def whole_body(headers: Mapping[str, str], body: bytes, limit: int) -> bytes:
-    """A body that arrived in one piece, held to the limits :func:`read_body` applies while reading."""
+def whole_body(headers: Mapping[str, str], parts: list[bytes], limit: int) -> bytes:
+    """A body that has arrived (its pieces, in order; one piece is used as it is, not copied), held to the
+    limits :func:`read_body` applies while reading: at most ``limit`` bytes before and after Content-Encoding
+    is undone."""
+    body = parts[0] if len(parts) == 1 else b"".join(parts)
     if len(body) > limit:
         raise body_too_large(headers, limit)
     return _decompress(body, headers.get("content-encoding", "").lower(), limit)
@@ -73,9 +76,7 @@ def whole_body(headers: Mapping[str, str], body: bytes, limit: int) -> bytes:
 
 async def read_body(headers: Mapping[str, str], chunks: AsyncIterator[bytes], limit: int) -> bytes:
     """The whole request body (at most ``limit`` bytes, before and after Content-Encoding is undone)."""
-    parts = [chunk async for chunk in limited(headers, chunks, limit)]
-    body = parts[0] if len(parts) == 1 else b"".join(parts)
-    return _decompress(body, headers.get("content-encoding", "").lower(), limit)
+    return whole_body(headers, [chunk async for chunk in limited(headers, chunks, limit)], limit)
 
 
 def content_type(headers: Mapping[str, str]) -> str:

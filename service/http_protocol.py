@@ -169,8 +169,7 @@ class Exchange:
         """The whole body, held to the limits of :mod:`service.body`."""
         if self.oversized:
             raise body_too_large(headers, limit)
-        parts = self.parts
-        return whole_body(headers, parts[0] if len(parts) == 1 else b"".join(parts), limit)
+        return whole_body(headers, self.parts, limit)
 
 
 class HttpProtocol(_Base):

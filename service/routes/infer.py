@@ -71,7 +71,7 @@ class RequestStream:
         """The whole body (at most ``limit`` bytes, see :mod:`service.body`); then the watch begins."""
         message = await self._receive()
         if message["type"] == "http.request" and not message.get("more_body", False):
-            body = whole_body(headers, message.get("body", b""), limit)  # the common case: one message
+            body = whole_body(headers, [message.get("body", b"")], limit)  # the common case: one message
         else:
             body = await read_body(headers, self._chunks(message), limit)
         if self._watch is not None:
