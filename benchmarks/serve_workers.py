@@ -20,6 +20,14 @@ in turn, so machine drift hits all alike. Per round and server:
   int8, at batch 8 (a worker's batch under 16 connections shared by two workers) on one intra-op thread (so
   time is CPU: what each of two workers runs), and the served int8/fp32 ratio the cores could give at most
   when each request also costs the loops' CPU;
+* the front end's floor: uvicorn itself (``uvicorn --workers N``, uvloop and httptools, as bnfold's server
+  runs) serving a raw ASGI app that reads each request's body and answers a fixed 40 bytes without looking at
+  it (:data:`FLOOR_APP`), under the same 16 connections and ResNet-20 requests; its processes' CPU per
+  request is what any server built on uvicorn pays before its own work. With it: the most int8/fp32 even
+  that server could give (``int8_vs_fp32_ceiling_at_uvicorn_floor``: :func:`int8_ceiling` with the floor's
+  CPU and wrk's per request as the cost beside the model), and the loop CPU per request that the issue's 1.8x
+  would allow at most (``loop_us_allowed_for_1_8x``: (fp32 - 1.8 int8) / 0.8, before the load generator's
+  share, ``wrk_cpu_us_per_request``, measured in the fp32 phase);
 * errors: wrk's socket errors and non-2xx answers.
 """
 
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -41,6 +50,16 @@ import orjson
 
 TINY = "tiny"
 Figures = dict[str, float]
+TARGET_INT8_VS_FP32 = 1.8  # issue 19's figure
+FLOOR_APP = """async def app(scope, receive, send):  # the front end's floor: read the body, answer 40 fixed bytes
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"x" * 40})
+"""
 
 
 def build_tiny(root: Path) -> None:
@@ -75,7 +94,8 @@ def body(shape: tuple[int, ...]) -> tuple[bytes, dict[str, str]]:
 
 
 def wrk(port: int, model: str, shape: tuple[int, ...], clients: int, seconds: float, workdir: Path) -> dict[str, float]:
-    """One wrk run (one thread): requests/s, requests, errors and the median latency (s)."""
+    """One wrk run (one thread): requests/s, requests, errors, the median latency (s) and wrk's own CPU per
+    request (us)."""
     if shutil.which("wrk") is None:
         raise SystemExit("--workers needs the wrk binary (Debian package 'wrk')")
     data, headers = body(shape)
@@ -95,7 +115,9 @@ def wrk(port: int, model: str, shape: tuple[int, ...], clients: int, seconds: fl
         f"{workdir / name}.lua",
         url,
     ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk's CPU: the one child waited for meanwhile
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
     total = re.search(r"(\d+) requests in", out)
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)\b", out)
@@ -108,6 +130,7 @@ def wrk(port: int, model: str, shape: tuple[int, ...], clients: int, seconds: fl
         "requests": float(total.group(1)),
         "errors": errors + (int(non2xx.group(1)) if non2xx else 0),
         "p50_s": float(p50.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[p50.group(2)],
+        "wrk_cpu_us": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / int(total.group(1)) * 1e6,
     }
 
 
@@ -189,15 +212,38 @@ def int8_ceiling(fp32_us: float, int8_us: float, loop_us: float) -> float:
     return (fp32_us + loop_us) / (int8_us + loop_us)
 
 
+def loop_us_allowed(fp32_us: float, int8_us: float, target: float = TARGET_INT8_VS_FP32) -> float:
+    """The loop CPU per request at which :func:`int8_ceiling` equals ``target``: (fp32 - t int8) / (t - 1)."""
+    return (fp32_us - target * int8_us) / (target - 1)
+
+
 def start(repo: Path, workers: int, port: int) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "service", "--repository", str(repo), "--port", str(port), "--workers", str(workers)]
     return subprocess.Popen([*cmd, "--log-level", "warning"])
 
 
+def start_floor(workdir: Path, workers: int, port: int) -> subprocess.Popen[bytes]:
+    """uvicorn with ``workers`` processes serving :data:`FLOOR_APP` (uvloop, httptools: bnfold's server's own)."""
+    (workdir / "floor_app.py").write_text(FLOOR_APP)
+    cmd = [sys.executable, "-m", "uvicorn", "floor_app:app", "--app-dir", str(workdir), "--port", str(port)]
+    cmd += ["--workers", str(workers), "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+    return subprocess.Popen([*cmd, "--log-level", "warning"])
+
+
+def floor_us(port: int, pid: int, phase: float, workdir: Path) -> tuple[float, float, float]:
+    """Under 16 connections of ResNet-20 requests: the floor server's CPU per request (us, all its
+    processes), wrk's, and wrk's errors."""
+    cpu, _ = cpu_seconds(pid)
+    figures = wrk(port, "resnet20", (3, 32, 32), 16, phase, workdir)
+    cpu_end, _ = cpu_seconds(pid)
+    return (cpu_end - cpu) / max(figures["requests"], 1) * 1e6, figures["wrk_cpu_us"], figures["errors"]
+
+
 def one_round(
-    port: int, pid: int, paths: dict[str, Path], phase: float, workdir: Path, threads: int = 0
+    port: int, pid: int, paths: dict[str, Path], phase: float, workdir: Path, threads: int, floor: tuple[int, int]
 ) -> dict[str, float]:
-    """Every figure of one server, once (see the module docstring); ``threads``: its workers' intra-op threads."""
+    """Every figure of one server, once (see the module docstring); ``threads``: its workers' intra-op threads
+    (0: ONNX Runtime's default); ``floor``: the port and pid of the floor server with as many workers."""
     from serve_bench import INT8_MODEL, ort_latency, ort_throughput
 
     image = (3, 32, 32)
@@ -209,6 +255,7 @@ def one_round(
     single = wrk(port, "resnet20", image, 1, phase, workdir)
     tiny, tiny_cost = server_cost(port, pid, lambda: wrk(port, TINY, (4,), 64, phase, workdir))
     fp32_us, int8_us = (per_sample_us(paths[m], 8, phase / 4) for m in ("resnet20", INT8_MODEL))
+    floor_cpu_us, floor_wrk_us, floor_errors = floor_us(*floor, phase, workdir)
     return {
         "ort_best_samples_per_s": best,
         "binary_16_clients": fp32["rate"],
@@ -228,7 +275,12 @@ def one_round(
         "ort_int8_us_per_sample_batch8": int8_us,
         "ort_int8_vs_fp32_batch8": fp32_us / int8_us,
         "int8_vs_fp32_ceiling_at_this_loop_cost": int8_ceiling(fp32_us, int8_us, fp32_cost["loop_us"]),
-        "errors": fp32["errors"] + int8["errors"] + single["errors"] + tiny["errors"],
+        "wrk_cpu_us_per_request": fp32["wrk_cpu_us"],  # the load generator's share, fp32 phase
+        "uvicorn_floor_cpu_us_per_request": floor_cpu_us,  # FLOOR_APP, as many workers, 16 connections
+        "uvicorn_floor_wrk_cpu_us_per_request": floor_wrk_us,
+        "int8_vs_fp32_ceiling_at_uvicorn_floor": int8_ceiling(fp32_us, int8_us, floor_cpu_us + floor_wrk_us),
+        "loop_us_allowed_for_1_8x": loop_us_allowed(fp32_us, int8_us),
+        "errors": fp32["errors"] + int8["errors"] + single["errors"] + tiny["errors"] + floor_errors,
     }
 
 
@@ -243,18 +295,26 @@ def compare_workers(
     build_tiny(repo)
     ports = {w: free_port() for w in counts}
     servers = {w: start(repo, w, ports[w]) for w in counts}
+    floor_ports = {w: free_port() for w in counts}
+    floors = {w: start_floor(repo, w, floor_ports[w]) for w in counts}
     figures: dict[int, list[dict[str, float]]] = {w: [] for w in counts}
     try:
         for w in counts:
             wait_ready(ports[w], servers[w], timeout=300)
+            wait_ready(floor_ports[w], floors[w])  # the floor app answers every path
             load_wrk(ports[w], True, 16, 2, repo)  # warm-up
         for i in range(rounds):
             for w in counts[:: 1 if i % 2 == 0 else -1]:
                 threads = 0 if w == 1 else max(1, usable_cores() // w)  # as the server splits them
-                figures[w].append(one_round(ports[w], servers[w].pid, paths, max(2.0, seconds / 2), repo, threads))
+                floor = floor_ports[w], floors[w].pid
+                figures[w].append(
+                    one_round(ports[w], servers[w].pid, paths, max(2.0, seconds / 2), repo, threads, floor)
+                )
     finally:
-        for server in servers.values():
-            server.terminate()
+        for process in [*servers.values(), *floors.values()]:
+            process.terminate()
+        for process in floors.values():
+            process.wait(timeout=60)
         codes = {w: server.wait(timeout=120) for w, server in servers.items()}
     out: dict[str, Any] = {"rounds": rounds, "phase_s": max(2.0, seconds / 2), "exit_codes": codes}
     for w, rows in figures.items():
