@@ -85,6 +85,15 @@ def test_every_flag_the_readme_names_exists() -> None:
     assert all(f'"{flag}"' in bench for flag in ("--seconds", "--soak", "--loadgen"))
 
 
+def test_every_benchmark_figure_the_readme_names_is_one_the_benchmark_reports() -> None:
+    """The Benchmarks section names the JSON keys of ``serve_bench.py --workers``'s figures: each is a key the
+    benchmark writes (a quoted string in serve_workers.py or serve_bench.py)."""
+    named = set(re.findall(r"`([a-z0-9]+(?:_[a-z0-9]+){2,})`", section("## Benchmarks")))
+    code = (ROOT / "benchmarks" / "serve_workers.py").read_text() + (ROOT / "benchmarks" / "serve_bench.py").read_text()
+    assert named, "the Benchmarks section names no benchmark figure"
+    assert {name for name in named if f'"{name}"' not in code} == set()
+
+
 # Each troubleshooting row, and the literal part of its message that the code must contain.
 TROUBLESHOOTING = {
     "bnfold-train: error: run directory ... already holds checkpoints": "already holds checkpoints",
