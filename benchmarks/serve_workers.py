@@ -118,6 +118,7 @@ def wrk(port: int, model: str, shape: tuple[int, ...], clients: int, seconds: fl
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk's CPU: the one child waited for meanwhile
+    wrk_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
     total = re.search(r"(\d+) requests in", out)
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)\b", out)
@@ -130,7 +131,7 @@ def wrk(port: int, model: str, shape: tuple[int, ...], clients: int, seconds: fl
         "requests": float(total.group(1)),
         "errors": errors + (int(non2xx.group(1)) if non2xx else 0),
         "p50_s": float(p50.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[p50.group(2)],
-        "wrk_cpu_us": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / int(total.group(1)) * 1e6,
+        "wrk_cpu_us": wrk_cpu / max(int(total.group(1)), 1) * 1e6,
     }
 
 
