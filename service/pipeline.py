@@ -232,7 +232,7 @@ async def infer_http(
     version: str | None,
     headers: Mapping[str, str],
     read: Callable[[Mapping[str, str], int], Awaitable[bytes]],
-    returned_after: float | None = None,
+    returned_after: float | None,
 ) -> tuple[bytes, dict[str, str]]:
     """A v2 HTTP inference: ``read(headers, limit)`` gives the body (``headers`` with lower-case names, see
     :func:`service.body.read_body`), response body and headers out. ``returned_after``: how soon this client
